@@ -1,0 +1,27 @@
+"""Gymnasium environments of the stack, registered under the ``embodied/`` namespace.
+
+Importing this package before MuJoCo sets ``MUJOCO_GL=osmesa`` when the user has not chosen a
+GL backend and OSMesa (Debian package ``libosmesa6``) is installed, so headless machines render
+without a display. MuJoCo loads the backend at import time, and an absent OSMesa would break
+``import mujoco`` itself, hence the library probe.
+"""
+
+import ctypes.util
+import os
+
+if "MUJOCO_GL" not in os.environ and ctypes.util.find_library("OSMesa"):
+    os.environ["MUJOCO_GL"] = "osmesa"
+    os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+from gymnasium.envs.registration import register, registry  # noqa: E402
+
+SWIMMER_SWIM = "embodied/SwimmerSwim-v0"
+SWIMMER_NAVIGATE = "embodied/SwimmerNavigate-v0"
+SWIMMER_GYM = "embodied/SwimmerGym-v5"
+
+if SWIMMER_SWIM not in registry:
+    register(SWIMMER_SWIM, entry_point="envs.swimmer:SwimmerEnv", max_episode_steps=1000,
+             kwargs={"task": "swim"})
+    register(SWIMMER_NAVIGATE, entry_point="envs.swimmer:SwimmerEnv", max_episode_steps=1000,
+             kwargs={"task": "navigate"})
+    register(SWIMMER_GYM, entry_point="envs.gym_swimmer:make_gym_swimmer", max_episode_steps=None)

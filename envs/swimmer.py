@@ -1,0 +1,275 @@
+"""N-link swimmer in a viscous fluid: the DeepMind Control Suite body the NCAP paper used.
+
+## Description
+A planar chain of ``n_links`` 0.1 m capsules joined by ``n_links - 1`` motorised hinges swims
+through a fluid of density 3000 (MuJoCo's inertia-box fluid model, contacts off). Physics runs
+at 2 ms and the agent acts every 30 ms (15 substeps); an episode is 1000 control steps (30 s).
+
+## Tasks
+- ``swim`` (the NCAP paper's task): per-step reward ``clip(v_fwd / 0.1, 0, 1)``, where
+  ``v_fwd`` is the head's speed along its own heading. Maximum return 1000.
+- ``navigate`` (dm_control ``swimmer6``/``swimmer15``): reach a target placed uniformly in a
+  4 m box (a 0.6 m box with probability 0.2); reward ``tolerance(d, (0, 0.1), margin 0.5,
+  long_tail)`` of the nose-to-target distance ``d``; the target in the head frame is observed.
+
+## Observation (``Box(-inf, inf, (n,), float64)``), in order
+- ``joints``: the ``n_links - 1`` hinge angles (rad), head to tail;
+- ``to_target`` (navigate only): nose-to-target vector in the head frame (x, y), m;
+- ``body_velocities``: for each body, head first, local (vx, vy, ωz) from its velocimeter and gyro;
+- ``time``: control steps since reset divided by ``time_scale_steps`` (1000), so a policy can
+  recover its oscillator phase from the observation alone. Because it is part of the
+  observation, it stays correct under vectorised envs that auto-reset.
+
+``observation_layout`` gives these index ranges so that policies and the ROS node never
+hard-code them, and :func:`swimmer_observation` is the one function that assembles the vector.
+
+## Action
+``Box(-1, 1, (n_links - 1,), float32)``: motor controls (gear 5e-4 N·m).
+
+## Starting state
+Joint angles uniform within their limits, heading uniform in [-π, π), at rest at the origin.
+
+## Info
+``forward_speed`` (m/s along the heading), ``distance_travelled`` (m, head from its start),
+``distance_to_target`` (m, nose to target), ``x_position``/``y_position`` of the head;
+``is_success`` on ``navigate`` (nose within the 0.1 m target).
+
+## Differences from dm_control
+dm_control's head row of ``body_velocities`` takes ωz from a subtree linear velocity (always 0
+in the plane); here it is the head gyro's ωz, like every other body.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+from gymnasium import spaces, utils
+from gymnasium.envs.mujoco import MujocoEnv
+
+from envs.swimmer_model import HEAD_XML, joint_limit, swimmer_mjcf
+
+TASKS = ("swim", "navigate")
+PHYSICS_TIMESTEP = 0.002
+TARGET_SIZE = 0.1
+SWIM_SPEED = 0.1  # m/s at which the swim reward saturates
+
+
+class SimulationDiverged(RuntimeError):
+    """The physics produced non-finite numbers (unstable parameters or actions)."""
+
+
+@dataclass(frozen=True)
+class ObservationLayout:
+    """Where each named part lives in the flat observation vector (half-open ranges)."""
+
+    joints: tuple[int, int]
+    body_velocities: tuple[int, int]
+    time: int
+    time_scale_steps: int
+    joint_limit: float
+    to_target: tuple[int, int] | None = None
+
+    @property
+    def size(self) -> int:
+        return self.time + 1
+
+    def to_dict(self) -> dict:
+        return {
+            "joints": list(self.joints),
+            "body_velocities": list(self.body_velocities),
+            "time": self.time,
+            "time_scale_steps": self.time_scale_steps,
+            "joint_limit": self.joint_limit,
+            "to_target": list(self.to_target) if self.to_target else None,
+        }
+
+
+def swimmer_layout(n_links: int, task: str, time_scale_steps: int = 1000) -> ObservationLayout:
+    n_joints = n_links - 1
+    offset = n_joints
+    to_target = None
+    if task == "navigate":
+        to_target = (offset, offset + 2)
+        offset += 2
+    vel = (offset, offset + 3 * n_links)
+    return ObservationLayout(
+        joints=(0, n_joints),
+        body_velocities=vel,
+        time=vel[1],
+        time_scale_steps=time_scale_steps,
+        joint_limit=joint_limit(n_links),
+        to_target=to_target,
+    )
+
+
+def swimmer_observation(
+    joints: np.ndarray,
+    body_velocities: np.ndarray,
+    step: int,
+    time_scale_steps: int = 1000,
+    to_target: np.ndarray | None = None,
+) -> np.ndarray:
+    """Assemble the observation vector from named state parts (shared with the ROS node)."""
+    parts = [np.asarray(joints, dtype=np.float64).ravel()]
+    if to_target is not None:
+        parts.append(np.asarray(to_target, dtype=np.float64).ravel())
+    parts.append(np.asarray(body_velocities, dtype=np.float64).ravel())
+    parts.append(np.array([step / time_scale_steps], dtype=np.float64))
+    return np.concatenate(parts)
+
+
+class SwimmerEnv(MujocoEnv, utils.EzPickle):
+    metadata = {"render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"], "render_fps": 33}
+
+    def __init__(
+        self,
+        task: str = "swim",
+        n_links: int = 6,
+        fluid_density: float = 3000.0,
+        fluid_viscosity: float = 0.0,
+        control_timestep: float = 0.03,
+        time_scale_steps: int = 1000,
+        render_mode: str | None = None,
+        width: int = 256,
+        height: int = 256,
+        camera_name: str | None = "tracking",
+    ):
+        if task not in TASKS:
+            raise ValueError(f"unknown swimmer task {task!r}; choose one of {TASKS}")
+        utils.EzPickle.__init__(
+            self, task, n_links, fluid_density, fluid_viscosity, control_timestep, time_scale_steps,
+            render_mode, width, height, camera_name,
+        )
+        self.task = task
+        self.n_links = n_links
+        self._xml = swimmer_mjcf(n_links, fluid_density, fluid_viscosity, PHYSICS_TIMESTEP)
+        frame_skip = round(control_timestep / PHYSICS_TIMESTEP)
+        if frame_skip < 1 or not math.isclose(frame_skip * PHYSICS_TIMESTEP, control_timestep):
+            raise ValueError(f"control_timestep must be a multiple of {PHYSICS_TIMESTEP} s, got {control_timestep}")
+        self.layout = swimmer_layout(n_links, task, time_scale_steps)
+        obs_space = spaces.Box(-np.inf, np.inf, shape=(self.layout.size,), dtype=np.float64)
+        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / control_timestep))}
+        MujocoEnv.__init__(
+            self, str(HEAD_XML), frame_skip, obs_space, render_mode=render_mode,
+            width=width, height=height, camera_name=camera_name if render_mode else None,
+        )
+        self._step_count = 0
+        self._start_xy = np.zeros(2)
+        self._vel_sensor_ids = self._velocity_sensor_ids()
+        if task == "swim":
+            self.model.geom_rgba[self.model.geom("target").id, 3] = 0.0  # hidden, as in NCAP's swim
+
+    # --- simulation ----------------------------------------------------------------------
+    def _initialize_simulation(self):
+        model = mujoco.MjModel.from_xml_string(self._xml)
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+        return model, mujoco.MjData(model)
+
+    def _step_mujoco_simulation(self, ctrl, n_frames):
+        self.data.ctrl[:] = ctrl
+        mujoco.mj_step(self.model, self.data, nstep=n_frames)
+        # mj_step evaluates sensors before its last integration; recompute them for the new state.
+        mujoco.mj_forward(self.model, self.data)
+
+    def _velocity_sensor_ids(self) -> tuple[list[int], list[int]]:
+        vel = ["head_vel"] + [f"velocimeter_{i}" for i in range(self.n_links - 1)]
+        gyro = ["head_gyro"] + [f"gyro_{i}" for i in range(self.n_links - 1)]
+        adr = self.model.sensor_adr
+        return [int(adr[self.model.sensor(n).id]) for n in vel], [int(adr[self.model.sensor(n).id]) for n in gyro]
+
+    # --- state readouts ------------------------------------------------------------------
+    def joint_angles(self) -> np.ndarray:
+        return self.data.qpos[3:].copy()
+
+    def body_velocities(self) -> np.ndarray:
+        """Local (vx, vy, ωz) of every body, head first."""
+        vel_adr, gyro_adr = self._vel_sensor_ids
+        s = self.data.sensordata
+        out = np.empty((self.n_links, 3))
+        for row, (v, g) in enumerate(zip(vel_adr, gyro_adr)):
+            out[row, 0] = s[v]
+            out[row, 1] = s[v + 1]
+            out[row, 2] = s[g + 2]
+        return out.ravel()
+
+    def forward_speed(self) -> float:
+        """Head speed along its heading; the head points along its local -y axis."""
+        return float(-self.data.sensordata[self._vel_sensor_ids[0][0] + 1])
+
+    def nose_to_target(self) -> np.ndarray:
+        """Nose-to-target vector in the head frame (x, y)."""
+        delta = self.data.geom("target").xpos - self.data.geom("nose").xpos
+        return delta @ self.data.body("head").xmat.reshape(3, 3)[:, :2]
+
+    def _get_obs(self) -> np.ndarray:
+        return swimmer_observation(
+            self.joint_angles(), self.body_velocities(), self._step_count, self.layout.time_scale_steps,
+            self.nose_to_target() if self.task == "navigate" else None,
+        )
+
+    # --- gymnasium API -------------------------------------------------------------------
+    def reset_model(self) -> np.ndarray:
+        qpos = self.init_qpos.copy()
+        qpos[2] = self.np_random.uniform(-np.pi, np.pi)
+        lim = joint_limit(self.n_links)
+        qpos[3:] = self.np_random.uniform(-lim, lim, size=self.n_links - 1)
+        box = 0.3 if self.np_random.random() < 0.2 else 2.0
+        target_xy = self.np_random.uniform(-box, box, size=2)
+        self.model.geom_pos[self.model.geom("target").id, :2] = target_xy
+        self.set_state(qpos, np.zeros(self.model.nv))
+        self._step_count = 0
+        self._start_xy = self.data.body("head").xpos[:2].copy()
+        return self._get_obs()
+
+    def _get_reset_info(self) -> dict:
+        return self._info()
+
+    def _info(self) -> dict:
+        head_xy = self.data.body("head").xpos[:2]
+        dist = float(np.linalg.norm(self.data.geom("target").xpos[:2] - self.data.geom("nose").xpos[:2]))
+        info = {
+            "forward_speed": self.forward_speed(),
+            "distance_travelled": float(np.linalg.norm(head_xy - self._start_xy)),
+            "distance_to_target": dist,
+            "x_position": float(head_xy[0]),
+            "y_position": float(head_xy[1]),
+        }
+        if self.task == "navigate":
+            info["is_success"] = dist <= TARGET_SIZE
+        return info
+
+    def _reward(self, info: dict) -> float:
+        if self.task == "swim":
+            return float(np.clip(info["forward_speed"] / SWIM_SPEED, 0.0, 1.0))
+        return navigate_reward(info["distance_to_target"])
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64)
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"swimmer action contains NaN or inf: {action}")
+        self.do_simulation(action, self.frame_skip)
+        self._step_count += 1
+        obs = self._get_obs()
+        if not np.all(np.isfinite(obs)):
+            raise SimulationDiverged(
+                f"swimmer physics diverged at step {self._step_count} (non-finite state); "
+                "check fluid parameters and action scale"
+            )
+        info = self._info()
+        reward = self._reward(info)
+        if self.render_mode == "human":
+            self.render()
+        return obs, reward, False, False, info
+
+
+def navigate_reward(distance: float) -> float:
+    """dm_control ``tolerance(d, bounds=(0, 0.1), margin=0.5, sigmoid='long_tail')``."""
+    if distance <= TARGET_SIZE:
+        return 1.0
+    x = (distance - TARGET_SIZE) / (5 * TARGET_SIZE)
+    scale = math.sqrt(1.0 / 0.1 - 1.0)  # value 0.1 at one margin
+    return 1.0 / ((x * scale) ** 2 + 1.0)
