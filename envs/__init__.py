@@ -15,11 +15,13 @@ if "MUJOCO_GL" not in os.environ and ctypes.util.find_library("OSMesa"):
 
 from gymnasium.envs.registration import register, registry  # noqa: E402
 
+SWIMMER = "embodied/Swimmer-v0"  # task chosen by the ``task`` kwarg (default swim)
 SWIMMER_SWIM = "embodied/SwimmerSwim-v0"
 SWIMMER_NAVIGATE = "embodied/SwimmerNavigate-v0"
 SWIMMER_GYM = "embodied/SwimmerGym-v5"
 
-if SWIMMER_SWIM not in registry:
+if SWIMMER not in registry:
+    register(SWIMMER, entry_point="envs.swimmer:SwimmerEnv", max_episode_steps=1000)
     register(SWIMMER_SWIM, entry_point="envs.swimmer:SwimmerEnv", max_episode_steps=1000,
              kwargs={"task": "swim"})
     register(SWIMMER_NAVIGATE, entry_point="envs.swimmer:SwimmerEnv", max_episode_steps=1000,

@@ -1,0 +1,70 @@
+"""Validate Hydra overrides before Hydra runs, so a typo costs one clear line, not a page.
+
+Hydra's own messages for an unknown key or group option span several lines with a hint about
+``HYDRA_FULL_ERROR``; here the same composition is attempted first and its failure is reduced
+to one sentence naming the bad override and, for groups, the valid choices.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import OmegaConfBaseException
+
+from agents.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+_SWEEP = re.compile(r",|^\w+\(|\brange\(|\bchoice\(|\binterval\(|\bglob\(")
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _plain_overrides(argv: list[str]) -> list[str]:
+    """Overrides without Hydra flags or multirun sweeps (validated per value by Hydra itself)."""
+    out = []
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~").startswith("hydra") or _SWEEP.search(value):
+            continue
+        out.append(arg)
+    return out
+
+
+def check_overrides(config_name: str, argv: list[str]) -> None:
+    overrides = _plain_overrides(argv)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            compose(config_name=config_name, overrides=overrides)
+    except MissingConfigException as e:
+        m = re.search(r"Could not find '([\w/]+)/([\w.-]+)'", str(e))
+        if m:
+            group, name = m.groups()
+            raise UserError(f"unknown {group} '{name}' (choose from: {', '.join(group_options(group))})") from None
+        raise UserError(str(e).splitlines()[0]) from None
+    except (ConfigCompositionException, OmegaConfBaseException) as e:
+        text = " ".join(f"{e} {e.__cause__ or ''}".split())
+        if "not in struct" in text:
+            m = re.search(r"full_key: (\S+)", text) or re.search(r"Could not override '([^']+)'", text)
+            key = m.group(1) if m else re.search(r"Key '([^']+)'", text).group(1)
+            raise UserError(f"unknown config key '{key}' (prefix with '+' to add a new key)") from None
+        cause = e.__cause__ or e
+        raise UserError(" ".join(str(cause).split())[:300]) from None
+
+
+def require_ints(cfg, keys: list[str], minimum: int = 0) -> None:
+    """Typed checks for the scalar settings a typo most often breaks (``seed=abc``)."""
+    from omegaconf import OmegaConf
+
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+        if value < minimum:
+            raise UserError(f"config key '{key}' must be >= {minimum}, got {value}")

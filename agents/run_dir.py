@@ -1,0 +1,121 @@
+"""The run directory: config, metrics, plots and summary, each written atomically."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+CURVE_FILE = "learning_curve.png"
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_config(run_dir: Path, cfg: DictConfig) -> None:
+    atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+def summary_line(summary: dict[str, Any], keys: list[str]) -> str:
+    """The one-line ``key=value`` summary every CLI ends with."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e-2 or abs(v) >= 1e5 else f"{v:.2f}"
+        return str(v)
+
+    return " ".join(f"{k}={fmt(summary[k])}" for k in keys if k in summary)
+
+
+class MetricsLog:
+    """Append-only CSV whose columns are fixed by the first row."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fields: list[str] | None = None
+
+    def append(self, row: dict[str, Any]) -> None:
+        if self.fields is None:
+            self.fields = list(row)
+            with open(self.path, "w", newline="") as f:
+                csv.DictWriter(f, self.fields).writeheader()
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def checkpoint_dir(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / CHECKPOINTS / name
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written temporary directory into place, replacing an older one."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def plot_learning_curve(run_dir: Path, title: str, references: dict[str, list[tuple[float, float]]] | None = None) -> Path:
+    """Evaluation return against env steps, with optional reference curves (e.g. the MLP baseline)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir / METRICS_FILE)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    if rows:
+        steps = [r["steps"] for r in rows]
+        mean = [r["eval_return_mean"] for r in rows]
+        std = [r["eval_return_std"] for r in rows]
+        ax.plot(steps, mean, label="this run (deterministic eval)", color="C0")
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color="C0", alpha=0.2)
+        train = [r.get("train_return_mean", float("nan")) for r in rows]
+        ax.plot(steps, train, label="this run (training episodes)", color="C0", ls=":", alpha=0.7)
+    for i, (label, curve) in enumerate((references or {}).items()):
+        if curve:
+            xs, ys = zip(*curve)
+            ax.plot(xs, ys, label=label, color=f"C{i + 1}", ls="--")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("episode return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = run_dir / CURVE_FILE
+    tmp = run_dir / f".{CURVE_FILE}.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

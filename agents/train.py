@@ -1,0 +1,84 @@
+"""``python -m agents.train env=swimmer policy=ncap [algo=ppo] [logger=wandb] [-m seed=0,1,2]``.
+
+Composes the Hydra config, trains, and leaves a run directory (Hydra's output dir) with the
+resolved ``config.yaml``, ``checkpoints/`` (periodic and ``final``), ``metrics.csv``, a
+``learning_curve.png`` and ``summary.json``; the last line printed is a ``key=value`` summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from agents import run_dir as rd
+from agents.errors import UserError, report_user_errors
+from agents.loggers import make_loggers
+from agents.overrides import check_overrides, require_ints
+
+log = logging.getLogger("agents.train")
+SUMMARY_KEYS = ["return_mean", "return_std", "steps", "params", "train_time_s", "run_dir"]
+BENCHMARK_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "swimmer_ncap.json"
+
+
+def reference_curves(cfg: DictConfig) -> dict:
+    """Benchmark curves measured under the same env config, drawn beside this run's curve."""
+    if not BENCHMARK_JSON.is_file():
+        return {}
+    try:
+        refs = json.loads(BENCHMARK_JSON.read_text()).get("reference_curves", {})
+    except (json.JSONDecodeError, OSError):
+        return {}
+    key = f"{cfg.env.name}:{cfg.env.get('task', '')}:{cfg.env.get('n_links', '')}:{cfg.env.get('fluid_density', '')}"
+    return {label: [tuple(p) for p in curve] for label, curve in refs.get(key, {}).items()}
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train as configured into ``run_dir``; returns the summary (also written to summary.json)."""
+    require_ints(cfg, ["seed"], minimum=0)
+    require_ints(cfg, ["algo.total_timesteps", "algo.eval_every", "threads", "algo.n_envs", "algo.eval_episodes",
+                       "algo.final_eval_episodes"], minimum=1)
+    require_ints(cfg, ["algo.checkpoint_every"], minimum=0)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rd.write_config(run_dir, cfg)
+    loggers = make_loggers(cfg, run_dir)
+    if cfg.algo.name in ("ppo",):
+        from agents.sb3_trainer import train_sb3
+
+        summary = train_sb3(cfg, run_dir, loggers)
+    else:
+        raise UserError(f"algo {cfg.algo.name!r} has no trainer yet")
+    summary["run_dir"] = str(run_dir)
+    rd.write_summary(run_dir, summary)
+    title = f"{cfg.policy.kind} + {cfg.algo.name} on {cfg.env.name} (seed {cfg.seed})"
+    rd.plot_learning_curve(run_dir, title, reference_curves(cfg))
+    for logger in loggers:
+        logger.finish(summary)
+    return summary
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+@report_user_errors
+def main(cfg: DictConfig) -> dict:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    summary = train(cfg, run_dir)
+    print(rd.summary_line(summary, SUMMARY_KEYS), flush=True)
+    return summary
+
+
+def cli() -> None:
+    try:
+        check_overrides("train", sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    main()
+
+
+if __name__ == "__main__":
+    cli()

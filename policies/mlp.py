@@ -1,0 +1,51 @@
+"""MLP actor: the unstructured baseline NCAP is compared against."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+
+
+@dataclass
+class MLPConfig:
+    """Sizes come from the env at run time; ``hidden`` and ``activation`` from the config."""
+
+    obs_dim: int = 24
+    action_dim: int = 5
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MLPConfig:
+        return cls(**d)
+
+
+class MLPActor(nn.Module):
+    """Observation -> action mean. Orthogonal init with a small last layer, as SB3 does."""
+
+    def __init__(self, config: MLPConfig):
+        super().__init__()
+        if config.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {config.activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        self.config = config
+        layers: list[nn.Module] = []
+        width = config.obs_dim
+        for h in config.hidden:
+            layers += [nn.Linear(width, h), ACTIVATIONS[config.activation]()]
+            width = h
+        layers.append(nn.Linear(width, config.action_dim))
+        self.net = nn.Sequential(*layers)
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        for i, m in enumerate(linears):
+            nn.init.orthogonal_(m.weight, gain=0.01 if i == len(linears) - 1 else 2**0.5)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
