@@ -1,0 +1,130 @@
+"""Shared fixtures: tiny training runs (trained once per session) and CLI helpers.
+
+Everything runs headless on the CPU. Training fixtures use a few thousand env steps and one
+evaluation episode per checkpoint so that the whole suite stays within a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+import envs  # noqa: F401  (registers the embodied/ env ids; sets MUJOCO_GL before mujoco loads)
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "configs"
+
+# Overrides that make a PPO run tiny: 4 envs x 256 steps = 1024 steps per rollout, one
+# deterministic evaluation episode per 1024 steps, two for the final evaluation.
+TINY = [
+    "algo.n_envs=4",
+    "algo.sb3.n_steps=256",
+    "algo.sb3.batch_size=512",
+    "algo.sb3.n_epochs=4",
+    "algo.eval_every=1024",
+    "algo.eval_episodes=1",
+    "algo.final_eval_episodes=2",
+    "algo.checkpoint_every=1024",
+    "threads=1",
+    "progress_bar=false",
+]
+
+SUMMARY_LINE_TRAIN = re.compile(
+    r"^return_mean=(?P<mean>-?[\d.e+-]+) return_std=(?P<std>[\d.e+-]+) steps=(?P<steps>\d+) "
+    r"params=(?P<params>\d+) train_time_s=[\d.e+-]+ run_dir=(?P<run_dir>\S+)$"
+)
+SUMMARY_LINE_EVAL = re.compile(r"^return_mean=(?P<mean>-?[\d.e+-]+) return_std=(?P<std>[\d.e+-]+)$")
+
+
+def compose_train(overrides: list[str]):
+    """Compose configs/train.yaml with Hydra's compose API (no hydra node)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=False)
+
+
+def train_in_process(run_dir: Path, overrides: list[str]) -> dict:
+    from agents.train import train
+
+    torch.set_num_threads(1)
+    cfg = compose_train(overrides)
+    return train(cfg, Path(run_dir))
+
+
+@pytest.fixture(scope="session")
+def ncap_run(tmp_path_factory) -> Path:
+    """NCAP + PPO on the 6-link swimmer, 4096 env steps (4 PPO updates)."""
+    run = tmp_path_factory.mktemp("runs") / "ncap"
+    train_in_process(run, ["env=swimmer", "policy=ncap", "algo.total_timesteps=4096", "seed=0", *TINY])
+    return run
+
+
+@pytest.fixture(scope="session")
+def mlp_run(tmp_path_factory) -> Path:
+    """MLP + PPO on the 6-link swimmer, 2048 env steps."""
+    run = tmp_path_factory.mktemp("runs") / "mlp"
+    train_in_process(run, ["env=swimmer", "policy=mlp", "algo.total_timesteps=2048", "seed=0", *TINY])
+    return run
+
+
+@pytest.fixture
+def copy_run(tmp_path):
+    """Copy a run directory so a test can damage it without touching the session fixture."""
+
+    def _copy(run: Path, name: str = "run") -> Path:
+        dst = tmp_path / name
+        shutil.copytree(run, dst)
+        return dst
+
+    return _copy
+
+
+@dataclass
+class CLIResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def last_line(self) -> str:
+        lines = [ln for ln in self.stdout.splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+
+    @property
+    def stderr_lines(self) -> list[str]:
+        return [ln for ln in self.stderr.splitlines() if ln.strip()]
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env.pop("HYDRA_FULL_ERROR", None)
+    env.setdefault("MUJOCO_GL", "osmesa")
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run ``python -m <module> <args>`` from a scratch cwd (so nothing lands in the repo)."""
+
+    def _run(module: str, *args: str, timeout: float = 300, cwd: Path | None = None) -> CLIResult:
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=cwd or tmp_path,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return CLIResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return _run
