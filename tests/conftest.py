@@ -60,6 +60,12 @@ def train_in_process(run_dir: Path, overrides: list[str]) -> dict:
     return train(cfg, Path(run_dir))
 
 
+@pytest.fixture(autouse=True)
+def _scratch_cwd(tmp_path, monkeypatch):
+    """Run every test from a scratch directory: nothing (runs/, MUJOCO_LOG.TXT, videos) lands in the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def ncap_run(tmp_path_factory) -> Path:
     """NCAP + PPO on the 6-link swimmer, 4096 env steps (4 PPO updates)."""
