@@ -5,20 +5,26 @@ from __future__ import annotations
 import functools
 import sys
 
+from envs.swimmer import SimulationDiverged
+from policies.checkpoint import CheckpointError
+
 
 class UserError(Exception):
     """Bad input from the user (config, run directory, checkpoint): print one line, exit 2."""
 
 
 def report_user_errors(fn):
-    """Turn ``UserError`` (and the loaders' ``ValueError`` subclasses they wrap) into one line."""
+    """Turn user errors into one line and exit 2; a diverged simulation into one line and exit 3."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
+        except (UserError, CheckpointError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except SimulationDiverged as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(3)
 
     return wrapper

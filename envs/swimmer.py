@@ -55,6 +55,9 @@ TASKS = ("swim", "navigate")
 PHYSICS_TIMESTEP = 0.002
 TARGET_SIZE = 0.1
 SWIM_SPEED = 0.1  # m/s at which the swim reward saturates
+_INSTABILITY_WARNINGS = (
+    mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC,
+)
 
 
 class SimulationDiverged(RuntimeError):
@@ -172,6 +175,13 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
     def _step_mujoco_simulation(self, ctrl, n_frames):
         self.data.ctrl[:] = ctrl
         mujoco.mj_step(self.model, self.data, nstep=n_frames)
+        if any(self.data.warning[w].number for w in _INSTABILITY_WARNINGS):
+            # MuJoCo silently resets the state after non-finite positions, velocities or
+            # accelerations; stop the episode with a clear error instead.
+            raise SimulationDiverged(
+                f"swimmer physics diverged at step {self._step_count + 1} (non-finite state, MuJoCo reset "
+                "it); check fluid parameters and action scale"
+            )
         # mj_step evaluates sensors before its last integration; recompute them for the new state.
         mujoco.mj_forward(self.model, self.data)
 
