@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -21,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from agents import run_dir as rd
 from agents.builders import actor_config, env_signature, make_env, observation_layout
 from agents.errors import UserError, report_user_errors
-from agents.overrides import check_overrides, require_ints
+from agents.overrides import require_ints, run_hydra_cli
 from agents.rollout import EVAL_SEED_BASE, run_episodes
 from policies.checkpoint import CheckpointError, InferencePolicy, PolicyMeta, load_policy
 from policies.registry import build_actor
@@ -143,12 +142,7 @@ def main(cfg: DictConfig) -> dict:
 
 
 def cli() -> None:
-    try:
-        check_overrides("evaluate", sys.argv[1:])
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    main()
+    run_hydra_cli("evaluate", main)
 
 
 if __name__ == "__main__":

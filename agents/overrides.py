@@ -8,13 +8,15 @@ to one sentence naming the bad override and, for groups, the valid choices.
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import OmegaConfBaseException
 
-from agents.errors import UserError
+from agents.errors import UserError, report_user_errors
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 _SWEEP = re.compile(r",|^\w+\(|\brange\(|\bchoice\(|\binterval\(|\bglob\(")
@@ -68,3 +70,9 @@ def require_ints(cfg, keys: list[str], minimum: int = 0) -> None:
             raise UserError(f"config key '{key}' must be an integer, got {value!r}")
         if value < minimum:
             raise UserError(f"config key '{key}' must be >= {minimum}, got {value}")
+
+
+def run_hydra_cli(config_name: str, hydra_main: Callable[[], object]) -> None:
+    """Validate the command line's overrides (one-line errors), then hand over to Hydra."""
+    report_user_errors(check_overrides)(config_name, sys.argv[1:])
+    hydra_main()

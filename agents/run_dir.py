@@ -6,11 +6,12 @@ import csv
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from policies.checkpoint import atomic_write
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
@@ -21,11 +22,7 @@ FINAL = "final"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def write_config(run_dir: Path, cfg: DictConfig) -> None:

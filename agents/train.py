@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -19,7 +18,7 @@ from omegaconf import DictConfig
 from agents import run_dir as rd
 from agents.errors import UserError, report_user_errors
 from agents.loggers import make_loggers
-from agents.overrides import check_overrides, require_ints
+from agents.overrides import require_ints, run_hydra_cli
 
 log = logging.getLogger("agents.train")
 SUMMARY_KEYS = ["return_mean", "return_std", "steps", "params", "train_time_s", "run_dir"]
@@ -72,12 +71,7 @@ def main(cfg: DictConfig) -> dict:
 
 
 def cli() -> None:
-    try:
-        check_overrides("train", sys.argv[1:])
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    main()
+    run_hydra_cli("train", main)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from policies.registry import build_actor  # noqa: E402
 WORK = ROOT / "benchmarks" / ".work"
 RESULTS = ROOT / "benchmarks" / "results"
 SEEDS = [0, 1, 2]
+TRANSFER_LENGTHS = list(range(3, 14))
 THRESHOLDS = [800, 850, 900]
 SWIM6 = {"name": "swimmer", "id": "embodied/Swimmer-v0", "task": "swim", "n_links": 6,
          "fluid_density": 3000.0, "fluid_viscosity": 0.0}
@@ -157,8 +158,8 @@ def section_init(out: dict, quick: bool) -> None:
 
 
 def curve_runs(jobs: Jobs, quick: bool) -> dict[str, list[Path]]:
-    ncap_steps = 30000 if quick else 100000
-    mlp_steps = 100000 if quick else 1000000
+    ncap_steps = 10000 if quick else 100000
+    mlp_steps = 20000 if quick else 1000000
     runs = {"ncap": [], "mlp": [], "ncap_paper": []}
     for seed in SEEDS:
         runs["mlp"].append(jobs.submit(f"curve_mlp_s{seed}", [
@@ -247,10 +248,10 @@ def plot_curves(out: dict, path: Path) -> None:
 
 
 def transfer_runs(jobs: Jobs, quick: bool) -> dict[int, Path]:
-    steps = 20000 if quick else 50000
+    steps = 5000 if quick else 50000
     return {n: jobs.submit(f"transfer_ncap_n{n}", [
         "policy=ncap", f"env.n_links={n}", "seed=0", f"algo.total_timesteps={steps}", "algo.eval_every=10000",
-        "algo.checkpoint_every=0"]) for n in range(3, 14)}
+        "algo.checkpoint_every=0"]) for n in TRANSFER_LENGTHS}
 
 
 def section_transfer(out: dict, runs: dict[int, Path], source: Path, quick: bool) -> None:
@@ -280,7 +281,7 @@ def ablation_overrides(share: bool, sign: bool, const: bool) -> list[str]:
 
 
 def ablation_runs(jobs: Jobs, quick: bool) -> dict[str, list[Path]]:
-    steps = 20000 if quick else 50000
+    steps = 5000 if quick else 50000
     return {ablation_name(*a): [jobs.submit(f"ablation_{ablation_name(*a)}_s{seed}", [
         *ablation_overrides(*a), f"seed={seed}", f"algo.total_timesteps={steps}", "algo.eval_every=5000",
         "algo.checkpoint_every=0"]) for seed in SEEDS] for a in ABLATIONS}
@@ -354,8 +355,8 @@ def section_throughput(out: dict, quick: bool) -> None:
 
 
 def gym_runs(jobs: Jobs, quick: bool) -> dict[str, list[Path]]:
-    mlp_steps = 100000 if quick else 1000000
-    ncap_steps = 50000 if quick else 300000
+    mlp_steps = 10000 if quick else 1000000
+    ncap_steps = 10000 if quick else 300000
     return {
         "mlp": [jobs.submit(f"gym_mlp_s{s}", ["env=swimmer_gym", "policy=mlp", f"seed={s}",
                                                f"algo.total_timesteps={mlp_steps}", "algo.eval_every=25000",
@@ -504,8 +505,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     sections = set(args.only.split(","))
-    global WORK
+    global WORK, SEEDS, TRANSFER_LENGTHS
     WORK = WORK / ("quick" if args.quick else "full")
+    if args.quick:
+        SEEDS, TRANSFER_LENGTHS = [0], [4, 6, 8]
     if args.quick and args.out == RESULTS:
         args.out = WORK / "results"  # quick numbers never overwrite the committed tables
     WORK.mkdir(parents=True, exist_ok=True)

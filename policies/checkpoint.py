@@ -74,11 +74,20 @@ class InferencePolicy(nn.Module):
         return self(torch.as_tensor(np.asarray(obs), dtype=torch.float32)).numpy()
 
 
-def _atomic_write(path: Path, write) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, then rename over ``path``; readers never see a partial file."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a deployed policy must stay readable
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -94,9 +103,9 @@ def save_policy(directory: str | Path, actor: nn.Module, meta: PolicyMeta,
     if obs_mean is not None:
         tensors["obs_mean"] = torch.as_tensor(obs_mean, dtype=torch.float32)
         tensors["obs_var"] = torch.as_tensor(obs_var, dtype=torch.float32)
-    _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
     text = json.dumps(meta.to_json(), indent=2)
-    _atomic_write(directory / META_FILE, lambda p: Path(p).write_text(text))
+    atomic_write(directory / META_FILE, lambda p: Path(p).write_text(text))
 
 
 def read_meta(directory: str | Path) -> PolicyMeta:
@@ -146,19 +155,22 @@ def load_policy(directory: str | Path, obs_dim: int | None = None, action_dim: i
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights} is corrupt or truncated ({e})") from None
 
-    trained_actions = len(meta.action_low)
-    if meta.kind == "ncap" and layout is not None and action_dim is not None and (
-        action_dim != trained_actions or obs_dim != meta.obs_dim
-    ):
-        if not meta.actor_config.get("weight_sharing", True):
-            raise CheckpointError(
-                f"policy in {directory} is an unshared NCAP for {trained_actions} joints; only the "
-                f"weight-shared circuit transfers to {action_dim} joints"
-            )
-        meta.actor_config = retarget_ncap(meta.actor_config, layout, action_dim)
-        low, high = meta.action_low[0], meta.action_high[0]
-        meta.action_low, meta.action_high = [low] * action_dim, [high] * action_dim
-        meta.obs_dim = obs_dim
+    if meta.kind == "ncap" and layout is not None and action_dim is not None:
+        try:
+            rewired = retarget_ncap(meta.actor_config, layout, action_dim)
+            stored = NCAPConfig.from_dict(meta.actor_config).to_dict()
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{directory / META_FILE} has a bad ncap config ({type(e).__name__}: {e})") from None
+        if rewired != stored:  # another body length or observation layout
+            if not meta.actor_config.get("weight_sharing", True):
+                raise CheckpointError(
+                    f"policy in {directory} is an unshared NCAP for {len(meta.action_low)} joints; only the "
+                    f"weight-shared circuit transfers to a body with {action_dim} joints"
+                )
+            meta.actor_config = rewired
+            meta.action_low = [meta.action_low[0]] * action_dim
+            meta.action_high = [meta.action_high[0]] * action_dim
+            meta.obs_dim = obs_dim
     if obs_dim is not None and obs_dim != meta.obs_dim:
         raise CheckpointError(f"policy in {directory} expects {meta.obs_dim}-d observations, the env gives {obs_dim}")
     if action_dim is not None and action_dim != len(meta.action_low):

@@ -19,6 +19,6 @@ def build_actor(kind: str, config: dict) -> nn.Module:
     config_cls, module_cls = ACTORS[kind]
     try:
         cfg = config_cls.from_dict(config)
-    except TypeError as e:
-        raise ValueError(f"bad {kind} policy config: {e}") from None
+    except (TypeError, KeyError, ValueError) as e:
+        raise ValueError(f"bad {kind} policy config: {type(e).__name__}: {e}") from None
     return module_cls(cfg)
