@@ -10,7 +10,7 @@ benchmark resumes where it stopped. Evaluations load the runs' deployable polici
 - init: return at initialisation, NCAP vs MLP, 6-link swim, 10 seeds;
 - curves: PPO learning curves, NCAP and MLP (MLP to 1M env steps), 3 seeds each, env steps to
   reach 800 / 850 / 900, trainable parameter counts, plot; plus NCAP with the paper's sigma = 0.1
-  and SB3-default PPO settings;
+  and the base PPO settings of configs/algo/ppo.yaml (lr 3e-4, 4 x 1024 steps per update);
 - transfer: one NCAP trained on 6 links run zero-shot on 3..13 links, beside NCAPs trained at
   each length and the untrained circuit;
 - ablations: the 2^3 grid (weight sharing, sign constraints, constant init) at init and after
@@ -89,7 +89,7 @@ class Jobs:
         print(f"  done {name} in {time.time() - t0:.0f}s", flush=True)
 
     def wait(self) -> None:
-        for name, fut in list(self.futures.items()):
+        for fut in self.futures.values():
             fut.result()
         self.futures.clear()
 
@@ -141,6 +141,16 @@ def env_with(**kw) -> dict:
 
 
 # --- sections ------------------------------------------------------------------------------
+def budgets(quick: bool) -> dict:
+    return {
+        "transfer_steps": 5000 if quick else 50000,
+        "transfer_episodes": 2 if quick else 5,
+        "ablation_steps": 5000 if quick else 50000,
+        "ablation_draws": 3 if quick else 10,
+        "robustness_episodes": 2 if quick else 5,
+    }
+
+
 def section_init(out: dict, quick: bool) -> None:
     n = 3 if quick else 10
     res = {}
@@ -168,7 +178,7 @@ def curve_runs(jobs: Jobs, quick: bool) -> dict[str, list[Path]]:
         runs["ncap"].append(jobs.submit(f"curve_ncap_s{seed}", [
             "policy=ncap", f"seed={seed}", f"algo.total_timesteps={ncap_steps}", "algo.eval_every=2500",
             "algo.checkpoint_every=0"]))
-        # The paper's fixed sigma = 0.1 with SB3-default PPO (n_steps 1024 x 4 envs, lr 3e-4).
+        # The paper's fixed sigma = 0.1 with the base PPO settings (n_steps 1024 x 4 envs, lr 3e-4).
         runs["ncap_paper"].append(jobs.submit(f"curve_ncap_paper_s{seed}", [
             "policy=ncap", f"seed={seed}", f"algo.total_timesteps={ncap_steps * 3}", "algo.eval_every=10000",
             "algo.checkpoint_every=0", "policy.log_std_init=-2.302585", "algo.sb3.learning_rate=3e-4",
@@ -220,7 +230,7 @@ def plot_curves(out: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = {"ncap": "NCAP + PPO (tuned, 4 params)", "mlp": "MLP + PPO (64x64, 6090 params)",
-              "ncap_paper": "NCAP + PPO (paper sigma 0.1, SB3-default PPO)"}
+              "ncap_paper": "NCAP + PPO (paper sigma 0.1, base PPO settings)"}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     for ax, logx in zip(axes, (False, True)):
         for i, (key, label) in enumerate(labels.items()):
@@ -248,14 +258,14 @@ def plot_curves(out: dict, path: Path) -> None:
 
 
 def transfer_runs(jobs: Jobs, quick: bool) -> dict[int, Path]:
-    steps = 5000 if quick else 50000
+    steps = budgets(quick)["transfer_steps"]
     return {n: jobs.submit(f"transfer_ncap_n{n}", [
         "policy=ncap", f"env.n_links={n}", "seed=0", f"algo.total_timesteps={steps}", "algo.eval_every=10000",
         "algo.checkpoint_every=0"]) for n in TRANSFER_LENGTHS}
 
 
 def section_transfer(out: dict, runs: dict[int, Path], source: Path, quick: bool) -> None:
-    episodes = 2 if quick else 5
+    episodes = budgets(quick)["transfer_episodes"]
     rows = []
     for n, run in runs.items():
         env_cfg = env_with(n_links=n)
@@ -281,14 +291,14 @@ def ablation_overrides(share: bool, sign: bool, const: bool) -> list[str]:
 
 
 def ablation_runs(jobs: Jobs, quick: bool) -> dict[str, list[Path]]:
-    steps = 5000 if quick else 50000
+    steps = budgets(quick)["ablation_steps"]
     return {ablation_name(*a): [jobs.submit(f"ablation_{ablation_name(*a)}_s{seed}", [
         *ablation_overrides(*a), f"seed={seed}", f"algo.total_timesteps={steps}", "algo.eval_every=5000",
         "algo.checkpoint_every=0"]) for seed in SEEDS] for a in ABLATIONS}
 
 
 def section_ablations(out: dict, runs: dict[str, list[Path]], quick: bool) -> None:
-    draws = 3 if quick else 10
+    draws = budgets(quick)["ablation_draws"]
     rows = []
     for a in ABLATIONS:
         name = ablation_name(*a)
@@ -306,7 +316,7 @@ def section_ablations(out: dict, runs: dict[str, list[Path]], quick: bool) -> No
 
 
 def section_robustness(out: dict, curve_runs_: dict[str, list[Path]], quick: bool) -> None:
-    episodes = 2 if quick else 5
+    episodes = budgets(quick)["robustness_episodes"]
     res = {}
     for label in ("ncap", "mlp"):
         res[label] = {}
@@ -328,7 +338,7 @@ def section_throughput(out: dict, quick: bool) -> None:
     zeros = np.zeros(env.action_space.shape)
     n = 5000 if quick else 20000
     t0 = time.perf_counter()
-    for i in range(n):
+    for _ in range(n):
         _, _, term, trunc, _ = env.step(zeros)
         if term or trunc:
             env.reset()
@@ -407,7 +417,7 @@ def fmt(x, nd=0) -> str:
 
 
 def write_markdown(out: dict, path: Path) -> None:
-    L = [f"# NCAP vs MLP on the swimmer", "",
+    L = ["# NCAP vs MLP on the swimmer", "",
          f"Generated by `python benchmarks/swimmer_ncap.py` on {out['date']} "
          f"({'QUICK mode: small budgets, not the reference numbers' if out['quick'] else 'full budgets'}).",
          f"Machine: {out['machine']['cpu']}, {out['machine']['cores']} cores, Python {out['machine']['python']}, "
@@ -416,7 +426,7 @@ def write_markdown(out: dict, path: Path) -> None:
          "Returns are out of 1000 on the swim task. Raw data: `swimmer_ncap.json`.", ""]
     if "init" in out:
         i = out["init"]
-        L += ["## Return at initialisation (6-link swim, 10 seeds)", "",
+        L += [f"## Return at initialisation (6-link swim, {i['ncap']['n']} seeds)", "",
               "| policy | return | min | max |", "|---|---|---|---|",
               f"| NCAP (constant init) | {fmt(i['ncap'], 1)} | {min(i['ncap']['returns']):.0f} | {max(i['ncap']['returns']):.0f} |",
               f"| MLP (random init) | {fmt(i['mlp'], 1)} | {min(i['mlp']['returns']):.0f} | {max(i['mlp']['returns']):.0f} |",
@@ -427,7 +437,7 @@ def write_markdown(out: dict, path: Path) -> None:
               "| policy | trainable actor params | env steps | final return | steps to 800 | steps to 850 | steps to 900 | env steps/s |",
               "|---|---|---|---|---|---|---|---|"]
         names = {"ncap": "NCAP, tuned PPO (sigma 0.5)", "mlp": "MLP 64x64, PPO",
-                 "ncap_paper": "NCAP, paper sigma 0.1, SB3-default PPO"}
+                 "ncap_paper": "NCAP, paper sigma 0.1, base PPO settings (lr 3e-4, 4x1024 steps/update)"}
         for key, name in names.items():
             if key not in c:
                 continue
@@ -448,8 +458,9 @@ def write_markdown(out: dict, path: Path) -> None:
     if "transfer" in out:
         L += ["## Transfer across body lengths", "",
               f"One NCAP trained on 6 links (`{out['transfer']['source_run']}`) run unchanged on other lengths, "
-              "beside the untrained circuit and an NCAP trained at each length (50k env steps, seed 0). "
-              "5 episodes each.", "",
+              "beside the untrained circuit and an NCAP trained at each length "
+              f"({out['budgets']['transfer_steps']:,} env steps, tuned NCAP PPO, seed 0). "
+              f"{out['budgets']['transfer_episodes']} deterministic episodes each.", "",
               "| n_links | joints | untrained | zero-shot from 6 links | trained at n |", "|---|---|---|---|---|"]
         for r in out["transfer"]["rows"]:
             L.append(f"| {r['n_links']} | {r['n_links'] - 1} | {fmt(r['untrained'])} | {fmt(r['zero_shot_from_6'])} | "
@@ -457,8 +468,9 @@ def write_markdown(out: dict, path: Path) -> None:
         L.append("")
     if "ablations" in out:
         L += ["## Ablations (the paper's 2^3 grid)", "",
-              "At init: 10 draws (random inits differ per draw; constant inits only by env seed). After training: "
-              "tuned NCAP PPO, 50k env steps, 3 seeds, final deterministic return.", "",
+              f"At init: {out['budgets']['ablation_draws']} draws (random inits differ per draw; constant inits only by "
+              f"env seed). After training: tuned NCAP PPO, {out['budgets']['ablation_steps']:,} env steps, "
+              f"{len(out['seeds'])} seeds, final deterministic return (10 episodes).", "",
               "| weight sharing | sign constraints | constant init | params | return at init (mean ± std, median) | after training |",
               "|---|---|---|---|---|---|"]
         for r in out["ablations"]:
@@ -467,7 +479,8 @@ def write_markdown(out: dict, path: Path) -> None:
         L.append("")
     if "robustness" in out:
         L += ["## Robustness to fluid density", "",
-              "Policies trained at density 3000 (the 3 seeds of the learning curves), evaluated at 0.5x and 2x.", "",
+              f"Policies trained at density 3000 (the {len(out['seeds'])} seeds of the learning curves), evaluated at "
+              f"0.5x and 2x, {out['budgets']['robustness_episodes']} episodes per seed; mean ± std over seeds.", "",
               "| policy | 0.5x (1500) | 1x (3000) | 2x (6000) |", "|---|---|---|---|"]
         for label in ("ncap", "mlp"):
             r = out["robustness"][label]
@@ -485,7 +498,7 @@ def write_markdown(out: dict, path: Path) -> None:
         L += ["## Stock Swimmer-v5 (gymnasium), beside the RL Zoo", "",
               "PPO with the RL Zoo's tuned Swimmer hyperparameters (gamma 0.9999, gae 0.98, lr 6e-4, 4 envs x 1024, "
               "batch 256, normalised obs and reward) for the MLP; NCAP with its own PPO settings, gamma 0.9999, "
-              "oscillator period 80. Ours: 3 seeds, 10 deterministic episodes each. The Zoo's numbers are Swimmer-v3, "
+              f"oscillator period 80. Ours: {len(out['seeds'])} seeds, 10 deterministic episodes each. The Zoo's numbers are Swimmer-v3, "
               "one run each, 150 episodes (benchmark.md).", "",
               "| agent | params | env steps | return |", "|---|---|---|---|",
               f"| MLP + PPO (ours) | {g['mlp']['params']} | {g['mlp']['steps']:,} | {fmt(g['mlp']['final_return'], 1)} |",
@@ -515,7 +528,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "swimmer_ncap.json"
     out = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    out.update({"date": dt.date.today().isoformat(), "quick": args.quick, "machine": machine(), "seeds": SEEDS})
+    out.update({"date": dt.date.today().isoformat(), "quick": args.quick, "machine": machine(), "seeds": SEEDS,
+                "budgets": budgets(args.quick)})
 
     if "throughput" in sections:  # first, while no training job shares the cores
         section_throughput(out, args.quick)
@@ -531,7 +545,7 @@ def main() -> None:
     if "curves" in sections:
         section_curves(out, curves)
         plot_curves(out, args.out / "swimmer_ncap_curves.png")
-        key = f"swimmer:swim:6:3000.0"
+        key = "swimmer:swim:6:3000.0"
         out["reference_curves"] = {key: {
             f"MLP + PPO (benchmark, mean of {len(SEEDS)} seeds)": out["curves"]["mlp"]["mean_curve"],
         }}
