@@ -101,9 +101,13 @@ def untrained_policy(cfg: DictConfig) -> tuple[InferencePolicy, dict]:
     return InferencePolicy(actor.eval(), meta, None, None), env_cfg
 
 
-def evaluate(cfg: DictConfig) -> dict:
+def validate(cfg: DictConfig) -> None:
     require_ints(cfg, ["episodes"], minimum=1)
     require_ints(cfg, ["seed"], minimum=0)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    validate(cfg)
     policy, env_cfg = policy_from_run(cfg) if cfg.run else untrained_policy(cfg)
     video = None
     if cfg.video:
@@ -142,7 +146,7 @@ def main(cfg: DictConfig) -> dict:
 
 
 def cli() -> None:
-    run_hydra_cli("evaluate", main)
+    run_hydra_cli("evaluate", main, validate)
 
 
 if __name__ == "__main__":

@@ -39,11 +39,12 @@ def _plain_overrides(argv: list[str]) -> list[str]:
     return out
 
 
-def check_overrides(config_name: str, argv: list[str]) -> None:
+def check_overrides(config_name: str, argv: list[str], validate: Callable | None = None) -> None:
+    """Compose the config as Hydra will and run ``validate`` on it, before any run dir exists."""
     overrides = _plain_overrides(argv)
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            compose(config_name=config_name, overrides=overrides)
+            cfg = compose(config_name=config_name, overrides=overrides)
     except MissingConfigException as e:
         m = re.search(r"Could not find '([\w/]+)/([\w.-]+)'", str(e))
         if m:
@@ -58,6 +59,8 @@ def check_overrides(config_name: str, argv: list[str]) -> None:
             raise UserError(f"unknown config key '{key}' (prefix with '+' to add a new key)") from None
         cause = e.__cause__ or e
         raise UserError(" ".join(str(cause).split())[:300]) from None
+    if validate is not None:
+        validate(cfg)
 
 
 def require_ints(cfg, keys: list[str], minimum: int = 0) -> None:
@@ -72,7 +75,7 @@ def require_ints(cfg, keys: list[str], minimum: int = 0) -> None:
             raise UserError(f"config key '{key}' must be >= {minimum}, got {value}")
 
 
-def run_hydra_cli(config_name: str, hydra_main: Callable[[], object]) -> None:
+def run_hydra_cli(config_name: str, hydra_main: Callable[[], object], validate: Callable | None = None) -> None:
     """Validate the command line's overrides (one-line errors), then hand over to Hydra."""
-    report_user_errors(check_overrides)(config_name, sys.argv[1:])
+    report_user_errors(check_overrides)(config_name, sys.argv[1:], validate)
     hydra_main()

@@ -37,12 +37,16 @@ def reference_curves(cfg: DictConfig) -> dict:
     return {label: [tuple(p) for p in curve] for label, curve in refs.get(key, {}).items()}
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train as configured into ``run_dir``; returns the summary (also written to summary.json)."""
+def validate(cfg: DictConfig) -> None:
     require_ints(cfg, ["seed"], minimum=0)
     require_ints(cfg, ["algo.total_timesteps", "algo.eval_every", "threads", "algo.n_envs", "algo.eval_episodes",
                        "algo.final_eval_episodes"], minimum=1)
     require_ints(cfg, ["algo.checkpoint_every"], minimum=0)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train as configured into ``run_dir``; returns the summary (also written to summary.json)."""
+    validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     rd.write_config(run_dir, cfg)
     loggers = make_loggers(cfg, run_dir)
@@ -71,7 +75,7 @@ def main(cfg: DictConfig) -> dict:
 
 
 def cli() -> None:
-    run_hydra_cli("train", main)
+    run_hydra_cli("train", main, validate)
 
 
 if __name__ == "__main__":
