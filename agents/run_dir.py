@@ -99,7 +99,7 @@ def plot_learning_curve(run_dir: Path, title: str, references: dict[str, list[tu
         ax.plot(steps, mean, label="this run (deterministic eval)", color="C0")
         ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color="C0", alpha=0.2)
         train = [r.get("train_return_mean", float("nan")) for r in rows]
-        ax.plot(steps, train, label="this run (training episodes)", color="C0", ls=":", alpha=0.7)
+        ax.plot(steps, train, label="this run (training episodes, with exploration noise)", color="C0", ls=":", alpha=0.7)
     for i, (label, curve) in enumerate((references or {}).items()):
         if curve:
             xs, ys = zip(*curve)
