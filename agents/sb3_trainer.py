@@ -70,7 +70,6 @@ class TrainingMonitor(BaseCallback):
         self.next_eval = 0
         self.next_checkpoint = checkpoint_every
         self.t0 = time.time()
-        self.last: EvalResult | None = None
 
     def evaluate(self, episodes: int) -> EvalResult:
         policy, _, _ = export_policy(self.model, self.meta)
@@ -78,7 +77,6 @@ class TrainingMonitor(BaseCallback):
 
     def record(self) -> None:
         result = self.evaluate(self.eval_episodes)
-        self.last = result
         train = [ep["r"] for ep in self.model.ep_info_buffer]
         row = {
             "steps": self.num_timesteps,
