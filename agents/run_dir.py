@@ -91,20 +91,28 @@ def plot_learning_curve(run_dir: Path, title: str, references: dict[str, list[tu
     import matplotlib.pyplot as plt
 
     rows = read_metrics(run_dir / METRICS_FILE)
+    references = {k: v for k, v in (references or {}).items() if v}
+    # Beside a longer reference run, a log axis keeps this run's early steps readable.
+    floor = 1000 if references else 0
+
+    def xs(values):
+        return [max(v, floor) for v in values]
+
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     if rows:
-        steps = [r["steps"] for r in rows]
+        steps = xs([r["steps"] for r in rows])
         mean = [r["eval_return_mean"] for r in rows]
         std = [r["eval_return_std"] for r in rows]
         ax.plot(steps, mean, label="this run (deterministic eval)", color="C0")
         ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color="C0", alpha=0.2)
         train = [r.get("train_return_mean", float("nan")) for r in rows]
         ax.plot(steps, train, label="this run (training episodes, with exploration noise)", color="C0", ls=":", alpha=0.7)
-    for i, (label, curve) in enumerate((references or {}).items()):
-        if curve:
-            xs, ys = zip(*curve)
-            ax.plot(xs, ys, label=label, color=f"C{i + 1}", ls="--")
-    ax.set_xlabel("env steps")
+    for i, (label, curve) in enumerate(references.items()):
+        x, y = zip(*curve)
+        ax.plot(xs(x), y, label=label, color=f"C{i + 1}", ls="--")
+    if references:
+        ax.set_xscale("log")
+    ax.set_xlabel("env steps (log)" if references else "env steps")
     ax.set_ylabel("episode return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
