@@ -9,7 +9,6 @@ an MP4 of the first episode. The last line printed is ``return_mean=... return_s
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import hydra
@@ -22,20 +21,13 @@ from agents.builders import actor_config, env_signature, make_env, observation_l
 from agents.errors import UserError, report_user_errors
 from agents.overrides import require_ints, run_hydra_cli
 from agents.rollout import EVAL_SEED_BASE, run_episodes
-from policies.checkpoint import CheckpointError, InferencePolicy, PolicyMeta, load_policy
+from policies.checkpoint import InferencePolicy, PolicyMeta, load_policy
 from policies.registry import build_actor
 
-log = logging.getLogger("agents.evaluate")
-
-
-def _cli_env_overrides() -> dict:
-    """``env.<key>=value`` overrides given on the command line (applied on top of a run's env)."""
-    out = {}
-    for item in HydraConfig.get().overrides.task:
-        key, _, value = item.lstrip("+").partition("=")
-        if key.startswith("env."):
-            out[key[4:]] = value
-    return out
+def _cli_env_keys() -> list[str]:
+    """Keys of the ``env.<key>=value`` overrides on the command line (applied on top of a run's env)."""
+    keys = (item.lstrip("+").partition("=")[0] for item in HydraConfig.get().overrides.task)
+    return [key[4:] for key in keys if key.startswith("env.")]
 
 
 def _env_group_choice() -> str | None:
@@ -72,14 +64,11 @@ def policy_from_run(cfg: DictConfig) -> tuple[InferencePolicy, dict]:
     chosen = _env_group_choice()
     if chosen is not None and chosen != env_cfg.get("name"):
         raise UserError(f"run {run} was trained on env '{env_cfg.get('name')}', not '{chosen}'")
-    for key in _cli_env_overrides():
+    for key in _cli_env_keys():
         env_cfg[key] = cfg.env.get(key)  # already parsed and typed by Hydra
     env = make_env(env_cfg)
     obs_dim, action_dim, _, _ = env_signature(env)
-    try:
-        policy = load_policy(resolve_checkpoint(run, cfg.checkpoint), obs_dim, action_dim, observation_layout(env))
-    except CheckpointError as e:
-        raise UserError(str(e)) from None
+    policy = load_policy(resolve_checkpoint(run, cfg.checkpoint), obs_dim, action_dim, observation_layout(env))
     env.close()
     return policy, env_cfg
 

@@ -119,8 +119,6 @@ def plot_learning_curve(run_dir: Path, title: str, references: dict[str, list[tu
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = run_dir / CURVE_FILE
-    tmp = run_dir / f".{CURVE_FILE}.tmp.png"
-    fig.savefig(tmp)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    tmp.replace(out)
     return out

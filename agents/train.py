@@ -8,7 +8,6 @@ resolved ``config.yaml``, ``checkpoints/`` (periodic and ``final``), ``metrics.c
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import hydra
@@ -20,7 +19,6 @@ from agents.errors import UserError, report_user_errors
 from agents.loggers import make_loggers
 from agents.overrides import require_ints, run_hydra_cli
 
-log = logging.getLogger("agents.train")
 SUMMARY_KEYS = ["return_mean", "return_std", "steps", "params", "train_time_s", "run_dir"]
 BENCHMARK_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "swimmer_ncap.json"
 
