@@ -1,0 +1,1 @@
+"""ROS 2 nodes that deploy embodied-stack policies."""
