@@ -24,6 +24,7 @@ from agents.rollout import EVAL_SEED_BASE, run_episodes
 from policies.checkpoint import InferencePolicy, PolicyMeta, load_policy
 from policies.registry import build_actor
 
+
 def _cli_env_keys() -> list[str]:
     """Keys of the ``env.<key>=value`` overrides on the command line (applied on top of a run's env)."""
     keys = (item.lstrip("+").partition("=")[0] for item in HydraConfig.get().overrides.task)

@@ -48,6 +48,7 @@ def export_policy(model, meta: PolicyMeta) -> tuple[InferencePolicy, np.ndarray 
         mean, var = venv.obs_rms.mean.copy(), venv.obs_rms.var.copy()
         meta.obs_clip = float(venv.clip_obs)
     meta.steps = int(model.num_timesteps)
+    meta.action_std = torch.exp(model.policy.log_std.detach()).cpu().tolist()
     actor = copy.deepcopy(model.policy.actor).cpu().eval()
     as_tensor = (lambda a: torch.as_tensor(a, dtype=torch.float32)) if mean is not None else (lambda a: None)
     return InferencePolicy(actor, copy.deepcopy(meta), as_tensor(mean), as_tensor(var)), mean, var

@@ -221,6 +221,26 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
             self.nose_to_target() if self.task == "navigate" else None,
         )
 
+    def observation_from_state(self, qpos, qvel, step: int, target_xy=None) -> np.ndarray:
+        """The observation this env would give in the physical state ``(qpos, qvel)`` at ``step``.
+
+        The ROS 2 policy node rebuilds observations from robot messages with this, so deployment
+        and training share one observation function. It overwrites this env's state.
+        """
+        if target_xy is not None:
+            self.model.geom_pos[self.model.geom("target").id, :2] = target_xy
+        m, d = self.model, self.data
+        d.qpos[:] = qpos
+        d.qvel[:] = qvel
+        # Only the stages the observation reads (positions, then velocity sensors), not a full
+        # mj_forward: on the ROS node's hot path the dynamics stages would be wasted work.
+        mujoco.mj_kinematics(m, d)
+        mujoco.mj_comPos(m, d)
+        mujoco.mj_comVel(m, d)
+        mujoco.mj_sensorVel(m, d)
+        self._step_count = int(step)
+        return self._get_obs()
+
     # --- gymnasium API -------------------------------------------------------------------
     def reset_model(self) -> np.ndarray:
         qpos = self.init_qpos.copy()

@@ -42,6 +42,7 @@ class PolicyMeta:
     env: dict  # the env config the policy was trained on (name, id, kwargs)
     obs_clip: float | None = None  # set when observations were normalised
     steps: int = 0
+    action_std: list[float] | None = None  # the trained Gaussian's std, for stochastic deployment
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "version": FORMAT_VERSION, **self.__dict__}
@@ -69,7 +70,7 @@ class InferencePolicy(nn.Module):
             obs = ((obs - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-self.meta.obs_clip, self.meta.obs_clip)
         return torch.max(torch.min(self.actor(obs), self.high), self.low)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self(torch.as_tensor(np.asarray(obs), dtype=torch.float32)).numpy()
 
@@ -140,6 +141,19 @@ def retarget_ncap(actor_config: dict, layout: dict, n_joints: int) -> dict:
     cfg.time_scale_steps = layout["time_scale_steps"]
     cfg.target_slice = tuple(layout["to_target"]) if layout.get("to_target") else None
     return cfg.to_dict()
+
+
+def find_policy_dir(path: str | Path, checkpoint: str = "final") -> Path:
+    """A policy directory from either itself or a run directory (``checkpoints/<checkpoint>``)."""
+    path = Path(path).expanduser()
+    if (path / META_FILE).is_file():
+        return path
+    candidate = path / "checkpoints" / checkpoint
+    if (candidate / META_FILE).is_file():
+        return candidate
+    if not path.is_dir():
+        raise CheckpointError(f"{path} does not exist")
+    raise CheckpointError(f"{path} is neither a run directory with checkpoints/{checkpoint} nor a policy directory")
 
 
 def load_policy(directory: str | Path, obs_dim: int | None = None, action_dim: int | None = None,

@@ -1,2 +1,356 @@
-def main():
-    print("sim")
+"""Policy node: a trained run directory driving a robot over ROS 2.
+
+Subscribes to the robot's state topics (see :mod:`embodied_ros.adapters`), rebuilds the env's
+observation with the env's own function, runs the policy and publishes
+``std_msgs/Float64MultiArray`` on ``commands``.
+
+Timing. With ``trigger:=state`` (default) each state sample (``joint_states`` plus an ``odom``
+of the same stamp) is answered at once, so the robot's state stream sets the control rate and
+state->command latency is only transport plus inference. With ``trigger:=timer`` a timer at
+``rate`` acts on the latest fresh state. Either way a ``rate`` timer runs the watchdog.
+
+Safety. Commands are clamped to the env's action bounds times ``action_limit``; every state
+message is validated (names, lengths, NaN/inf, stale or future stamps) and rejected with a
+throttled warning; when no valid state arrives for ``watchdog_periods`` periods the node
+publishes the robot's safe command every period and reports it; ``~/enable`` (SetBool) takes
+effect on the next tick (disabling sends one safe command, then silence); ``~/reset`` (Trigger)
+restarts the policy clock. Diagnostics go to ``/diagnostics`` once a second.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+
+import numpy as np
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
+
+from embodied_ros.adapters import InvalidMessage, make_adapter
+from embodied_ros.executors import (
+    make_executor,
+    restore_default_sigint,
+    spin_until_shutdown,
+)
+from embodied_ros.params import ParameterError, declare_parameters
+from policies.checkpoint import CheckpointError, find_policy_dir, load_policy, read_meta
+from policies.numpy_inference import numpy_policy
+
+TRIGGERS = ("state", "timer")
+LATENCY_WINDOW = 2000  # samples kept for the diagnostics percentiles
+
+
+class StartupError(Exception):
+    """A configuration problem that stops the node before it runs (one line, exit code 2)."""
+
+
+def _percentiles_ms(samples) -> tuple[float, float, float]:
+    if not samples:
+        return 0.0, 0.0, 0.0
+    arr = np.fromiter(samples, dtype=np.float64) * 1e3
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99)), float(arr.max())
+
+
+class PolicyNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("policy", **kwargs)
+        p = self._declare_parameters()
+        if p["trigger"] not in TRIGGERS:
+            raise StartupError(f"parameter trigger must be one of {TRIGGERS}, got {p['trigger']!r}")
+        if not p["run_dir"]:
+            raise StartupError("parameter run_dir is required (a run directory written by agents.train)")
+        if not 0.0 < p["action_limit"] <= 1.0:
+            raise StartupError(f"parameter action_limit must be in (0, 1], got {p['action_limit']}")
+        if p["watchdog_periods"] < 1:
+            raise StartupError(f"parameter watchdog_periods must be >= 1, got {p['watchdog_periods']}")
+        try:
+            directory = find_policy_dir(p["run_dir"], p["checkpoint"])
+            meta = read_meta(directory)
+            self.adapter = make_adapter(p["robot"], meta.env)
+            a = self.adapter
+            self.policy = load_policy(directory, a.obs_dim, a.command_size, a.layout)
+        except (CheckpointError, ValueError) as e:
+            raise StartupError(str(e)) from None
+        if not p["deterministic"] and self.policy.meta.action_std is None:
+            raise StartupError(f"deterministic:=false needs an action std, and {directory} stores none")
+
+        self.forward, self.backend = self.policy.act, "torch"
+        if p["inference"] == "numpy":
+            fast = numpy_policy(self.policy)
+            if fast is None:
+                self.get_logger().warning(f"no NumPy forward for policy kind {meta.kind}; inference runs in torch")
+            else:
+                self.forward, self.backend = fast, "numpy"
+        elif p["inference"] != "torch":
+            raise StartupError(f"parameter inference must be 'numpy' or 'torch', got {p['inference']!r}")
+        self.action_std = None if p["deterministic"] else np.asarray(self.policy.meta.action_std)
+        self.rng = np.random.default_rng(p["seed"])
+        self.rate = p["rate"] if p["rate"] > 0 else 1.0 / self.adapter.control_dt
+        self.period_ns = int(1e9 / self.rate)
+        self.watchdog_ns = p["watchdog_periods"] * self.period_ns
+        self.trigger = p["trigger"]
+        self.enabled = p["enabled"]
+        self.low = self.adapter.action_low * p["action_limit"]
+        self.high = self.adapter.action_high * p["action_limit"]
+        self.command_scale = p["command_scale"]
+        self.safe = self.adapter.safe_command()
+
+        # Latest valid message per topic, its stamp, and the clock origin of the policy.
+        self.latest: dict[str, object] = {}
+        self.stamps: dict[str, int] = {}
+        self.last_processed = 0
+        self.clock_origin: int | None = None
+        self.last_valid_wall = None  # monotonic ns of the last valid trigger message
+        self.watchdog_tripped = False
+        self.pending_safe = False  # one safe command after disabling
+
+        # Counters for diagnostics.
+        self.ticks = 0
+        self.missed = 0
+        self.rejected = 0
+        self.last_reject = ""
+        self._last_reject_log = 0.0
+        self.inference_s = deque(maxlen=LATENCY_WINDOW)
+        self.state_to_command_s = deque(maxlen=LATENCY_WINDOW)
+        self.jitter_s = deque(maxlen=LATENCY_WINDOW)
+        self.state_age_s = deque(maxlen=LATENCY_WINDOW)  # stamp -> callback: transport and queueing
+        self._last_trigger_stamp = None
+        self._last_timer_wall = None
+
+        qos = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
+                         history=qos_profile_sensor_data.history)
+        reliable = QoSProfile(depth=10)
+        self.pub = self.create_publisher(Float64MultiArray, "commands", reliable)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
+        self.subs = [
+            self.create_subscription(t.type, t.name, self._make_callback(t.name), qos if p["best_effort"] else reliable)
+            for t in self.adapter.topics
+        ]
+        self.create_service(SetBool, "~/enable", self._on_enable)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.timer = self.create_timer(1.0 / self.rate, self._on_timer)
+        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
+        # One thread is enough for these tiny networks and avoids pool wake-up jitter.
+        torch.set_num_threads(1)
+        self.forward(np.zeros(self.adapter.obs_dim))  # warm up: the first call allocates
+        self.get_logger().info(
+            f"policy {meta.kind} from {directory} driving {self.adapter.robot} at {self.rate:.1f} Hz "
+            f"(trigger={self.trigger}, {self.backend} inference, output {'enabled' if self.enabled else 'disabled'})"
+        )
+
+    def _declare_parameters(self) -> dict:
+        defaults = {
+            "run_dir": ("", "run directory (or policy directory) written by agents.train"),
+            "checkpoint": ("final", "checkpoint name inside the run directory"),
+            "robot": ("swimmer", "robot adapter"),
+            "rate": (0.0, "control rate in Hz; 0 = the env's control rate"),
+            "trigger": ("state", "'state': act on each state sample; 'timer': act at rate on the latest state"),
+            "deterministic": (True, "mean action; false samples from the trained Gaussian"),
+            "seed": (0, "seed of the action noise when deterministic is false"),
+            "action_limit": (1.0, "fraction of the env's action bounds commands are clamped to"),
+            "command_scale": (1.0, "factor from env action units to the robot's command units"),
+            "enabled": (True, "publish commands from the start"),
+            "watchdog_periods": (5, "periods without valid state before the safe command is sent"),
+            "best_effort": (False, "best-effort (sensor data) QoS for state topics"),
+            "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
+            "inference": ("numpy", "'numpy' (checked against torch at start, ~10x faster cold) or 'torch'"),
+        }
+        return declare_parameters(self, defaults)
+
+    # --- inputs --------------------------------------------------------------------------
+    def _make_callback(self, topic: str):
+        def callback(msg):
+            now = self.get_clock().now().nanoseconds
+            try:
+                stamp = self.adapter.validate(topic, msg, now, self.watchdog_ns)
+            except InvalidMessage as e:
+                self._reject(str(e))
+                return
+            except Exception as e:  # noqa: BLE001 - a message must never crash the node
+                self._reject(f"{topic}: unreadable message ({type(e).__name__}: {e})")
+                return
+            self.latest[topic] = msg
+            self.stamps[topic] = stamp
+            if topic == self.adapter.trigger:
+                self.state_age_s.append((now - stamp) / 1e9)
+                self.last_valid_wall = time.monotonic_ns()
+                if self._last_trigger_stamp is not None:
+                    gap = stamp - self._last_trigger_stamp
+                    if gap > 1.5 * self.period_ns:
+                        self.missed += int(round(gap / self.period_ns)) - 1
+                    self.jitter_s.append(abs(gap - self.period_ns) / 1e9)
+                self._last_trigger_stamp = stamp
+            if self.trigger == "state":
+                self._act(time.perf_counter())
+        return callback
+
+    def _reject(self, reason: str) -> None:
+        self.rejected += 1
+        self.last_reject = reason
+        now = time.monotonic()
+        if now - self._last_reject_log > 1.0:
+            self._last_reject_log = now
+            self.get_logger().warning(f"rejected state message ({self.rejected} so far): {reason}")
+
+    def _synchronised(self) -> bool:
+        """All state topics present, sharing the trigger's stamp within half a period, and new."""
+        stamp = self.stamps.get(self.adapter.trigger)
+        if stamp is None or stamp <= self.last_processed:
+            return False
+        return all(
+            t.name in self.stamps and abs(self.stamps[t.name] - stamp) <= self.period_ns // 2
+            for t in self.adapter.topics if t.name != "goal"
+        ) and all(t.name in self.latest for t in self.adapter.topics)
+
+    # --- control -------------------------------------------------------------------------
+    def _act(self, received: float) -> None:
+        if not self.enabled or self.watchdog_tripped or not self._synchronised():
+            return
+        stamp = self.stamps[self.adapter.trigger]
+        self.last_processed = stamp
+        if self.clock_origin is None:
+            self.clock_origin = stamp
+        step = int(round((stamp - self.clock_origin) / (self.adapter.control_dt * 1e9)))
+        start = time.perf_counter()
+        try:
+            obs = self.adapter.observation(self.latest, step)
+        except InvalidMessage as e:
+            self._reject(str(e))
+            return
+        action = self.forward(obs)
+        if self.action_std is not None:
+            action = action + self.action_std * self.rng.standard_normal(action.shape)
+        self.inference_s.append(time.perf_counter() - start)
+        if not np.all(np.isfinite(action)):
+            self._reject("policy produced a non-finite action; sent the safe command")
+            action = self.safe
+        self._publish(action)
+        self.ticks += 1
+        self.state_to_command_s.append(time.perf_counter() - received)
+
+    def _publish(self, action: np.ndarray) -> None:
+        command = np.clip(np.asarray(action, dtype=np.float64), self.low, self.high) * self.command_scale
+        self.pub.publish(Float64MultiArray(data=command.tolist()))
+
+    def _on_timer(self) -> None:
+        now = time.monotonic_ns()
+        if self._last_timer_wall is not None and self.trigger == "timer":
+            late = now - self._last_timer_wall - self.period_ns
+            self.jitter_s.append(abs(late) / 1e9)
+            if late > self.period_ns:
+                self.missed += int(late // self.period_ns)
+        self._last_timer_wall = now
+        if self.pending_safe:
+            self.pending_safe = False
+            self._publish(self.safe)
+        stale = self.last_valid_wall is None or now - self.last_valid_wall > self.watchdog_ns
+        if stale and self.last_valid_wall is not None and not self.watchdog_tripped:
+            self.watchdog_tripped = True
+            self.get_logger().error(
+                f"watchdog: no valid state for {(now - self.last_valid_wall) / 1e6:.0f} ms "
+                f"(> {self.watchdog_ns / 1e6:.0f} ms); sending the safe command"
+            )
+        elif not stale and self.watchdog_tripped:
+            self.watchdog_tripped = False
+            self.get_logger().info("watchdog: state is back; resuming the policy")
+        if self.watchdog_tripped:
+            if self.enabled:
+                self._publish(self.safe)
+            return
+        if self.trigger == "timer":
+            self._act(time.perf_counter())
+
+    def _on_enable(self, request, response):
+        if self.enabled and not request.data:
+            self.pending_safe = True
+        self.enabled = bool(request.data)
+        response.success = True
+        response.message = f"output {'enabled' if self.enabled else 'disabled'}"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_reset(self, request, response):
+        self.clock_origin = None
+        self.last_processed = 0
+        self.latest.clear()
+        self.stamps.clear()
+        response.success = True
+        response.message = "policy clock reset"
+        return response
+
+    # --- diagnostics ---------------------------------------------------------------------
+    def diagnostics(self) -> dict[str, str]:
+        inf50, inf99, infmax = _percentiles_ms(self.inference_s)
+        lat50, lat99, latmax = _percentiles_ms(self.state_to_command_s)
+        _, jit99, jitmax = _percentiles_ms(self.jitter_s)
+        age50, age99, _ = _percentiles_ms(self.state_age_s)
+        return {
+            "enabled": str(self.enabled).lower(),
+            "watchdog": "tripped" if self.watchdog_tripped else ("waiting" if self.last_valid_wall is None else "ok"),
+            "ticks": str(self.ticks),
+            "missed_ticks": str(self.missed),
+            "rejected_messages": str(self.rejected),
+            "last_rejection": self.last_reject,
+            "inference_ms_p50": f"{inf50:.3f}", "inference_ms_p99": f"{inf99:.3f}", "inference_ms_max": f"{infmax:.3f}",
+            "state_to_command_ms_p50": f"{lat50:.3f}", "state_to_command_ms_p99": f"{lat99:.3f}",
+            "state_to_command_ms_max": f"{latmax:.3f}",
+            "state_age_ms_p50": f"{age50:.3f}", "state_age_ms_p99": f"{age99:.3f}",
+            "loop_jitter_ms_p99": f"{jit99:.3f}", "loop_jitter_ms_max": f"{jitmax:.3f}",
+            "rate_hz": f"{self.rate:.3f}",
+        }
+
+    def _publish_diagnostics(self) -> None:
+        values = self.diagnostics()
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: policy", hardware_id=self.adapter.robot)
+        if self.watchdog_tripped:
+            status.level, status.message = DiagnosticStatus.ERROR, "watchdog tripped: no valid state, safe command"
+        elif not self.enabled:
+            status.level, status.message = DiagnosticStatus.WARN, "output disabled"
+        elif self.last_valid_wall is None:
+            status.level, status.message = DiagnosticStatus.WARN, "waiting for state"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, "running"
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(msg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    restore_default_sigint()
+    rclpy.init(args=argv)
+    node = None
+    try:
+        node = PolicyNode()
+        executor = make_executor()
+        executor.add_node(node)
+        spin_until_shutdown(executor)
+    except (StartupError, ParameterError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            d = node.diagnostics()
+            print(
+                f"policy stopped: {d['ticks']} commands, {d['missed_ticks']} missed ticks, {d['rejected_messages']} "
+                f"rejected messages, inference p50/p99 {d['inference_ms_p50']}/{d['inference_ms_p99']} ms, "
+                f"state->command p50/p99 {d['state_to_command_ms_p50']}/{d['state_to_command_ms_p99']} ms, "
+                f"state age on arrival p50/p99 {d['state_age_ms_p50']}/{d['state_age_ms_p99']} ms",
+                file=sys.stderr, flush=True,
+            )
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,2 +1,302 @@
-def main():
-    print("sim")
+"""Sim robot node: the project's MuJoCo env as a stand-in robot on the real robot's topics.
+
+Each tick it applies the latest command (held like ros2_control's forward command controller
+holds it), advances the physics by one control period and publishes the state messages of the
+robot's adapter. ``real_time:=true`` paces ticks by the wall clock; ``real_time:=false`` runs
+lock-step, as fast as the policy answers, and publishes ``/clock`` so nodes with
+``use_sim_time`` follow simulated time. ``~/reset`` (std_srvs/Trigger) starts a new episode.
+
+The physics loop runs on the main thread with its own deadline timing; ROS callbacks (commands,
+reset) run on an executor thread. The node measures what a robot would feel: for every state it
+publishes, the delay until the first command after it arrives, and the ticks that came without a
+fresh command (missed ticks). ``stats_file`` receives them as JSON at shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from rosgraph_msgs.msg import Clock
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
+
+import envs
+from embodied_ros.adapters import make_adapter
+from embodied_ros.executors import (
+    make_executor,
+    restore_default_sigint,
+    spin_until_shutdown,
+)
+from embodied_ros.params import ParameterError, declare_parameters
+from envs.swimmer import SimulationDiverged
+from policies.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    find_policy_dir,
+    read_meta,
+)
+
+DEFAULT_ENVS = {"swimmer": {"name": "swimmer", "id": envs.SWIMMER, "task": "swim", "n_links": 6}}
+
+
+class StartupError(Exception):
+    """A configuration problem that stops the node before it runs (one line, exit code 2)."""
+
+
+def env_config_for(robot: str, run_dir: str) -> dict:
+    """The env a run was trained on, so the sim matches the policy; the robot's default otherwise."""
+    if run_dir:
+        try:
+            return dict(read_meta(find_policy_dir(run_dir)).env)
+        except CheckpointError as e:
+            raise StartupError(str(e)) from None
+    if robot not in DEFAULT_ENVS:
+        raise StartupError(f"unknown robot {robot!r} (known: {', '.join(DEFAULT_ENVS)})")
+    return dict(DEFAULT_ENVS[robot])
+
+
+class SimRobotNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("sim", **kwargs)
+        p = self._declare_parameters()
+        env_cfg = env_config_for(p["robot"], p["run_dir"])
+        if p["rate"] > 0:
+            env_cfg["control_timestep"] = 1.0 / p["rate"]
+        try:
+            self.adapter = make_adapter(p["robot"], env_cfg)
+            kwargs_ = {k: v for k, v in env_cfg.items() if k not in ("name", "id")}
+            self.env = gym.make(env_cfg["id"], **kwargs_).unwrapped
+        except (ValueError, TypeError, gym.error.Error) as e:
+            raise StartupError(f"cannot build the {p['robot']} sim: {e}") from None
+        self.dt = float(self.env.dt)
+        self.real_time = p["real_time"]
+        self.lockstep_timeout = p["lockstep_timeout"]
+        self.seed = p["seed"]
+        self.episode_steps = p["episode_steps"]
+        self.stats_file = p["stats_file"]
+        self.frame_prefix = p["frame_prefix"]
+
+        self.lock = threading.Lock()
+        self.command = self.adapter.safe_command()
+        self.command_arrived = threading.Event()
+        self.first_command_after_state: float | None = None
+        self.commands_received = 0
+        self.rejected_commands = 0
+        self._last_reject_log = 0.0
+        self.reset_requested = False
+
+        self.ticks = 0
+        self.missed = 0
+        self.overruns = 0
+        self.resets = 0
+        self.latencies: list[float] = []  # last state message handed to DDS -> first command after it
+        self.sample_latencies: list[float] = []  # physics sample (before encoding) -> first command
+        self.state_sampled_at: float | None = None
+        self.state_published_at: float | None = None
+
+        qos = QoSProfile(depth=10)
+        self.pubs = {t.name: self.create_publisher(t.type, t.name, qos) for t in self.adapter.published_topics}
+        self.clock_pub = None if self.real_time else self.create_publisher(Clock, "/clock", qos)
+        self.create_subscription(Float64MultiArray, "commands", self._on_command, QoSProfile(depth=1))
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.get_logger().info(
+            f"{p['robot']} sim ({env_cfg['id']}, {json.dumps({k: v for k, v in env_cfg.items() if k not in ('name', 'id')})}) "
+            f"at {1.0 / self.dt:.1f} Hz, {'real time' if self.real_time else 'lock-step with /clock'}"
+        )
+
+    def _declare_parameters(self) -> dict:
+        defaults = {
+            "robot": ("swimmer", "which robot to simulate"),
+            "run_dir": ("", "simulate the env this run was trained on (else the robot's default env)"),
+            "rate": (0.0, "control rate in Hz (sets the env's control timestep); 0 = the env's own"),
+            "real_time": (True, "pace ticks by the wall clock; false = lock-step and publish /clock"),
+            "lockstep_timeout": (0.1, "lock-step: seconds to wait for a command before stepping anyway"),
+            "seed": (0, "seed of the first episode's initial state"),
+            "episode_steps": (0, "start a new episode after this many ticks; 0 = never"),
+            "stats_file": ("", "write latency and missed-tick statistics here (JSON) at shutdown"),
+            "frame_prefix": ("", "prefix of the odom/base_link frame ids"),
+        }
+        return declare_parameters(self, defaults)
+
+    # --- callbacks (executor thread) -------------------------------------------------------
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        received = time.perf_counter()
+        data = np.asarray(msg.data, dtype=np.float64)
+        if data.shape != (self.adapter.command_size,) or not np.all(np.isfinite(data)):
+            self.rejected_commands += 1
+            if received - self._last_reject_log > 1.0:
+                self._last_reject_log = received
+                self.get_logger().warning(
+                    f"rejected command with {data.size} values (need {self.adapter.command_size} finite values)"
+                )
+            return
+        with self.lock:
+            self.command = np.clip(data, self.adapter.action_low, self.adapter.action_high)
+            self.commands_received += 1
+            if self.first_command_after_state is None:
+                self.first_command_after_state = received
+        self.command_arrived.set()
+
+    def _on_reset(self, request, response):
+        with self.lock:
+            self.reset_requested = True
+        response.success = True
+        response.message = "new episode at the next tick"
+        return response
+
+    # --- physics loop (main thread) ---------------------------------------------------------
+    def _reset_env(self) -> None:
+        self.env.reset(seed=self.seed + self.resets)
+        self.resets += 1
+        with self.lock:
+            self.command = self.adapter.safe_command()
+
+    def _stamp(self) -> int:
+        if self.real_time:
+            return self.get_clock().now().nanoseconds
+        return int(round(self.ticks * self.dt * 1e9)) + 1  # sim time; never the "unstamped" zero
+
+    def _publish_state(self) -> None:
+        stamp = self._stamp()
+        if self.clock_pub is not None:
+            clock = Clock()
+            clock.clock.sec, clock.clock.nanosec = divmod(stamp, 1_000_000_000)
+            self.clock_pub.publish(clock)
+        sampled = time.perf_counter()
+        msgs = self.adapter.encode_state(self.env, stamp, self.frame_prefix)
+        with self.lock:
+            self.first_command_after_state = None
+            self.command_arrived.clear()
+            self.state_sampled_at = sampled
+        trigger = self.adapter.trigger
+        self.pubs[trigger].publish(msgs.pop(trigger))
+        with self.lock:
+            self.state_published_at = time.perf_counter()
+        for topic, msg in msgs.items():
+            self.pubs[topic].publish(msg)
+
+    def _take_command(self) -> np.ndarray:
+        """The command to apply now, accounting for whether the last state was answered."""
+        with self.lock:
+            answered = self.first_command_after_state
+            published = self.state_published_at
+            sampled = self.state_sampled_at
+            command = self.command.copy()
+            reset = self.reset_requested
+            self.reset_requested = False
+        if published is not None and self.commands_received > 0:
+            if answered is not None:
+                self.latencies.append(answered - published)
+                self.sample_latencies.append(answered - sampled)
+            else:
+                self.missed += 1
+        if reset:
+            self._reset_env()
+            command = self.adapter.safe_command()
+        return command
+
+    def _step(self, command: np.ndarray) -> None:
+        try:
+            self.env.step(command)
+        except SimulationDiverged as e:
+            self.get_logger().error(f"{e}; starting a new episode")
+            self._reset_env()
+        self.ticks += 1
+        if self.episode_steps and self.env._step_count >= self.episode_steps:
+            self._reset_env()
+
+    def run(self) -> None:
+        self._reset_env()
+        self._publish_state()
+        next_tick = time.perf_counter() + self.dt
+        while rclpy.ok(context=self.context):
+            if self.real_time:
+                delay = next_tick - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                elif delay < -self.dt:
+                    self.overruns += 1
+                    next_tick = time.perf_counter()
+                next_tick += self.dt
+            else:
+                self.command_arrived.wait(self.lockstep_timeout)
+            self._step(self._take_command())
+            self._publish_state()
+
+    def statistics(self) -> dict:
+        lat = np.asarray(self.latencies) * 1e3
+        pct = (lambda q: float(np.percentile(lat, q))) if lat.size else (lambda q: math.nan)
+        sample = np.asarray(self.sample_latencies) * 1e3
+        head = self.env.data.body("head").xpos
+        return {
+            "ticks": self.ticks,
+            "answered": int(lat.size),
+            "missed_ticks": self.missed,
+            "overruns": self.overruns,
+            "commands_received": self.commands_received,
+            "rejected_commands": self.rejected_commands,
+            "resets": self.resets,
+            "rate_hz": 1.0 / self.dt,
+            "latency_ms_p50": pct(50),
+            "latency_ms_p99": pct(99),
+            "latency_ms_max": float(lat.max()) if lat.size else math.nan,
+            "sample_latency_ms_p50": float(np.percentile(sample, 50)) if sample.size else math.nan,
+            "sample_latency_ms_p99": float(np.percentile(sample, 99)) if sample.size else math.nan,
+            "latencies_us": [round(float(v) * 1e3) for v in lat],
+            "sample_latencies_us": [round(float(v) * 1e3) for v in sample],
+            "head_xy": [float(head[0]), float(head[1])],
+        }
+
+    def write_statistics(self) -> None:
+        if not self.stats_file:
+            return
+        path = Path(self.stats_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.statistics())
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def main(argv: list[str] | None = None) -> int:
+    restore_default_sigint()
+    rclpy.init(args=argv)
+    node = executor = None
+    try:
+        node = SimRobotNode()
+        executor = make_executor()
+        executor.add_node(node)
+        threading.Thread(target=spin_until_shutdown, args=(executor,), daemon=True).start()
+        node.run()
+    except (StartupError, ParameterError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            s = node.statistics()
+            node.get_logger().info(
+                f"sim stopped after {s['ticks']} ticks: {s['answered']} answered, {s['missed_ticks']} missed, "
+                f"latency p50 {s['latency_ms_p50']:.3f} ms p99 {s['latency_ms_p99']:.3f} ms"
+            )
+            node.write_statistics()
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

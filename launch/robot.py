@@ -1,0 +1,157 @@
+"""Run a trained policy on a robot: the MuJoCo sim robot (or a real one), the policy node and an optional recorder.
+
+A standard ROS 2 Python launch file (``ros2 launch launch/robot.py run:=runs/...``). ROS 2 ``launch`` and
+``launch_ros`` have no PyPI wheels, so the node list is plain data (ARGUMENTS and nodes()) that the project
+launcher runs without them: ``robot-launch launch/robot.py run:=runs/... [--dry-run]``. Both start the same
+processes with the same parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+PACKAGE = "embodied_ros"
+ROBOTS = ("swimmer",)
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+
+# name: (default, description); every value is a string, as on the launch command line.
+ARGUMENTS = {
+    "robot": ("swimmer", f"robot to run, one of: {', '.join(ROBOTS)}"),
+    "run": ("", "run directory with the trained policy (required: the policy node needs it)"),
+    "rate": ("0", "control rate in Hz; 0 = the robot's native control rate"),
+    "use_sim": ("true", "true: start the MuJoCo sim robot node; false: a real robot provides the topics"),
+    "real_time": ("true", "false: lock-step sim as fast as the policy answers, publishing /clock; nodes use sim time"),
+    "record": ("false", "true: record the robot's topics to a bag"),
+    "bag": ("", "bag directory; empty = bags/<robot>_<YYYYmmdd_HHMMSS> under the current directory"),
+    "namespace": ("robot", "ROS namespace of all nodes"),
+    "seed": ("0", "seed of the sim robot (initial state, noise)"),
+    "enabled": ("true", "true: policy output is enabled at start; false: it starts disabled"),
+    "log_level": ("info", f"log level of all nodes, one of: {', '.join(LOG_LEVELS)}"),
+}
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _bool(args: dict[str, str], name: str) -> bool:
+    """Launch conditions accept true/false (and 1/0); anything else is a typo worth reporting."""
+    value = args[name].strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"launch argument {name}:={args[name]!r} must be true or false")
+
+
+def _rate(args: dict[str, str]) -> float:
+    """A ROS double parameter: a finite, non-negative number of Hz."""
+    try:
+        rate = float(args["rate"])
+    except ValueError:
+        raise ValueError(f"launch argument rate:={args['rate']!r} is not a number (Hz; 0 = native rate)") from None
+    if not math.isfinite(rate) or rate < 0:
+        raise ValueError(f"launch argument rate:={args['rate']!r} must be a finite number >= 0 (Hz)")
+    return rate
+
+
+def _int(args: dict[str, str], name: str) -> int:
+    try:
+        return int(args[name])
+    except ValueError:
+        raise ValueError(f"launch argument {name}:={args[name]!r} is not an integer") from None
+
+
+def _choice(args: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = args[name].strip().lower() if name == "log_level" else args[name]
+    if value not in choices:
+        raise ValueError(f"launch argument {name}:={args[name]!r} is not one of: {', '.join(choices)}")
+    return value
+
+
+def _run_dir(args: dict[str, str]) -> str:
+    """Absolute, so that the nodes do not depend on the directory they are started from."""
+    if not args["run"].strip():
+        raise ValueError("launch argument run:=<run directory> is required (the trained policy to run)")
+    return str(Path(args["run"]).expanduser().absolute())
+
+
+def _bag_dir(args: dict[str, str], robot: str) -> str:
+    bag = args["bag"].strip() or f"bags/{robot}_{time.strftime('%Y%m%d_%H%M%S')}"
+    return str(Path(bag).expanduser().absolute())
+
+
+def nodes(args: dict[str, str]) -> list[dict]:
+    """The processes to start, as ``launch_ros.actions.Node`` kwargs with typed parameters.
+
+    ``args`` maps every name in ARGUMENTS to its string value. Raises ValueError (one line) on a bad value.
+    """
+    robot = _choice(args, "robot", ROBOTS)
+    run_dir = _run_dir(args)
+    rate = _rate(args)
+    use_sim = _bool(args, "use_sim")
+    real_time = _bool(args, "real_time")
+    record = _bool(args, "record")
+    enabled = _bool(args, "enabled")
+    seed = _int(args, "seed")
+    log_level = _choice(args, "log_level", LOG_LEVELS)
+    if not use_sim and not real_time:
+        raise ValueError("launch argument real_time:=false needs use_sim:=true (a real robot runs in real time)")
+    sim_time = use_sim and not real_time  # lock-step sim publishes /clock
+
+    def node(executable: str, name: str, parameters: dict) -> dict:
+        return {
+            "package": PACKAGE,
+            "executable": executable,
+            "name": name,
+            "namespace": args["namespace"],
+            "parameters": [{"robot": robot, **parameters, "use_sim_time": sim_time}],
+            "output": "screen",
+            "ros_arguments": ["--log-level", log_level],
+        }
+
+    specs = []
+    if use_sim:
+        specs.append(node("sim_robot", "sim", {"run_dir": run_dir, "rate": rate, "real_time": real_time, "seed": seed}))
+    specs.append(node("policy_node", "policy", {"run_dir": run_dir, "rate": rate, "enabled": enabled}))
+    if record:
+        specs.append(node("recorder", "recorder", {"output_dir": _bag_dir(args, robot)}))
+    return specs
+
+
+def _ros2_launch_api():
+    """Import launch / launch_ros, or say why not.
+
+    Without a ROS 2 install, ``import launch`` may still succeed: this very folder (``launch/``, no
+    ``__init__.py``) is then imported as an empty namespace package whenever the repo root is on sys.path.
+    """
+    hint = "ROS 2 `launch`/`launch_ros` are not installed; run this file with `robot-launch launch/robot.py ...`"
+    try:
+        import launch
+    except ImportError as exc:
+        raise ImportError(f"{hint} ({exc})") from exc
+    if getattr(launch, "__file__", None) is None or not hasattr(launch, "LaunchDescription"):
+        raise ImportError(f"{hint} (`import launch` found only the namespace package {list(launch.__path__)})")
+    try:
+        import launch.actions
+        import launch.substitutions
+        import launch_ros.actions
+    except ImportError as exc:
+        raise ImportError(f"{hint} ({exc})") from exc
+    return launch, launch_ros
+
+
+def generate_launch_description():
+    """Entry point of ``ros2 launch``: declare ARGUMENTS, then build the nodes once they are known."""
+    launch, launch_ros = _ros2_launch_api()
+
+    def _spawn(context):
+        args = {name: launch.substitutions.LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
+        return [launch_ros.actions.Node(**spec) for spec in nodes(args)]
+
+    declared = [
+        launch.actions.DeclareLaunchArgument(name, default_value=default, description=description)
+        for name, (default, description) in ARGUMENTS.items()
+    ]
+    return launch.LaunchDescription([*declared, launch.actions.OpaqueFunction(function=_spawn)])
