@@ -40,10 +40,15 @@ def set_stamp(header, ns: int, frame_id: str) -> None:
     header.frame_id = frame_id
 
 
+MAX_ABS_VALUE = 1e3  # m, rad, m/s, rad/s: anything larger is a corrupt message, not a robot state
+
+
 def _finite(values, what: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
         raise InvalidMessage(f"{what} contains NaN or inf")
+    if arr.size and np.abs(arr).max() > MAX_ABS_VALUE:
+        raise InvalidMessage(f"{what} has an implausible value {np.abs(arr).max():.3g} (limit {MAX_ABS_VALUE:g})")
     return arr
 
 

@@ -26,8 +26,15 @@ def make_executor(context=None) -> SingleThreadedExecutor:
 
 
 def spin_until_shutdown(executor) -> None:
-    """Spin; a SIGINT/SIGTERM shutdown of the context ends it quietly."""
+    """Spin; a SIGINT/SIGTERM shutdown of the context ends it quietly.
+
+    A message being taken while the context shuts down makes rclpy 7.1.6 raise a RuntimeError
+    ("Unable to convert call argument"); after shutdown began that is not a failure of the node.
+    """
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        if executor.context.ok():
+            raise

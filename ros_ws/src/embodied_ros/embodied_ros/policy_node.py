@@ -270,6 +270,8 @@ class PolicyNode(Node):
     def _on_enable(self, request, response):
         if self.enabled and not request.data:
             self.pending_safe = True
+        if not self.enabled and request.data:
+            self.clock_origin = None  # enabling starts a new episode for the policy's clock
         self.enabled = bool(request.data)
         response.success = True
         response.message = f"output {'enabled' if self.enabled else 'disabled'}"

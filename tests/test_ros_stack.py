@@ -1,0 +1,355 @@
+"""The ROS 2 stack end to end: ``robot-launch launch/robot.py`` with the sim robot and the policy.
+
+Every test runs on an isolated graph (random domain id, loopback discovery, private ROS_HOME) from
+the ``ros_env`` fixture. The launcher is started as users start it, in its own session, and
+stopped with SIGINT.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import psutil
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter_client import AsyncParameterClient
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
+
+import envs  # noqa: F401
+from conftest import REPO
+from embodied_ros.adapters import SwimmerAdapter
+from policies.checkpoint import find_policy_dir, load_policy, read_meta
+
+LAUNCH_FILE = REPO / "launch" / "robot.py"
+
+
+class Probe:
+    """A test node on the robot's topics, spun on a background thread, recording what it hears."""
+
+    def __init__(self, context, namespace: str = "/robot"):
+        self.node = Node("probe", context=context)
+        self.ns = namespace
+        self.lock = threading.Lock()
+        self.states: list[JointState] = []
+        self.commands: list[tuple[float, np.ndarray]] = []
+        self.diagnostics: list[dict] = []
+        qos = QoSProfile(depth=100)
+        self.node.create_subscription(JointState, f"{namespace}/joint_states", self._on_state, qos)
+        self.node.create_subscription(Float64MultiArray, f"{namespace}/commands", self._on_command, qos)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, qos)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - context shut down at teardown
+            pass
+
+    def _on_state(self, msg):
+        with self.lock:
+            self.states.append(msg)
+
+    def _on_command(self, msg):
+        with self.lock:
+            self.commands.append((time.monotonic(), np.asarray(msg.data)))
+
+    def _on_diag(self, msg):
+        for status in msg.status:
+            if status.name.startswith(f"{self.ns}/policy"):
+                with self.lock:
+                    self.diagnostics.append({"level": status.level, **{kv.key: kv.value for kv in status.values}})
+
+    def wait_for(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if predicate():
+                    return
+            time.sleep(0.02)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+    def call(self, srv_type, name: str, request, timeout: float = 10.0):
+        client = self.node.create_client(srv_type, name)
+        assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert future.done(), f"service {name} did not answer"
+        return future.result()
+
+    def close(self):
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+
+
+@pytest.fixture
+def probe(ros_context):
+    p = Probe(ros_context)
+    yield p
+    p.close()
+
+
+class Launch:
+    def __init__(self, ros_env: dict, cwd: Path, *args: str):
+        self.log = cwd / "launch.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "embodied_ros.launcher", str(LAUNCH_FILE), *args],
+            cwd=cwd, env=ros_env, stdin=subprocess.DEVNULL, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def node_pids(self) -> dict[str, int]:
+        out = {}
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                cmd = " ".join(child.cmdline())
+            except psutil.NoSuchProcess:
+                continue
+            for module in ("sim_node", "policy_node", "recorder"):
+                if f"embodied_ros.{module}" in cmd:
+                    out[module] = child.pid
+        return out
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise AssertionError(f"launcher did not stop on SIGINT:\n{self.output()[-3000:]}") from None
+
+
+def head_xy(adapter: SwimmerAdapter, msg: JointState) -> np.ndarray:
+    return adapter.head_xy(msg)
+
+
+def in_process_distance(policy_dir: Path, start: JointState, steps: int) -> float:
+    """Distance the same policy swims in-process from the same physical state in ``steps`` steps."""
+    meta = read_meta(policy_dir)
+    adapter = SwimmerAdapter(meta.env)
+    policy = load_policy(policy_dir, adapter.obs_dim, adapter.command_size, adapter.layout)
+    env = gym.make(meta.env["id"], **{k: v for k, v in meta.env.items() if k not in ("name", "id")}).unwrapped
+    env.reset(seed=0)
+    obs = adapter.observation({"joint_states": start}, 0)  # the same physical state, clock at 0
+    qpos = np.asarray(start.position)[[list(start.name).index(n) for n in adapter.joint_names]]
+    qvel = np.asarray(start.velocity)[[list(start.name).index(n) for n in adapter.joint_names]]
+    env.set_state(qpos, qvel)
+    env._step_count = 0
+    xy0 = env.data.body("head").xpos[:2].copy()
+    for _ in range(steps):
+        obs, *_ = env.step(policy.act(obs))
+    return float(np.linalg.norm(env.data.body("head").xpos[:2] - xy0))
+
+
+def test_launch_swims_obeys_enable_watchdog_and_shuts_down(ncap_run, ros_env, probe, tmp_path):
+    """The whole deployment path in real time, as a user runs it; one launch, several checks."""
+    policy_dir = find_policy_dir(ncap_run)
+    adapter = SwimmerAdapter(read_meta(policy_dir).env)
+    launch = Launch(ros_env, tmp_path, "robot:=swimmer", f"run:={ncap_run}", "seed:=3", "enabled:=false")
+    try:
+        probe.wait_for(lambda: len(probe.states) > 5, 60, "joint_states from the sim robot")
+        probe.wait_for(lambda: probe.diagnostics, 30, "diagnostics from the policy node")
+        assert not probe.commands, "a disabled policy published commands"
+        assert probe.diagnostics[-1]["enabled"] == "false"
+
+        # Launch arguments reached the nodes as typed parameters.
+        params = AsyncParameterClient(probe.node, "/robot/policy")
+        assert params.wait_for_services(timeout_sec=10)
+        future = params.get_parameters(["run_dir", "enabled", "rate", "use_sim_time"])
+        probe.wait_for(future.done, 10, "parameters of the policy node")
+        values = [p.double_value if p.type == 3 else p.bool_value if p.type == 1 else p.string_value
+                  for p in future.result().values]
+        assert values == [str(Path(ncap_run).absolute()), False, 0.0, False]
+
+        # Enable: NCAP swims; compare with the same policy in-process from the same state.
+        assert probe.call(SetBool, "/robot/policy/enable", SetBool.Request(data=True)).success
+        with probe.lock:
+            first = len(probe.states)
+        probe.wait_for(lambda: len(probe.commands) > 3, 10, "commands after enabling")
+        seconds = 6.0
+        steps = int(seconds / adapter.control_dt)
+        probe.wait_for(lambda: len(probe.states) > first + steps, seconds * 3, f"{steps} states while swimming")
+        with probe.lock:
+            start, end = probe.states[first], probe.states[first + steps]
+        ros_distance = float(np.linalg.norm(head_xy(adapter, end) - head_xy(adapter, start)))
+        reference = in_process_distance(policy_dir, start, steps)
+        assert ros_distance > 0.2, f"NCAP swam only {ros_distance:.3f} m in {seconds} s over ROS 2"
+        assert ros_distance >= 0.8 * reference, f"ROS {ros_distance:.3f} m vs in-process {reference:.3f} m"
+        with probe.lock:
+            commands = [c for _, c in probe.commands]
+        assert all(c.shape == (adapter.command_size,) and np.all(np.abs(c) <= 1.0) for c in commands)
+
+        # Disable: one safe (zero) command, then silence.
+        assert probe.call(SetBool, "/robot/policy/enable", SetBool.Request(data=False)).success
+        time.sleep(0.3)
+        with probe.lock:
+            n_after_disable, last = len(probe.commands), probe.commands[-1][1]
+        assert np.all(last == 0.0), f"last command after disabling is {last}, not the safe command"
+        time.sleep(1.0)
+        with probe.lock:
+            assert len(probe.commands) == n_after_disable, "commands kept coming after disabling"
+
+        # Watchdog: freeze the sim robot; the policy sends the safe command and reports it.
+        assert probe.call(SetBool, "/robot/policy/enable", SetBool.Request(data=True)).success
+        probe.wait_for(lambda: len(probe.commands) > n_after_disable + 3, 10, "commands after re-enabling")
+        sim = psutil.Process(launch.node_pids()["sim_node"])
+        sim.suspend()
+        try:
+            time.sleep(1.5)
+            with probe.lock:
+                recent = [c for t, c in probe.commands if t > time.monotonic() - 0.8]
+                diag = probe.diagnostics[-1]
+            assert len(recent) >= 0.8 * 0.8 / adapter.control_dt * 0.5, "the watchdog did not keep commanding"
+            assert all(np.all(c == 0.0) for c in recent), "non-zero commands while the robot was silent"
+            assert diag["watchdog"] == "tripped" and diag["level"] == DiagnosticStatus.ERROR, diag
+        finally:
+            sim.resume()
+        probe.wait_for(lambda: probe.diagnostics[-1]["watchdog"] == "ok", 10, "the watchdog to recover")
+        pids = list(launch.node_pids().values())
+        assert len(pids) == 2
+    finally:
+        rc = launch.stop()
+    out = launch.output()
+    assert rc == 0, out[-3000:]
+    assert "watchdog: no valid state" in out
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, f"node {pid} survived"
+
+
+def test_lockstep_run_is_recorded_to_a_readable_bag(ncap_run, ros_env, probe, tmp_path):
+    """Lock-step sim time with record:=true: the bag holds the state and command streams."""
+    from embodied_ros.bag import read_bag
+
+    bag = tmp_path / "bag"
+    launch = Launch(ros_env, tmp_path, f"run:={ncap_run}", "real_time:=false", "record:=true", f"bag:={bag}")
+    try:
+        probe.wait_for(lambda: len(probe.commands) > 200, 60, "200 lock-step commands")
+    finally:
+        rc = launch.stop()
+    assert rc == 0, launch.output()[-3000:]
+    messages = read_bag(bag)
+    states, commands = messages["/robot/joint_states"], messages["/robot/commands"]
+    assert len(states) > 200 and len(commands) > 200
+    assert list(states[-1][1].name[:3]) == ["rootx", "rooty", "rootz"]
+    assert len(commands[-1][1].data) == 5 and np.all(np.abs(commands[-1][1].data) <= 1.0)
+    assert any(m.status for _, m in messages["/diagnostics"])
+    # Lock-step answers every state: the bag's command count tracks the state count.
+    assert len(commands) >= 0.9 * len(states) - 5
+
+
+def test_bad_run_directory_is_one_line_error(ros_env, tmp_path):
+    """A launch with a run directory that holds no policy fails fast with a readable error."""
+    launch = Launch(ros_env, tmp_path, f"run:={tmp_path}", "use_sim:=false")
+    rc = launch.proc.wait(timeout=60)
+    out = launch.output()
+    assert rc != 0
+    assert "error: " in out and "Traceback" not in out, out[-2000:]
+
+
+# --- malformed input, in-process ------------------------------------------------------------
+
+def _random_malformed(rng: np.random.Generator, good: JointState, now_ns: int) -> JointState:
+    msg = JointState()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now_ns, 1_000_000_000)
+    names, pos, vel = list(good.name), list(good.position), list(good.velocity)
+    kind = rng.integers(0, 10)
+    if kind == 0:
+        names = names[: rng.integers(0, len(names))]
+    elif kind == 1:
+        names[rng.integers(0, len(names))] = "bogus"
+    elif kind == 2:
+        names[1] = names[0]
+    elif kind == 3:
+        pos = pos[:-1]
+    elif kind == 4:
+        vel = vel + [0.0]
+    elif kind == 5:
+        pos[rng.integers(0, len(pos))] = float(rng.choice([np.nan, np.inf, -np.inf]))
+    elif kind == 6:
+        vel[rng.integers(0, len(vel))] = float(rng.choice([np.nan, np.inf, -np.inf, 1e300]))
+    elif kind == 7:
+        msg.header.stamp.sec, msg.header.stamp.nanosec = 0, 0
+    elif kind == 8:
+        stale = now_ns - int(rng.uniform(1.0, 1e4) * 1e9)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(max(stale, 1), 1_000_000_000)
+    else:
+        msg.header.stamp.sec += int(rng.integers(1, 1000))
+    msg.name, msg.position, msg.velocity = names, pos, vel
+    return msg
+
+
+def test_policy_node_survives_10000_malformed_messages(ncap_run, ros_context):
+    """Malformed state never crashes the node and never yields a command outside the limits."""
+    from embodied_ros.policy_node import PolicyNode
+
+    node = PolicyNode(
+        context=ros_context,
+        parameter_overrides=[rclpy.parameter.Parameter("run_dir", value=str(ncap_run)),
+                             rclpy.parameter.Parameter("action_limit", value=0.5)],
+    )
+    published = []
+    node.pub.publish = lambda msg: published.append(np.asarray(msg.data))
+    env = gym.make("embodied/Swimmer-v0").unwrapped
+    env.reset(seed=1)
+    callback = node._make_callback("joint_states")
+    rng = np.random.default_rng(0)
+    valid = 0
+    try:
+        for i in range(10_000):
+            now = node.get_clock().now().nanoseconds
+            good = node.adapter.encode_state(env, now)["joint_states"]
+            if i % 10 == 0:  # a valid state now and then, so commands keep flowing
+                env.step(rng.uniform(-1, 1, 5))
+                callback(node.adapter.encode_state(env, now + 1000 * i)["joint_states"])
+                valid += 1
+            else:
+                callback(_random_malformed(rng, good, now))
+        assert node.rejected == 10_000 - valid, (node.rejected, node.last_reject)
+        assert len(published) == valid
+        commands = np.array(published)
+        assert np.all(np.isfinite(commands)) and np.all(np.abs(commands) <= 0.5 + 1e-12)
+        assert np.abs(commands).max() > 0.1  # the policy did act
+    finally:
+        node.destroy_node()
+
+
+def test_non_finite_policy_output_becomes_the_safe_command(ncap_run, ros_context):
+    """If the network itself produced NaN, the robot gets the safe command, not NaN."""
+    from embodied_ros.policy_node import PolicyNode
+
+    node = PolicyNode(context=ros_context,
+                      parameter_overrides=[rclpy.parameter.Parameter("run_dir", value=str(ncap_run))])
+    published = []
+    node.pub.publish = lambda msg: published.append(np.asarray(msg.data))
+    node.forward = lambda obs: np.full(5, math.nan)
+    env = gym.make("embodied/Swimmer-v0").unwrapped
+    env.reset(seed=1)
+    try:
+        node._make_callback("joint_states")(node.adapter.encode_state(env, node.get_clock().now().nanoseconds)["joint_states"])
+        assert len(published) == 1 and np.all(published[0] == 0.0)
+        assert "non-finite" in node.last_reject
+    finally:
+        node.destroy_node()
