@@ -112,11 +112,11 @@ def nodes(args: dict[str, str]) -> list[dict]:
         }
 
     specs = []
+    if record:  # first, so that it is subscribed by the time the robot starts publishing
+        specs.append(node("recorder", "recorder", {"output_dir": _bag_dir(args, robot)}))
     if use_sim:
         specs.append(node("sim_robot", "sim", {"run_dir": run_dir, "rate": rate, "real_time": real_time, "seed": seed}))
     specs.append(node("policy_node", "policy", {"run_dir": run_dir, "rate": rate, "enabled": enabled}))
-    if record:
-        specs.append(node("recorder", "recorder", {"output_dir": _bag_dir(args, robot)}))
     return specs
 
 

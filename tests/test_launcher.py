@@ -256,9 +256,9 @@ def test_dry_run_of_robot_launch(fake_prefix, tmp_path):
     result = run_launcher(ROBOT_LAUNCH, "robot:=swimmer", "run:=/some/dir", "rate:=100", "record:=true", "--dry-run")
     assert result.returncode == 0, result.stderr
     commands = result.stdout.split("\n--- ")[0].splitlines()
-    assert [Path(cmd.split()[0]).name for cmd in commands] == ["sim_robot", "policy_node", "recorder"]
-    assert "--ros-args --log-level info -r __node:=sim -r __ns:=/robot --params-file " in commands[0]
-    assert "-r __node:=policy -r __ns:=/robot --params-file " in commands[1]
+    assert [Path(cmd.split()[0]).name for cmd in commands] == ["recorder", "sim_robot", "policy_node"]
+    assert "--ros-args --log-level info -r __node:=sim -r __ns:=/robot --params-file " in commands[1]
+    assert "-r __node:=policy -r __ns:=/robot --params-file " in commands[2]
     params = dry_run_yaml(result.stdout)
     sim = params["/robot/sim"]["ros__parameters"]
     assert sim["rate"] == 100.0 and isinstance(sim["rate"], float)
@@ -289,9 +289,9 @@ def test_robot_nodes_real_robot_has_no_sim():
 
 def test_robot_nodes_lock_step_uses_sim_time_everywhere():
     specs = load_robot_launch().nodes(robot_args(run="/r", real_time="false", record="true", bag="b", seed="3"))
-    assert [spec["name"] for spec in specs] == ["sim", "policy", "recorder"]
+    assert [spec["name"] for spec in specs] == ["recorder", "sim", "policy"]
     assert all(spec["parameters"][0]["use_sim_time"] is True for spec in specs)
-    assert specs[0]["parameters"][0]["real_time"] is False and specs[0]["parameters"][0]["seed"] == 3
+    assert specs[1]["parameters"][0]["real_time"] is False and specs[1]["parameters"][0]["seed"] == 3
     assert all(spec["ros_arguments"] == ["--log-level", "info"] for spec in specs)
 
 

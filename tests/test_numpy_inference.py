@@ -23,7 +23,6 @@ from policies.ncap import NCAP, NCAPConfig
 from policies.numpy_inference import numpy_policy
 
 ATOL = 1e-5
-ATOL_LEARNED_PERIOD = 2e-4
 N_RANDOM = 500
 ENV = {"name": "swimmer", "id": "embodied/Swimmer-v0"}
 
@@ -53,17 +52,32 @@ def perturb(actor: nn.Module, seed: int) -> None:
             nn.init.normal_(p, mean=float(p.mean()), std=1.0)
 
 
+def informative(policy: InferencePolicy) -> bool:
+    """Whether most joints' torques vary over random observations (no circuit silenced by a clamp)."""
+    actions = policy.act(observations(policy, n=100, sweep=False))
+    return bool((np.ptp(actions, axis=0) > 0.05).mean() >= 0.5)
+
+
 def ncap_policy(n_joints: int = 5, task: str = "swim", normalize: bool = False, seed: int = 0,
                 randomize: bool = True, **switches) -> InferencePolicy:
-    """An NCAP wired to the ``n_joints + 1``-link swimmer's layout, as agents.builders does."""
+    """An NCAP wired to the ``n_joints + 1``-link swimmer's layout, as agents.builders does.
+
+    With ``randomize`` the parameters are redrawn (see :func:`perturb`) until the circuit is
+    informative: a draw whose clamps silence every muscle would make the comparison vacuous.
+    """
     layout = swimmer_layout(n_joints + 1, task)
     cfg = NCAPConfig(n_joints=n_joints, joint_slice=layout.joints, joint_limit=layout.joint_limit,
                      time_index=layout.time, time_scale_steps=layout.time_scale_steps,
                      target_slice=layout.to_target, **switches)
+    torch.manual_seed(seed)  # the learned task map's initial values come from the global generator
     actor = NCAP(cfg)
+    policy = wrap(actor, "ncap", cfg.to_dict(), layout.size, n_joints, normalize, seed)
     if randomize:
-        perturb(actor, seed)
-    return wrap(actor, "ncap", cfg.to_dict(), layout.size, n_joints, normalize, seed)
+        for attempt in range(100):
+            perturb(actor, 100 * seed + attempt)
+            if informative(policy):
+                break
+    return policy
 
 
 def mlp_policy(hidden: list[int], activation: str, normalize: bool = False, seed: int = 0,
@@ -80,15 +94,16 @@ def mlp_policy(hidden: list[int], activation: str, normalize: bool = False, seed
     return wrap(actor, "mlp", cfg.to_dict(), obs_dim, action_dim, normalize, seed, low=-0.9, high=0.8)
 
 
-def observations(policy: InferencePolicy, n: int = N_RANDOM, seed: int = 0) -> np.ndarray:
-    """Random observations plus a full sweep of the integer clock (k / 1000, k = 0..999).
+def observations(policy: InferencePolicy, n: int = N_RANDOM, seed: int = 0, sweep: bool = True) -> np.ndarray:
+    """Random observations plus (``sweep``) a full sweep of the integer clock (k / 1000, k = 0..999).
 
     Joint angles reach twice the joint limit (the circuit's clamp), the target spans the
     hard-coded speed/turn thresholds, and most random rows carry an integer clock too.
     """
     rng = np.random.default_rng(seed)
     dim = policy.meta.obs_dim
-    obs = rng.normal(size=(n + 1000, dim)) * 2.0
+    n_sweep = 1000 if sweep else 0
+    obs = rng.normal(size=(n + n_sweep, dim)) * 2.0
     cfg = policy.actor.config
     if isinstance(cfg, NCAPConfig):
         lo, hi = cfg.joint_slice
@@ -99,14 +114,14 @@ def observations(policy: InferencePolicy, n: int = N_RANDOM, seed: int = 0) -> n
         t = cfg.time_index
         obs[: n // 5, t] = rng.uniform(0.0, 1.0, size=n // 5)  # some clocks between control steps
         obs[n // 5 : n, t] = rng.integers(0, 1000, size=n - n // 5) / cfg.time_scale_steps
-        obs[n:, t] = np.arange(1000) / cfg.time_scale_steps
+        obs[n:, t] = np.arange(n_sweep) / cfg.time_scale_steps
     else:
         obs[:, -1] = rng.integers(0, 1000, size=len(obs)) / 1000
     return obs
 
 
 def assert_matches(policy: InferencePolicy, obs: np.ndarray, atol: float = ATOL) -> None:
-    fast = numpy_policy(policy)
+    fast = numpy_policy(policy, atol=max(atol, 1e-4))
     assert fast is not None, "numpy_policy rejected its own forward (self-check failed)"
     expected = policy.act(obs)  # batched torch reference
     got = np.stack([fast(o) for o in obs])
@@ -126,8 +141,8 @@ NCAP_CASES = {
     "uniform_init_seed1": dict(randomize=False, constant_init=False, init_seed=1),
     "uniform_init_seed7": dict(randomize=False, constant_init=False, init_seed=7),
     "unshared_uniform_init": dict(randomize=False, weight_sharing=False, constant_init=False, init_seed=3),
-    "unsigned_pm1_init": dict(randomize=False, sign_constraints=False, init_seed=4),
-    "unsigned_uniform_init": dict(randomize=False, sign_constraints=False, constant_init=False, init_seed=5),
+    "unsigned_pm1_init": dict(randomize=False, sign_constraints=False, init_seed=8),  # a non-silent draw
+    "unsigned_uniform_init": dict(randomize=False, sign_constraints=False, constant_init=False, init_seed=6),
     "shared_signed": dict(),
     "shared_unsigned": dict(sign_constraints=False),
     "unshared_signed": dict(weight_sharing=False),
@@ -159,34 +174,27 @@ def test_ncap_numpy_matches_torch(case, normalize):
     kw = dict(NCAP_CASES[case])
     seed = sorted(NCAP_CASES).index(case)
     policy = ncap_policy(normalize=normalize, seed=seed, **kw)
-    # The learned-period oscillator's float64 phase drifts from torch's float32 one (see
-    # test_learned_period_oscillator_matches_torch); the looser bound keeps the rest of the
-    # circuit checked until that is fixed.
-    atol = ATOL_LEARNED_PERIOD if kw.get("learn_period") else ATOL
-    assert_matches(policy, observations(policy, seed=seed), atol=atol)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "ncap_forward computes the learned-period phase 2*pi*steps/period in float64, torch in float32; "
-    "at late clocks (argument ~100 rad) the sigmoid differs by ~3e-5 and the torque by up to ~1e-4"
-))
-@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
-def test_learned_period_oscillator_matches_torch(normalize):
-    """With a learned period the NumPy torque matches torch to 1e-5 on every clock."""
-    kw = NCAP_CASES["navigate_learned_learn_period"]
-    seed = sorted(NCAP_CASES).index("navigate_learned_learn_period")
-    policy = ncap_policy(normalize=normalize, seed=seed, **kw)
+    assert informative(policy), "the drawn circuit is silent; the comparison would be vacuous"
+    if kw.get("learn_period"):  # the smooth oscillator stays on torch (float32 clock rounding)
+        assert numpy_policy(policy) is None
+        return
     assert_matches(policy, observations(policy, seed=seed), atol=ATOL)
 
 
 def test_ncap_cases_exercise_clamps_and_signs():
-    """Guard on the test itself: perturbed circuits really have weights of both signs."""
-    policy = ncap_policy(seed=0)
-    values = torch.cat([p.detach().ravel() for p in policy.actor.parameters()])
-    assert (values > 0).any() and (values < 0).any()
-    unshared = ncap_policy(weight_sharing=False, seed=1)
-    w = unshared.actor.muscle_contra.detach()
-    assert (w > 0).any(), "some inhibitory weights must sit on the wrong side of their clamp"
+    """Guard on the test itself: the cases hold weights on the wrong side of their sign clamp,
+    unsigned circuits with weights of both signs, and uniform inits that are not all ±1."""
+    wrong_side = both_signs = 0
+    for case, kw in NCAP_CASES.items():
+        policy = ncap_policy(seed=sorted(NCAP_CASES).index(case), **kw)
+        actor = policy.actor
+        raw = {name: getattr(actor, name).detach() for name in actor.signs}
+        if actor.config.sign_constraints:
+            wrong_side += any(bool((sign * raw[name] < 0).any()) for name, sign in actor.signs.items())
+        else:
+            values = torch.cat([w.ravel() for w in raw.values()])
+            both_signs += bool((values > 0).any() and (values < 0).any())
+    assert wrong_side >= 3 and both_signs >= 3
     uniform = ncap_policy(randomize=False, constant_init=False, init_seed=1)
     assert not torch.all(uniform.actor.bneuron_prop.detach().abs() == 1.0)
 
@@ -303,10 +311,6 @@ def test_phase_shifted_ncap_forward_differs_on_the_clock_sweep():
     assert 0 < sum(differs) < 100  # only at the oscillator's phase boundaries
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "numpy_policy's docstring promises a sweep of the clock, but the self-check draws only "
-    "check_samples random integer clocks, so an oscillator off by one step goes unnoticed"
-))
 def test_phase_shifted_ncap_forward_is_rejected(monkeypatch):
     """A NumPy NCAP forward with the oscillator one step off is rejected by the self-check."""
     policy = ncap_policy(randomize=False)

@@ -31,9 +31,11 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
 import envs  # noqa: F401
-from conftest import REPO
 from embodied_ros.adapters import SwimmerAdapter
+from embodied_ros.malformed import random_malformed
 from policies.checkpoint import find_policy_dir, load_policy, read_meta
+
+from conftest import REPO
 
 LAUNCH_FILE = REPO / "launch" / "robot.py"
 
@@ -44,6 +46,7 @@ class Probe:
     def __init__(self, context, namespace: str = "/robot"):
         self.node = Node("probe", context=context)
         self.ns = namespace
+        self.launch: Launch | None = None  # set by a test: waiting fails fast if the launcher died
         self.lock = threading.Lock()
         self.states: list[JointState] = []
         self.commands: list[tuple[float, np.ndarray]] = []
@@ -83,6 +86,8 @@ class Probe:
             with self.lock:
                 if predicate():
                     return
+            if self.launch is not None and self.launch.proc.poll() is not None:
+                raise AssertionError(f"launcher exited while waiting for {what}:\n{self.launch.output()[-3000:]}")
             time.sleep(0.02)
         raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
@@ -168,7 +173,7 @@ def test_launch_swims_obeys_enable_watchdog_and_shuts_down(ncap_run, ros_env, pr
     """The whole deployment path in real time, as a user runs it; one launch, several checks."""
     policy_dir = find_policy_dir(ncap_run)
     adapter = SwimmerAdapter(read_meta(policy_dir).env)
-    launch = Launch(ros_env, tmp_path, "robot:=swimmer", f"run:={ncap_run}", "seed:=3", "enabled:=false")
+    launch = probe.launch = Launch(ros_env, tmp_path, "robot:=swimmer", f"run:={ncap_run}", "seed:=3", "enabled:=false")
     try:
         probe.wait_for(lambda: len(probe.states) > 5, 60, "joint_states from the sim robot")
         probe.wait_for(lambda: probe.diagnostics, 30, "diagnostics from the policy node")
@@ -228,6 +233,14 @@ def test_launch_swims_obeys_enable_watchdog_and_shuts_down(ncap_run, ros_env, pr
         finally:
             sim.resume()
         probe.wait_for(lambda: probe.diagnostics[-1]["watchdog"] == "ok", 10, "the watchdog to recover")
+
+        # Reset services: the sim starts a new episode at the origin, the policy restarts its clock.
+        with probe.lock:
+            n = len(probe.states)
+        assert probe.call(Trigger, "/robot/sim/reset", Trigger.Request()).success
+        assert probe.call(Trigger, "/robot/policy/reset", Trigger.Request()).success
+        probe.wait_for(lambda: any(np.allclose(m.position[:2], 0.0) and not np.any(m.velocity)
+                                   for m in probe.states[n:]), 5, "a state at the origin after the sim reset")
         pids = list(launch.node_pids().values())
         assert len(pids) == 2
     finally:
@@ -244,20 +257,24 @@ def test_lockstep_run_is_recorded_to_a_readable_bag(ncap_run, ros_env, probe, tm
     from embodied_ros.bag import read_bag
 
     bag = tmp_path / "bag"
-    launch = Launch(ros_env, tmp_path, f"run:={ncap_run}", "real_time:=false", "record:=true", f"bag:={bag}")
+    launch = probe.launch = Launch(ros_env, tmp_path, f"run:={ncap_run}", "real_time:=false", "record:=true", f"bag:={bag}")
     try:
-        probe.wait_for(lambda: len(probe.commands) > 200, 60, "200 lock-step commands")
+        probe.wait_for(lambda: len(probe.commands) > 600, 90, "600 lock-step commands")
     finally:
         rc = launch.stop()
     assert rc == 0, launch.output()[-3000:]
     messages = read_bag(bag)
     states, commands = messages["/robot/joint_states"], messages["/robot/commands"]
-    assert len(states) > 200 and len(commands) > 200
+    # Lock-step runs as fast as the policy answers (hundreds of Hz here), faster than the Python
+    # recorder writes on a busy 2-core machine, so the bag may hold a subsample; it must read back.
+    assert len(states) > 100 and len(commands) > 100
     assert list(states[-1][1].name[:3]) == ["rootx", "rooty", "rootz"]
     assert len(commands[-1][1].data) == 5 and np.all(np.abs(commands[-1][1].data) <= 1.0)
     assert any(m.status for _, m in messages["/diagnostics"])
-    # Lock-step answers every state: the bag's command count tracks the state count.
-    assert len(commands) >= 0.9 * len(states) - 5
+    periods = np.diff([m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in states]) / 30e6
+    assert np.all(periods >= 1) and np.allclose(periods, np.round(periods), atol=1e-6)  # sim-time stamps
+    # Recorded receive times follow the sim's /clock (use_sim_time), not the wall clock.
+    assert states[-1][0] < 10**12
 
 
 def test_bad_run_directory_is_one_line_error(ros_env, tmp_path):
@@ -270,36 +287,6 @@ def test_bad_run_directory_is_one_line_error(ros_env, tmp_path):
 
 
 # --- malformed input, in-process ------------------------------------------------------------
-
-def _random_malformed(rng: np.random.Generator, good: JointState, now_ns: int) -> JointState:
-    msg = JointState()
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now_ns, 1_000_000_000)
-    names, pos, vel = list(good.name), list(good.position), list(good.velocity)
-    kind = rng.integers(0, 10)
-    if kind == 0:
-        names = names[: rng.integers(0, len(names))]
-    elif kind == 1:
-        names[rng.integers(0, len(names))] = "bogus"
-    elif kind == 2:
-        names[1] = names[0]
-    elif kind == 3:
-        pos = pos[:-1]
-    elif kind == 4:
-        vel = vel + [0.0]
-    elif kind == 5:
-        pos[rng.integers(0, len(pos))] = float(rng.choice([np.nan, np.inf, -np.inf]))
-    elif kind == 6:
-        vel[rng.integers(0, len(vel))] = float(rng.choice([np.nan, np.inf, -np.inf, 1e300]))
-    elif kind == 7:
-        msg.header.stamp.sec, msg.header.stamp.nanosec = 0, 0
-    elif kind == 8:
-        stale = now_ns - int(rng.uniform(1.0, 1e4) * 1e9)
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(max(stale, 1), 1_000_000_000)
-    else:
-        msg.header.stamp.sec += int(rng.integers(1, 1000))
-    msg.name, msg.position, msg.velocity = names, pos, vel
-    return msg
-
 
 def test_policy_node_survives_10000_malformed_messages(ncap_run, ros_context):
     """Malformed state never crashes the node and never yields a command outside the limits."""
@@ -326,7 +313,7 @@ def test_policy_node_survives_10000_malformed_messages(ncap_run, ros_context):
                 callback(node.adapter.encode_state(env, now + 1000 * i)["joint_states"])
                 valid += 1
             else:
-                callback(_random_malformed(rng, good, now))
+                callback(random_malformed(rng, good, now))
         assert node.rejected == 10_000 - valid, (node.rejected, node.last_reject)
         assert len(published) == valid
         commands = np.array(published)

@@ -198,7 +198,9 @@ class SwimmerAdapter:
     def head_xy(self, msg: JointState) -> np.ndarray:
         """World position of the head body (for distance measurements from recorded states)."""
         qpos, _ = joint_state_arrays(msg, self.joint_names)
-        return self._head0 + qpos[:2]
+        c, s = math.cos(qpos[2]), math.sin(qpos[2])
+        offset = self._head0 - self._base0  # the head origin seen from the yaw axis, at yaw 0
+        return self._base0 + qpos[:2] + np.array([c * offset[0] - s * offset[1], s * offset[0] + c * offset[1]])
 
 
 ADAPTERS = {"swimmer": SwimmerAdapter}

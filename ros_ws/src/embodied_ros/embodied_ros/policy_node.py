@@ -34,11 +34,7 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
 from embodied_ros.adapters import InvalidMessage, make_adapter
-from embodied_ros.executors import (
-    make_executor,
-    restore_default_sigint,
-    spin_until_shutdown,
-)
+from embodied_ros.executors import init_with_shutdown_on_signals, make_executor, spin_until_shutdown
 from embodied_ros.params import ParameterError, declare_parameters
 from policies.checkpoint import CheckpointError, find_policy_dir, load_policy, read_meta
 from policies.numpy_inference import numpy_policy
@@ -326,8 +322,7 @@ class PolicyNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    restore_default_sigint()
-    rclpy.init(args=argv)
+    init_with_shutdown_on_signals(argv)
     node = None
     try:
         node = PolicyNode()

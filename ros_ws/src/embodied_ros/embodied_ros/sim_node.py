@@ -33,19 +33,10 @@ from std_srvs.srv import Trigger
 
 import envs
 from embodied_ros.adapters import make_adapter
-from embodied_ros.executors import (
-    make_executor,
-    restore_default_sigint,
-    spin_until_shutdown,
-)
+from embodied_ros.executors import init_with_shutdown_on_signals, make_executor, spin_until_shutdown
 from embodied_ros.params import ParameterError, declare_parameters
 from envs.swimmer import SimulationDiverged
-from policies.checkpoint import (
-    CheckpointError,
-    atomic_write,
-    find_policy_dir,
-    read_meta,
-)
+from policies.checkpoint import CheckpointError, atomic_write, find_policy_dir, read_meta
 
 DEFAULT_ENVS = {"swimmer": {"name": "swimmer", "id": envs.SWIMMER, "task": "swim", "n_links": 6}}
 
@@ -105,7 +96,7 @@ class SimRobotNode(Node):
         self.state_sampled_at: float | None = None
         self.state_published_at: float | None = None
 
-        qos = QoSProfile(depth=10)
+        qos = QoSProfile(depth=100)  # deep enough that a recorder stalling briefly loses nothing
         self.pubs = {t.name: self.create_publisher(t.type, t.name, qos) for t in self.adapter.published_topics}
         self.clock_pub = None if self.real_time else self.create_publisher(Clock, "/clock", qos)
         self.create_subscription(Float64MultiArray, "commands", self._on_command, QoSProfile(depth=1))
@@ -186,8 +177,8 @@ class SimRobotNode(Node):
         for topic, msg in msgs.items():
             self.pubs[topic].publish(msg)
 
-    def _take_command(self) -> np.ndarray:
-        """The command to apply now, accounting for whether the last state was answered."""
+    def _take_command(self) -> tuple[np.ndarray, bool]:
+        """The command to apply now and whether a reset was requested; accounts for the last state."""
         with self.lock:
             answered = self.first_command_after_state
             published = self.state_published_at
@@ -201,20 +192,21 @@ class SimRobotNode(Node):
                 self.sample_latencies.append(answered - sampled)
             else:
                 self.missed += 1
-        if reset:
-            self._reset_env()
-            command = self.adapter.safe_command()
-        return command
+        return command, reset
 
-    def _step(self, command: np.ndarray) -> None:
-        try:
-            self.env.step(command)
-        except SimulationDiverged as e:
-            self.get_logger().error(f"{e}; starting a new episode")
+    def _tick(self) -> None:
+        """One control period: a new episode's first state on reset, else one step of physics."""
+        command, reset = self._take_command()
+        if reset or (self.episode_steps and self.env._step_count >= self.episode_steps):
             self._reset_env()
-        self.ticks += 1
-        if self.episode_steps and self.env._step_count >= self.episode_steps:
-            self._reset_env()
+        else:
+            try:
+                self.env.step(command)
+            except SimulationDiverged as e:
+                self.get_logger().error(f"{e}; starting a new episode")
+                self._reset_env()
+        self.ticks += 1  # sim time advances on resets too, so every state has a new stamp
+        self._publish_state()
 
     def run(self) -> None:
         self._reset_env()
@@ -231,8 +223,12 @@ class SimRobotNode(Node):
                 next_tick += self.dt
             else:
                 self.command_arrived.wait(self.lockstep_timeout)
-            self._step(self._take_command())
-            self._publish_state()
+            try:
+                self._tick()
+            except Exception:
+                if self.context.ok():
+                    raise
+                break  # a signal shut the context down mid-tick
 
     def statistics(self) -> dict:
         lat = np.asarray(self.latencies) * 1e3
@@ -268,8 +264,7 @@ class SimRobotNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    restore_default_sigint()
-    rclpy.init(args=argv)
+    init_with_shutdown_on_signals(argv)
     node = executor = None
     try:
         node = SimRobotNode()
