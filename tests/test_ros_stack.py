@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,18 +20,15 @@ import numpy as np
 import psutil
 import pytest
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.parameter_client import AsyncParameterClient
-from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
 import envs  # noqa: F401
 from embodied_ros.adapters import SwimmerAdapter
 from embodied_ros.malformed import random_malformed
+from embodied_ros.monitor import RobotMonitor
 from policies.checkpoint import find_policy_dir, load_policy, read_meta
 
 from conftest import REPO
@@ -40,77 +36,11 @@ from conftest import REPO
 LAUNCH_FILE = REPO / "launch" / "robot.py"
 
 
-class Probe:
-    """A test node on the robot's topics, spun on a background thread, recording what it hears."""
-
-    def __init__(self, context, namespace: str = "/robot"):
-        self.node = Node("probe", context=context)
-        self.ns = namespace
-        self.launch: Launch | None = None  # set by a test: waiting fails fast if the launcher died
-        self.lock = threading.Lock()
-        self.states: list[JointState] = []
-        self.commands: list[tuple[float, np.ndarray]] = []
-        self.diagnostics: list[dict] = []
-        qos = QoSProfile(depth=100)
-        self.node.create_subscription(JointState, f"{namespace}/joint_states", self._on_state, qos)
-        self.node.create_subscription(Float64MultiArray, f"{namespace}/commands", self._on_command, qos)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, qos)
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - context shut down at teardown
-            pass
-
-    def _on_state(self, msg):
-        with self.lock:
-            self.states.append(msg)
-
-    def _on_command(self, msg):
-        with self.lock:
-            self.commands.append((time.monotonic(), np.asarray(msg.data)))
-
-    def _on_diag(self, msg):
-        for status in msg.status:
-            if status.name.startswith(f"{self.ns}/policy"):
-                with self.lock:
-                    self.diagnostics.append({"level": status.level, **{kv.key: kv.value for kv in status.values}})
-
-    def wait_for(self, predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if predicate():
-                    return
-            if self.launch is not None and self.launch.proc.poll() is not None:
-                raise AssertionError(f"launcher exited while waiting for {what}:\n{self.launch.output()[-3000:]}")
-            time.sleep(0.02)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-    def call(self, srv_type, name: str, request, timeout: float = 10.0):
-        client = self.node.create_client(srv_type, name)
-        assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert future.done(), f"service {name} did not answer"
-        return future.result()
-
-    def close(self):
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-
-
 @pytest.fixture
 def probe(ros_context):
-    p = Probe(ros_context)
-    yield p
-    p.close()
+    monitor = RobotMonitor(ros_context, name="probe")
+    yield monitor
+    monitor.close()
 
 
 class Launch:
@@ -124,6 +54,11 @@ class Launch:
 
     def output(self) -> str:
         return self.log.read_text()
+
+    def died(self) -> str | None:
+        if self.proc.poll() is None:
+            return None
+        return f"the launcher exited with {self.proc.returncode}:\n{self.output()[-3000:]}"
 
     def node_pids(self) -> dict[str, int]:
         out = {}
@@ -173,7 +108,8 @@ def test_launch_swims_obeys_enable_watchdog_and_shuts_down(ncap_run, ros_env, pr
     """The whole deployment path in real time, as a user runs it; one launch, several checks."""
     policy_dir = find_policy_dir(ncap_run)
     adapter = SwimmerAdapter(read_meta(policy_dir).env)
-    launch = probe.launch = Launch(ros_env, tmp_path, "robot:=swimmer", f"run:={ncap_run}", "seed:=3", "enabled:=false")
+    launch = Launch(ros_env, tmp_path, "robot:=swimmer", f"run:={ncap_run}", "seed:=3", "enabled:=false")
+    probe.abort_if = launch.died
     try:
         probe.wait_for(lambda: len(probe.states) > 5, 60, "joint_states from the sim robot")
         probe.wait_for(lambda: probe.diagnostics, 30, "diagnostics from the policy node")
@@ -257,7 +193,8 @@ def test_lockstep_run_is_recorded_to_a_readable_bag(ncap_run, ros_env, probe, tm
     from embodied_ros.bag import read_bag
 
     bag = tmp_path / "bag"
-    launch = probe.launch = Launch(ros_env, tmp_path, f"run:={ncap_run}", "real_time:=false", "record:=true", f"bag:={bag}")
+    launch = Launch(ros_env, tmp_path, f"run:={ncap_run}", "real_time:=false", "record:=true", f"bag:={bag}")
+    probe.abort_if = launch.died
     try:
         probe.wait_for(lambda: len(probe.commands) > 600, 90, "600 lock-step commands")
     finally:

@@ -76,6 +76,9 @@ class SimRobotNode(Node):
         self.seed = p["seed"]
         self.episode_steps = p["episode_steps"]
         self.stats_file = p["stats_file"]
+        self.warmup_ticks = p["warmup_ticks"]
+        self.stop_after_ticks = p["stop_after_ticks"]
+        self.counted = 0  # ticks counted in the statistics
         self.frame_prefix = p["frame_prefix"]
 
         self.lock = threading.Lock()
@@ -116,6 +119,8 @@ class SimRobotNode(Node):
             "seed": (0, "seed of the first episode's initial state"),
             "episode_steps": (0, "start a new episode after this many ticks; 0 = never"),
             "stats_file": ("", "write latency and missed-tick statistics here (JSON) at shutdown"),
+            "warmup_ticks": (0, "ticks after the first command left out of the statistics"),
+            "stop_after_ticks": (0, "exit after this many counted ticks (benchmarks); 0 = run until stopped"),
             "frame_prefix": ("", "prefix of the odom/base_link frame ids"),
         }
         return declare_parameters(self, defaults)
@@ -186,8 +191,11 @@ class SimRobotNode(Node):
             command = self.command.copy()
             reset = self.reset_requested
             self.reset_requested = False
-        if published is not None and self.commands_received > 0:
-            if answered is not None:
+        if published is not None and self.commands_received > 0:  # the policy is up: count this tick
+            self.counted += 1
+            if self.counted <= self.warmup_ticks:
+                pass
+            elif answered is not None:
                 self.latencies.append(answered - published)
                 self.sample_latencies.append(answered - sampled)
             else:
@@ -213,6 +221,8 @@ class SimRobotNode(Node):
         self._publish_state()
         next_tick = time.perf_counter() + self.dt
         while rclpy.ok(context=self.context):
+            if self.stop_after_ticks and self.counted >= self.warmup_ticks + self.stop_after_ticks:
+                break
             if self.real_time:
                 delay = next_tick - time.perf_counter()
                 if delay > 0:
