@@ -22,14 +22,14 @@ import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.parameter_client import AsyncParameterClient
-from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool, Trigger
 
 import envs  # noqa: F401
 from embodied_ros.adapters import SwimmerAdapter
 from embodied_ros.malformed import random_malformed
 from embodied_ros.monitor import RobotMonitor
-from policies.checkpoint import find_policy_dir, load_policy, read_meta
+from embodied_ros.reference import in_process_distance
+from policies.checkpoint import find_policy_dir, read_meta
 
 from conftest import REPO
 
@@ -82,28 +82,6 @@ class Launch:
             raise AssertionError(f"launcher did not stop on SIGINT:\n{self.output()[-3000:]}") from None
 
 
-def head_xy(adapter: SwimmerAdapter, msg: JointState) -> np.ndarray:
-    return adapter.head_xy(msg)
-
-
-def in_process_distance(policy_dir: Path, start: JointState, steps: int) -> float:
-    """Distance the same policy swims in-process from the same physical state in ``steps`` steps."""
-    meta = read_meta(policy_dir)
-    adapter = SwimmerAdapter(meta.env)
-    policy = load_policy(policy_dir, adapter.obs_dim, adapter.command_size, adapter.layout)
-    env = gym.make(meta.env["id"], **{k: v for k, v in meta.env.items() if k not in ("name", "id")}).unwrapped
-    env.reset(seed=0)
-    obs = adapter.observation({"joint_states": start}, 0)  # the same physical state, clock at 0
-    qpos = np.asarray(start.position)[[list(start.name).index(n) for n in adapter.joint_names]]
-    qvel = np.asarray(start.velocity)[[list(start.name).index(n) for n in adapter.joint_names]]
-    env.set_state(qpos, qvel)
-    env._step_count = 0
-    xy0 = env.data.body("head").xpos[:2].copy()
-    for _ in range(steps):
-        obs, *_ = env.step(policy.act(obs))
-    return float(np.linalg.norm(env.data.body("head").xpos[:2] - xy0))
-
-
 def test_launch_swims_obeys_enable_watchdog_and_shuts_down(ncap_run, ros_env, probe, tmp_path):
     """The whole deployment path in real time, as a user runs it; one launch, several checks."""
     policy_dir = find_policy_dir(ncap_run)
@@ -135,7 +113,7 @@ def test_launch_swims_obeys_enable_watchdog_and_shuts_down(ncap_run, ros_env, pr
         probe.wait_for(lambda: len(probe.states) > first + steps, seconds * 3, f"{steps} states while swimming")
         with probe.lock:
             start, end = probe.states[first], probe.states[first + steps]
-        ros_distance = float(np.linalg.norm(head_xy(adapter, end) - head_xy(adapter, start)))
+        ros_distance = float(np.linalg.norm(adapter.head_xy(end) - adapter.head_xy(start)))
         reference = in_process_distance(policy_dir, start, steps)
         assert ros_distance > 0.2, f"NCAP swam only {ros_distance:.3f} m in {seconds} s over ROS 2"
         assert ros_distance >= 0.8 * reference, f"ROS {ros_distance:.3f} m vs in-process {reference:.3f} m"
