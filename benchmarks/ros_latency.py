@@ -133,16 +133,17 @@ def summarize_ms(values_us: list[int]) -> dict:
 
 
 # --- 1. latency ----------------------------------------------------------------------------------
-def latency_run(run: Path, rate: float, ticks: int, inference: str, tag: str) -> dict:
+def latency_run(run: Path, rate: float, ticks: int, inference: str, priority: int, tag: str) -> dict:
     work = WORK / tag
     work.mkdir(parents=True, exist_ok=True)
     env = graph_env(work)
     stats_file = work / "stats.json"
     stats_file.unlink(missing_ok=True)
     sim = start_node("sim_node", {"run_dir": run, "rate": float(rate), "stats_file": stats_file,
-                                  "warmup_ticks": WARMUP_TICKS, "stop_after_ticks": ticks}, env, work / "sim.log")
-    pol = start_node("policy_node", {"run_dir": run, "rate": float(rate), "inference": inference}, env,
-                     work / "policy.log")
+                                  "warmup_ticks": WARMUP_TICKS, "stop_after_ticks": ticks,
+                                  "realtime_priority": priority}, env, work / "sim.log")
+    pol = start_node("policy_node", {"run_dir": run, "rate": float(rate), "inference": inference,
+                                     "realtime_priority": priority}, env, work / "policy.log")
     graph = Graph(env)
     try:
         graph.monitor.wait_for(lambda: graph.monitor.commands, 120, f"{tag}: first command")
@@ -158,7 +159,7 @@ def latency_run(run: Path, rate: float, ticks: int, inference: str, tag: str) ->
         rc_policy = stop(pol)
     stats = json.loads(stats_file.read_text())
     return {
-        "rate_hz": rate, "inference": inference, "ticks": stats["answered"] + stats["missed_ticks"],
+        "rate_hz": rate, "inference": inference, "realtime_priority": priority, "ticks": stats["answered"] + stats["missed_ticks"],
         "missed_ticks": stats["missed_ticks"], "overruns": stats["overruns"],
         "state_to_command_ms": summarize_ms(stats["latencies_us"]),
         "sample_to_command_ms": summarize_ms(stats["sample_latencies_us"]),
@@ -167,8 +168,11 @@ def latency_run(run: Path, rate: float, ticks: int, inference: str, tag: str) ->
     }
 
 
-def in_process_floor(run: Path, rate: float, ticks: int, inference: str) -> dict:
-    """The policy node's work per tick (observation from the message, inference, clamp), no ROS."""
+def in_process_floor(run: Path, rate: float, ticks: int, inference: str, priority: int) -> dict:
+    """The policy node's work per tick (observation from the message, inference, clamp), no ROS.
+
+    Run on this process's main thread with the same scheduling as the nodes it is set beside.
+    """
     policy_dir = find_policy_dir(run)
     meta = read_meta(policy_dir)
     cfg = {**meta.env, "control_timestep": 1.0 / rate}
@@ -179,6 +183,8 @@ def in_process_floor(run: Path, rate: float, ticks: int, inference: str) -> dict
     forward = numpy_policy(policy) if inference == "numpy" else policy.act
     low, high = adapter.action_low, adapter.action_high
     work_us = []
+    if priority > 0:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
     period = 1.0 / rate
     deadline = time.perf_counter()
     for step in range(ticks + WARMUP_TICKS):
@@ -192,6 +198,7 @@ def in_process_floor(run: Path, rate: float, ticks: int, inference: str) -> dict
         if step >= WARMUP_TICKS:
             work_us.append((time.perf_counter() - start) * 1e6)
         env.step(action)
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     return summarize_ms(work_us)
 
 
@@ -285,16 +292,20 @@ def write_markdown(out: dict, path: Path) -> None:
         "`joint_states` message to DDS to the first command arriving back in the sim. *sample->command* adds the "
         "sim's own encoding of the state. *Missed*: ticks at which no command for the previous state had arrived. "
         "*In-process floor*: the policy node's work (observation from the message, inference, clamp) called "
-        "directly at the same rate, no ROS. CPU: % of one core over the measured window.",
+        "directly at the same rate and scheduling, no ROS. CPU: % of one core over the measured window. "
+        "*SCHED_FIFO 50* is the nodes' `realtime_priority:=50` (needs root or an rtprio limit), as real-time "
+        "ROS 2 control nodes run; *normal* is the default scheduling.",
         "",
-        "| policy | inference | rate | ticks | state->command p50 / p99 / max (ms) | sample->command p99 (ms) | missed | "
-        "in-process floor p50 / p99 / max (ms) | CPU sim / policy |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| policy | inference | scheduling | rate | ticks | state->command p50 / p99 / max (ms) | "
+        "sample->command p99 (ms) | missed | in-process floor p50 / p99 / max (ms) | CPU sim / policy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in out["latency"]:
         lat, flo = r["state_to_command_ms"], r["floor_ms"]
         lines.append(
-            f"| {r['policy']} | {r['inference']} | {r['rate_hz']:.0f} Hz | {r['ticks']:,} | "
+            f"| {r['policy']} | {r['inference']} | "
+            f"{'SCHED_FIFO ' + str(r['realtime_priority']) if r['realtime_priority'] else 'normal'} | "
+            f"{r['rate_hz']:.0f} Hz | {r['ticks']:,} | "
             f"{lat['p50']:.3f} / {lat['p99']:.3f} / {lat['max']:.3f} | {r['sample_to_command_ms']['p99']:.3f} | "
             f"{r['missed_ticks']} | {flo['p50']:.3f} / {flo['p99']:.3f} / {flo['max']:.3f} | "
             f"{r['cpu_percent']['sim']:.0f}% / {r['cpu_percent']['policy']:.0f}% |"
@@ -329,13 +340,17 @@ def main() -> None:
     out = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
            "machine": machine(), "rclpy": "7.1.6", "policies": {k: str(v.relative_to(ROOT)) for k, v in runs.items()},
            "latency": [], "distance": []}
-    plan = [("ncap", 100, "numpy"), ("ncap", 500, "numpy"), ("mlp", 100, "numpy"), ("mlp", 500, "numpy"),
-            ("ncap", 100, "torch")]
-    for kind, rate, inference in plan:
-        tag = f"latency_{kind}_{rate}_{inference}"
+    plan = [("ncap", 100, "numpy", 50), ("ncap", 100, "numpy", 0), ("ncap", 500, "numpy", 50),
+            ("mlp", 100, "numpy", 50), ("mlp", 500, "numpy", 50), ("ncap", 100, "torch", 50)]
+    floors = {}
+    for kind, rate, inference, priority in plan:
+        tag = f"latency_{kind}_{rate}_{inference}_rt{priority}"
         print(f"{tag}: {ticks} ticks over ROS 2 ...", flush=True)
-        row = {"policy": kind, **latency_run(runs[kind], rate, ticks, inference, tag)}
-        row["floor_ms"] = in_process_floor(runs[kind], rate, ticks, inference)
+        row = {"policy": kind, **latency_run(runs[kind], rate, ticks, inference, priority, tag)}
+        key = (kind, rate, inference, priority)
+        if key not in floors:
+            floors[key] = in_process_floor(runs[kind], rate, ticks, inference, priority)
+        row["floor_ms"] = floors[key]
         lat = row["state_to_command_ms"]
         print(f"  p50 {lat['p50']:.3f} p99 {lat['p99']:.3f} max {lat['max']:.3f} ms, missed {row['missed_ticks']}, "
               f"floor p99 {row['floor_ms']['p99']:.3f} ms, cpu {row['cpu_percent']}", flush=True)

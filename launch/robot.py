@@ -29,6 +29,10 @@ ARGUMENTS = {
     "seed": ("0", "seed of the sim robot (initial state, noise)"),
     "enabled": ("true", "true: policy output is enabled at start; false: it starts disabled"),
     "log_level": ("info", f"log level of all nodes, one of: {', '.join(LOG_LEVELS)}"),
+    "realtime_priority": ("0", "SCHED_FIFO priority (1-99) for the sim and policy nodes; 0 = normal scheduling"),
+    "state_topic": ("joint_states", "topic the policy reads the robot state from (e.g. /joint_states)"),
+    "command_topic": ("commands", "topic the policy commands (e.g. /forward_effort_controller/commands)"),
+    "command_scale": ("1.0", "factor from the env's action units to the robot's (swimmer: 5e-4 for N·m)"),
 }
 
 _TRUE = ("true", "1", "yes", "on")
@@ -54,6 +58,16 @@ def _rate(args: dict[str, str]) -> float:
     if not math.isfinite(rate) or rate < 0:
         raise ValueError(f"launch argument rate:={args['rate']!r} must be a finite number >= 0 (Hz)")
     return rate
+
+
+def _float(args: dict[str, str], name: str) -> float:
+    try:
+        value = float(args[name])
+    except ValueError:
+        raise ValueError(f"launch argument {name}:={args[name]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"launch argument {name}:={args[name]!r} must be finite")
+    return value
 
 
 def _int(args: dict[str, str], name: str) -> int:
@@ -96,6 +110,9 @@ def nodes(args: dict[str, str]) -> list[dict]:
     enabled = _bool(args, "enabled")
     seed = _int(args, "seed")
     log_level = _choice(args, "log_level", LOG_LEVELS)
+    priority = _int(args, "realtime_priority")
+    if not 0 <= priority <= 99:
+        raise ValueError(f"launch argument realtime_priority:={priority} must be 0 (off) or 1-99")
     if not use_sim and not real_time:
         raise ValueError("launch argument real_time:=false needs use_sim:=true (a real robot runs in real time)")
     sim_time = use_sim and not real_time  # lock-step sim publishes /clock
@@ -115,8 +132,18 @@ def nodes(args: dict[str, str]) -> list[dict]:
     if record:  # first, so that it is subscribed by the time the robot starts publishing
         specs.append(node("recorder", "recorder", {"output_dir": _bag_dir(args, robot)}))
     if use_sim:
-        specs.append(node("sim_robot", "sim", {"run_dir": run_dir, "rate": rate, "real_time": real_time, "seed": seed}))
-    specs.append(node("policy_node", "policy", {"run_dir": run_dir, "rate": rate, "enabled": enabled}))
+        specs.append(node("sim_robot", "sim", {"run_dir": run_dir, "rate": rate, "real_time": real_time, "seed": seed,
+                                                "realtime_priority": priority}))
+    policy = node("policy_node", "policy", {"run_dir": run_dir, "rate": rate, "enabled": enabled,
+                                              "command_scale": _float(args, "command_scale"),
+                                              "realtime_priority": priority})
+    remaps = [(name, args[arg]) for name, arg in (("joint_states", "state_topic"), ("commands", "command_topic"))
+              if args[arg] != name]
+    if remaps:
+        if use_sim:
+            raise ValueError("state_topic/command_topic remap a real robot's topics; they need use_sim:=false")
+        policy["remappings"] = remaps
+    specs.append(policy)
     return specs
 
 

@@ -408,3 +408,19 @@ def test_finished_node_leaves_others_running_until_timeout(fake_prefix, fake_lau
     assert_gone(pids)
     assert any("timeout of 1 s reached" in line for line in launched.lines)
     assert launched.lines[-1].endswith("(codes: talker=0, listener=0)")
+
+
+def test_robot_nodes_remap_a_real_robots_topics():
+    """A real robot's topics (e.g. ros2_control's) are remapped onto the policy's, with unit scaling."""
+    specs = load_robot_launch().nodes(robot_args(
+        run="/r", use_sim="false", state_topic="/joint_states",
+        command_topic="/forward_effort_controller/commands", command_scale="5e-4"))
+    (policy,) = specs
+    assert policy["remappings"] == [("joint_states", "/joint_states"),
+                                    ("commands", "/forward_effort_controller/commands")]
+    assert policy["parameters"][0]["command_scale"] == 5e-4
+
+
+def test_robot_nodes_remaps_need_a_real_robot():
+    with pytest.raises(ValueError, match="use_sim:=false"):
+        load_robot_launch().nodes(robot_args(run="/r", command_topic="/x"))

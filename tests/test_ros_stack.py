@@ -22,6 +22,7 @@ import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.parameter_client import AsyncParameterClient
+from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool, Trigger
 
 import envs  # noqa: F401
@@ -175,6 +176,7 @@ def test_lockstep_run_is_recorded_to_a_readable_bag(ncap_run, ros_env, probe, tm
     probe.abort_if = launch.died
     try:
         probe.wait_for(lambda: len(probe.commands) > 600, 90, "600 lock-step commands")
+        time.sleep(3.0)  # lock-step outruns DDS discovery: give the recorder time to match and record
     finally:
         rc = launch.stop()
     assert rc == 0, launch.output()[-3000:]
@@ -205,15 +207,7 @@ def test_bad_run_directory_is_one_line_error(ros_env, tmp_path):
 
 def test_policy_node_survives_10000_malformed_messages(ncap_run, ros_context):
     """Malformed state never crashes the node and never yields a command outside the limits."""
-    from embodied_ros.policy_node import PolicyNode
-
-    node = PolicyNode(
-        context=ros_context,
-        parameter_overrides=[rclpy.parameter.Parameter("run_dir", value=str(ncap_run)),
-                             rclpy.parameter.Parameter("action_limit", value=0.5)],
-    )
-    published = []
-    node.pub.publish = lambda msg: published.append(np.asarray(msg.data))
+    node, published = _policy_node(ros_context, ncap_run, action_limit=0.5)
     env = gym.make("embodied/Swimmer-v0").unwrapped
     env.reset(seed=1)
     callback = node._make_callback("joint_states")
@@ -240,12 +234,7 @@ def test_policy_node_survives_10000_malformed_messages(ncap_run, ros_context):
 
 def test_non_finite_policy_output_becomes_the_safe_command(ncap_run, ros_context):
     """If the network itself produced NaN, the robot gets the safe command, not NaN."""
-    from embodied_ros.policy_node import PolicyNode
-
-    node = PolicyNode(context=ros_context,
-                      parameter_overrides=[rclpy.parameter.Parameter("run_dir", value=str(ncap_run))])
-    published = []
-    node.pub.publish = lambda msg: published.append(np.asarray(msg.data))
+    node, published = _policy_node(ros_context, ncap_run)
     node.forward = lambda obs: np.full(5, math.nan)
     env = gym.make("embodied/Swimmer-v0").unwrapped
     env.reset(seed=1)
@@ -255,3 +244,83 @@ def test_non_finite_policy_output_becomes_the_safe_command(ncap_run, ros_context
         assert "non-finite" in node.last_reject
     finally:
         node.destroy_node()
+
+
+def _policy_node(ros_context, run, **params):
+    from embodied_ros.policy_node import PolicyNode
+
+    overrides = [rclpy.parameter.Parameter("run_dir", value=str(run))]
+    overrides += [rclpy.parameter.Parameter(k, value=v) for k, v in params.items()]
+    node = PolicyNode(context=ros_context, parameter_overrides=overrides)
+    published = []
+    node.pub.publish = lambda msg: published.append(np.asarray(msg.data))
+    return node, published
+
+
+def _state(node, env, stamp_ns: int) -> JointState:
+    return node.adapter.encode_state(env, stamp_ns)["joint_states"]
+
+
+def test_timer_trigger_acts_on_the_timer_not_on_arrival(ncap_run, ros_context):
+    node, published = _policy_node(ros_context, ncap_run, trigger="timer")
+    env = gym.make("embodied/Swimmer-v0").unwrapped
+    env.reset(seed=2)
+    try:
+        node._make_callback("joint_states")(_state(node, env, node.get_clock().now().nanoseconds))
+        assert published == []  # arrival alone does not act
+        node._on_timer()
+        assert len(published) == 1 and np.any(published[0] != 0.0)
+        node._on_timer()  # no new state: nothing new to act on
+        assert len(published) == 1
+    finally:
+        node.destroy_node()
+
+
+def test_watchdog_and_disable_on_the_node_timer(ncap_run, ros_context):
+    """Silence beyond the watchdog gives safe commands every period; disabling gives one, then none."""
+    node, published = _policy_node(ros_context, ncap_run, watchdog_periods=2)
+    env = gym.make("embodied/Swimmer-v0").unwrapped
+    env.reset(seed=2)
+    try:
+        node._make_callback("joint_states")(_state(node, env, node.get_clock().now().nanoseconds))
+        assert len(published) == 1
+        node._on_timer()
+        assert not node.watchdog_tripped and len(published) == 1
+        node.last_valid_wall -= 3 * node.period_ns  # no state for three periods
+        node._on_timer()
+        node._on_timer()
+        assert node.watchdog_tripped and node.diagnostics()["watchdog"] == "tripped"
+        assert len(published) == 3 and all(np.all(c == 0.0) for c in published[1:])
+        env.step(np.zeros(5))
+        node._make_callback("joint_states")(_state(node, env, node.get_clock().now().nanoseconds))
+        node._on_timer()  # state is back: the watchdog clears and the next state is acted on
+        assert not node.watchdog_tripped
+
+        node._on_enable(SetBool.Request(data=False), SetBool.Response())
+        n = len(published)
+        node._on_timer()
+        assert len(published) == n + 1 and np.all(published[-1] == 0.0)
+        env.step(np.zeros(5))
+        node._make_callback("joint_states")(_state(node, env, node.get_clock().now().nanoseconds))
+        node._on_timer()
+        assert len(published) == n + 1  # disabled: silent
+    finally:
+        node.destroy_node()
+
+
+def test_stochastic_deployment_samples_around_the_mean(ncap_run, ros_context):
+    node, published = _policy_node(ros_context, ncap_run, deterministic=False, seed=1)
+    mean_node, mean_published = _policy_node(ros_context, ncap_run)
+    env = gym.make("embodied/Swimmer-v0").unwrapped
+    env.reset(seed=2)
+    try:
+        for _ in range(20):
+            env.step(np.zeros(5))
+            now = node.get_clock().now().nanoseconds
+            node._make_callback("joint_states")(_state(node, env, now))
+            mean_node._make_callback("joint_states")(_state(node, env, now))
+        noise = np.array(published) - np.array(mean_published)
+        assert np.any(np.abs(noise) > 1e-3) and np.all(np.abs(np.array(published)) <= 1.0)
+    finally:
+        node.destroy_node()
+        mean_node.destroy_node()

@@ -7,6 +7,7 @@ is not offered.
 
 from __future__ import annotations
 
+import os
 import signal
 
 import rclpy
@@ -51,3 +52,23 @@ def spin_until_shutdown(executor) -> None:
     except RuntimeError:
         if executor.context.ok():
             raise
+
+
+def apply_realtime_priority(priority: int, logger) -> bool:
+    """Move every thread of this process (the loop and DDS's) to SCHED_FIFO at ``priority``.
+
+    What real-time ROS 2 control nodes do (ros2_control's controller manager uses FIFO 50): a
+    waking node then preempts ordinary processes instead of queueing behind them, which is most
+    of the tail latency on a busy machine (``benchmarks/ros_latency.py`` measures both).
+    Needs CAP_SYS_NICE (root, or an ``rtprio`` limit); without it the node says so and runs on.
+    """
+    if priority <= 0:
+        return False
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, OSError) as e:
+        logger.warning(f"realtime_priority:={priority} not applied ({e}); running with normal scheduling")
+        return False
+    logger.info(f"SCHED_FIFO priority {priority}")
+    return True

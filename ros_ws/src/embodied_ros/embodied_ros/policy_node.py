@@ -35,7 +35,12 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
 from embodied_ros.adapters import InvalidMessage, make_adapter
-from embodied_ros.executors import init_with_shutdown_on_signals, make_executor, spin_until_shutdown
+from embodied_ros.executors import (
+    apply_realtime_priority,
+    init_with_shutdown_on_signals,
+    make_executor,
+    spin_until_shutdown,
+)
 from embodied_ros.params import ParameterError, declare_parameters
 from policies.checkpoint import CheckpointError, find_policy_dir, load_policy, read_meta
 from policies.numpy_inference import numpy_policy
@@ -157,6 +162,7 @@ class PolicyNode(Node):
             "watchdog_periods": (5, "periods without valid state before the safe command is sent"),
             "best_effort": (False, "best-effort (sensor data) QoS for state topics"),
             "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
+            "realtime_priority": (0, "SCHED_FIFO priority of the node's threads (1-99; needs CAP_SYS_NICE); 0 = off"),
             "inference": ("numpy", "'numpy' (checked against torch at start, ~10x faster cold) or 'torch'"),
         }
         return declare_parameters(self, defaults)
@@ -332,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         # Everything built so far (torch, MuJoCo, message types) lives for the whole run: keep it
         # out of the cyclic GC's scans, which otherwise cost milliseconds in the control loop.
         gc.freeze()
+        apply_realtime_priority(node.get_parameter("realtime_priority").value, node.get_logger())
         spin_until_shutdown(executor)
     except (StartupError, ParameterError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

@@ -34,7 +34,7 @@ from std_srvs.srv import Trigger
 
 import envs
 from embodied_ros.adapters import make_adapter
-from embodied_ros.executors import init_with_shutdown_on_signals, make_executor
+from embodied_ros.executors import apply_realtime_priority, init_with_shutdown_on_signals, make_executor
 from embodied_ros.params import ParameterError, declare_parameters
 from envs.swimmer import SimulationDiverged
 from policies.checkpoint import CheckpointError, atomic_write, find_policy_dir, read_meta
@@ -122,6 +122,7 @@ class SimRobotNode(Node):
             "stats_file": ("", "write latency and missed-tick statistics here (JSON) at shutdown"),
             "warmup_ticks": (0, "ticks after the first command left out of the statistics"),
             "stop_after_ticks": (0, "exit after this many counted ticks (benchmarks); 0 = run until stopped"),
+            "realtime_priority": (0, "SCHED_FIFO priority of the node's threads (1-99; needs CAP_SYS_NICE); 0 = off"),
             "frame_prefix": ("", "prefix of the odom/base_link frame ids"),
         }
         return declare_parameters(self, defaults)
@@ -236,15 +237,15 @@ class SimRobotNode(Node):
         while rclpy.ok(context=self.context):
             if self.stop_after_ticks and self.counted >= self.warmup_ticks + self.stop_after_ticks:
                 break
-            if self.real_time:
-                if next_tick - time.perf_counter() < -self.dt:
-                    self.overruns += 1
-                    next_tick = time.perf_counter()
-                self._serve_until(executor, next_tick)
-                next_tick += self.dt
-            else:
-                self._serve_until(executor, time.perf_counter() + self.lockstep_timeout, until_command=True)
             try:
+                if self.real_time:
+                    if next_tick - time.perf_counter() < -self.dt:
+                        self.overruns += 1
+                        next_tick = time.perf_counter()
+                    self._serve_until(executor, next_tick)
+                    next_tick += self.dt
+                else:
+                    self._serve_until(executor, time.perf_counter() + self.lockstep_timeout, until_command=True)
                 self._tick()
             except Exception:
                 if self.context.ok():
@@ -294,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         # Everything built so far (torch, MuJoCo, message types) lives for the whole run: keep it
         # out of the cyclic GC's scans, which otherwise cost milliseconds in the control loop.
         gc.freeze()
+        apply_realtime_priority(node.get_parameter("realtime_priority").value, node.get_logger())
         node.run(executor)
     except (StartupError, ParameterError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
