@@ -7,6 +7,7 @@ is not offered.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 
@@ -28,6 +29,9 @@ def init_with_shutdown_on_signals(argv=None):
     rclpy.init(args=argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
 
     def shutdown(signum, frame):
+        # A second SIGINT/SIGTERM gets the default action: a node stuck in shutdown still dies.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         context.try_shutdown()
 
     signal.signal(signal.SIGINT, shutdown)
@@ -72,3 +76,12 @@ def apply_realtime_priority(priority: int, logger) -> bool:
         return False
     logger.info(f"SCHED_FIFO priority {priority}")
     return True
+
+
+def bounded_cleanup(seconds: float = 5.0) -> None:
+    """From here on, if the process has not exited within ``seconds``, print every thread's stack and exit 1.
+
+    Cleanup (destroying entities, DDS threads at interpreter exit) must never keep a stopped
+    node alive until its launcher escalates to SIGKILL; if it hangs, the stacks say where.
+    """
+    faulthandler.dump_traceback_later(seconds, exit=True)

@@ -37,6 +37,7 @@ from std_srvs.srv import SetBool, Trigger
 from embodied_ros.adapters import InvalidMessage, make_adapter
 from embodied_ros.executors import (
     apply_realtime_priority,
+    bounded_cleanup,
     init_with_shutdown_on_signals,
     make_executor,
     spin_until_shutdown,
@@ -330,7 +331,7 @@ class PolicyNode(Node):
 
 def main(argv: list[str] | None = None) -> int:
     init_with_shutdown_on_signals(argv)
-    node = None
+    node = executor = None
     try:
         node = PolicyNode()
         executor = make_executor()
@@ -346,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        bounded_cleanup()
         if node is not None:
             d = node.diagnostics()
             print(
@@ -355,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"state age on arrival p50/p99 {d['state_age_ms_p50']}/{d['state_age_ms_p99']} ms",
                 file=sys.stderr, flush=True,
             )
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
+        if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0

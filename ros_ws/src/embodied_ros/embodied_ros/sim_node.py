@@ -34,7 +34,12 @@ from std_srvs.srv import Trigger
 
 import envs
 from embodied_ros.adapters import make_adapter
-from embodied_ros.executors import apply_realtime_priority, init_with_shutdown_on_signals, make_executor
+from embodied_ros.executors import (
+    apply_realtime_priority,
+    bounded_cleanup,
+    init_with_shutdown_on_signals,
+    make_executor,
+)
 from embodied_ros.params import ParameterError, declare_parameters
 from envs.swimmer import SimulationDiverged
 from policies.checkpoint import CheckpointError, atomic_write, find_policy_dir, read_meta
@@ -303,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        bounded_cleanup()
         if node is not None:
             s = node.statistics()
             node.get_logger().info(
