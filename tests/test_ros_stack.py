@@ -324,3 +324,24 @@ def test_stochastic_deployment_samples_around_the_mean(ncap_run, ros_context):
     finally:
         node.destroy_node()
         mean_node.destroy_node()
+
+
+def test_node_stops_on_sigint_while_sim_time_is_frozen(ncap_run, ros_env, tmp_path):
+    """With use_sim_time and no /clock, no timer ever fires; SIGINT must still stop the node at once."""
+    log = tmp_path / "policy.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embodied_ros.policy_node", "--ros-args", "-p", f"run_dir:={ncap_run}",
+         "-p", "use_sim_time:=true"],
+        env=ros_env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "driving swimmer" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.1)
+        time.sleep(0.5)  # now blocked in the executor's wait
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in log.read_text()

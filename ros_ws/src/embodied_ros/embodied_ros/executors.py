@@ -22,11 +22,12 @@ def init_with_shutdown_on_signals(argv=None):
     rclpy's default raises KeyboardInterrupt wherever the main thread is; inside a message take
     that surfaces as a RuntimeError from pybind11 and a traceback on every Ctrl-C. Here the
     signal only shuts the context down: spinning ends and the physics loop sees ``ok()`` false.
-    Handlers are installed explicitly, so an inherited SIG_IGN (children of ``cmd &`` in a
-    script) cannot make a node deaf to its launcher either.
+    The Python handlers are installed *before* ``rclpy.init``, whose C-level handlers then wake
+    any blocked wait (e.g. a sim-time timer while /clock has stopped) and chain to them; handlers
+    installed after init would replace rclpy's and leave such a wait blocked forever. Installing
+    them explicitly also undoes an inherited SIG_IGN (children of ``cmd &`` in a script).
     """
     context = rclpy.get_default_context()
-    rclpy.init(args=argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
 
     def shutdown(signum, frame):
         # A second SIGINT/SIGTERM gets the default action: a node stuck in shutdown still dies.
@@ -36,6 +37,7 @@ def init_with_shutdown_on_signals(argv=None):
 
     signal.signal(signal.SIGINT, shutdown)
     signal.signal(signal.SIGTERM, shutdown)
+    rclpy.init(args=argv, context=context, signal_handler_options=SignalHandlerOptions.ALL)
     return context
 
 
