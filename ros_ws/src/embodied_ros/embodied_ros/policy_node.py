@@ -19,39 +19,26 @@ restarts the policy clock. Diagnostics go to ``/diagnostics`` once a second.
 
 from __future__ import annotations
 
-import gc
 import sys
 import time
 from collections import deque
 
 import numpy as np
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
 from embodied_ros.adapters import InvalidMessage, make_adapter
-from embodied_ros.executors import (
-    apply_realtime_priority,
-    bounded_cleanup,
-    init_with_shutdown_on_signals,
-    make_executor,
-    spin_until_shutdown,
-)
-from embodied_ros.params import ParameterError, declare_parameters
+from embodied_ros.params import declare_parameters
+from embodied_ros.process import StartupError, run_node, spin_until_shutdown
 from policies.checkpoint import CheckpointError, find_policy_dir, load_policy, read_meta
 from policies.numpy_inference import numpy_policy
 
 TRIGGERS = ("state", "timer")
 LATENCY_WINDOW = 2000  # samples kept for the diagnostics percentiles
-
-
-class StartupError(Exception):
-    """A configuration problem that stops the node before it runs (one line, exit code 2)."""
 
 
 def _percentiles_ms(samples) -> tuple[float, float, float]:
@@ -329,40 +316,19 @@ class PolicyNode(Node):
         self.diag_pub.publish(msg)
 
 
+def _farewell(node: PolicyNode) -> None:
+    d = node.diagnostics()
+    print(
+        f"policy stopped: {d['ticks']} commands, {d['missed_ticks']} missed ticks, {d['rejected_messages']} "
+        f"rejected messages, inference p50/p99 {d['inference_ms_p50']}/{d['inference_ms_p99']} ms, "
+        f"state->command p50/p99 {d['state_to_command_ms_p50']}/{d['state_to_command_ms_p99']} ms, "
+        f"state age on arrival p50/p99 {d['state_age_ms_p50']}/{d['state_age_ms_p99']} ms",
+        file=sys.stderr, flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    init_with_shutdown_on_signals(argv)
-    node = executor = None
-    try:
-        node = PolicyNode()
-        executor = make_executor()
-        executor.add_node(node)
-        # Everything built so far (torch, MuJoCo, message types) lives for the whole run: keep it
-        # out of the cyclic GC's scans, which otherwise cost milliseconds in the control loop.
-        gc.freeze()
-        apply_realtime_priority(node.get_parameter("realtime_priority").value, node.get_logger())
-        spin_until_shutdown(executor)
-    except (StartupError, ParameterError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        bounded_cleanup()
-        if node is not None:
-            d = node.diagnostics()
-            print(
-                f"policy stopped: {d['ticks']} commands, {d['missed_ticks']} missed ticks, {d['rejected_messages']} "
-                f"rejected messages, inference p50/p99 {d['inference_ms_p50']}/{d['inference_ms_p99']} ms, "
-                f"state->command p50/p99 {d['state_to_command_ms_p50']}/{d['state_to_command_ms_p99']} ms, "
-                f"state age on arrival p50/p99 {d['state_age_ms_p50']}/{d['state_age_ms_p99']} ms",
-                file=sys.stderr, flush=True,
-            )
-        if executor is not None:
-            executor.shutdown(timeout_sec=1.0)
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(argv, PolicyNode, lambda node, executor: spin_until_shutdown(executor), _farewell)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ fresh command (missed ticks). ``stats_file`` receives them as JSON at shutdown.
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import sys
@@ -25,7 +24,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rosgraph_msgs.msg import Clock
@@ -34,21 +32,12 @@ from std_srvs.srv import Trigger
 
 import envs
 from embodied_ros.adapters import make_adapter
-from embodied_ros.executors import (
-    apply_realtime_priority,
-    bounded_cleanup,
-    init_with_shutdown_on_signals,
-    make_executor,
-)
-from embodied_ros.params import ParameterError, declare_parameters
+from embodied_ros.params import declare_parameters
+from embodied_ros.process import StartupError, run_node
 from envs.swimmer import SimulationDiverged
 from policies.checkpoint import CheckpointError, atomic_write, find_policy_dir, read_meta
 
 DEFAULT_ENVS = {"swimmer": {"name": "swimmer", "id": envs.SWIMMER, "task": "swim", "n_links": 6}}
-
-
-class StartupError(Exception):
-    """A configuration problem that stops the node before it runs (one line, exit code 2)."""
 
 
 def env_config_for(robot: str, run_dir: str) -> dict:
@@ -290,38 +279,17 @@ class SimRobotNode(Node):
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def _farewell(node: SimRobotNode) -> None:
+    s = node.statistics()
+    node.get_logger().info(
+        f"sim stopped after {s['ticks']} ticks: {s['answered']} answered, {s['missed_ticks']} missed, "
+        f"latency p50 {s['latency_ms_p50']:.3f} ms p99 {s['latency_ms_p99']:.3f} ms"
+    )
+    node.write_statistics()
+
+
 def main(argv: list[str] | None = None) -> int:
-    init_with_shutdown_on_signals(argv)
-    node = executor = None
-    try:
-        node = SimRobotNode()
-        executor = make_executor()
-        executor.add_node(node)
-        # Everything built so far (torch, MuJoCo, message types) lives for the whole run: keep it
-        # out of the cyclic GC's scans, which otherwise cost milliseconds in the control loop.
-        gc.freeze()
-        apply_realtime_priority(node.get_parameter("realtime_priority").value, node.get_logger())
-        node.run(executor)
-    except (StartupError, ParameterError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        bounded_cleanup()
-        if node is not None:
-            s = node.statistics()
-            node.get_logger().info(
-                f"sim stopped after {s['ticks']} ticks: {s['answered']} answered, {s['missed_ticks']} missed, "
-                f"latency p50 {s['latency_ms_p50']:.3f} ms p99 {s['latency_ms_p99']:.3f} ms"
-            )
-            node.write_statistics()
-        if executor is not None:
-            executor.shutdown(timeout_sec=1.0)
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(argv, SimRobotNode, lambda node, executor: node.run(executor), _farewell)
 
 
 if __name__ == "__main__":
