@@ -12,15 +12,13 @@ import gymnasium as gym
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-import envs  # noqa: F401  (registers the project's env ids)
+import envs  # registers the project's env ids
 from agents.errors import UserError
-
-ENV_META_KEYS = ("name", "id")
 
 
 def env_kwargs(env_cfg: DictConfig | dict) -> dict[str, Any]:
     cfg = OmegaConf.to_container(env_cfg, resolve=True) if isinstance(env_cfg, DictConfig) else dict(env_cfg)
-    return {k: v for k, v in cfg.items() if k not in ENV_META_KEYS}
+    return envs.env_kwargs(cfg)
 
 
 def make_env(env_cfg: DictConfig | dict, render_mode: str | None = None, **overrides: Any) -> gym.Env:

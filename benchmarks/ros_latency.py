@@ -46,7 +46,7 @@ from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool
 from swimmer_ncap import machine
 
-import envs  # noqa: F401
+import envs
 from embodied_ros.adapters import SwimmerAdapter
 from embodied_ros.malformed import random_malformed
 from embodied_ros.monitor import RobotMonitor
@@ -177,7 +177,7 @@ def in_process_floor(run: Path, rate: float, ticks: int, inference: str, priorit
     meta = read_meta(policy_dir)
     cfg = {**meta.env, "control_timestep": 1.0 / rate}
     adapter = SwimmerAdapter(cfg)
-    env = gym.make(cfg["id"], **{k: v for k, v in cfg.items() if k not in ("name", "id")}).unwrapped
+    env = envs.make_from_config(cfg).unwrapped
     env.reset(seed=0)
     policy = load_policy(policy_dir, adapter.obs_dim, adapter.command_size, adapter.layout)
     forward = numpy_policy(policy) if inference == "numpy" else policy.act

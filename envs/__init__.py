@@ -13,6 +13,9 @@ if "MUJOCO_GL" not in os.environ and ctypes.util.find_library("OSMesa"):
     os.environ["MUJOCO_GL"] = "osmesa"
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
+from collections.abc import Mapping  # noqa: E402
+
+import gymnasium as gym  # noqa: E402
 from gymnasium.envs.registration import register, registry  # noqa: E402
 
 SWIMMER = "embodied/Swimmer-v0"  # task chosen by the ``task`` kwarg (default swim)
@@ -27,3 +30,15 @@ if SWIMMER not in registry:
     register(SWIMMER_NAVIGATE, entry_point="envs.swimmer:SwimmerEnv", max_episode_steps=1000,
              kwargs={"task": "navigate"})
     register(SWIMMER_GYM, entry_point="envs.gym_swimmer:make_gym_swimmer", max_episode_steps=None)
+
+
+ENV_CONFIG_KEYS = ("name", "id")  # an env config's own keys; every other key is an env kwarg
+
+
+def env_kwargs(config: Mapping) -> dict:
+    return {k: v for k, v in config.items() if k not in ENV_CONFIG_KEYS}
+
+
+def make_from_config(config: Mapping, **overrides) -> gym.Env:
+    """The env an env config describes (the ``env`` of a run's config.yaml or of a policy.json)."""
+    return gym.make(config["id"], **{**env_kwargs(config), **overrides})

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import gymnasium as gym
 import numpy as np
 from geometry_msgs.msg import PointStamped
 from nav_msgs.msg import Odometry
@@ -114,9 +113,8 @@ class SwimmerAdapter:
                 f"the swimmer adapter serves the dm_control swimmer envs (env=swimmer, env=swimmer_navigate), "
                 f"not {env_config.get('id')}"
             )
-        kwargs = {k: v for k, v in env_config.items() if k not in ("name", "id")}
         self.env_config = dict(env_config)
-        self._env = gym.make(env_config.get("id", envs.SWIMMER), **kwargs).unwrapped
+        self._env = envs.make_from_config({"id": envs.SWIMMER, **env_config}).unwrapped
         env = self._env
         self.task = env.task
         self.control_dt = float(env.dt)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 from sensor_msgs.msg import JointState
 
+import envs
 from embodied_ros.adapters import SwimmerAdapter, joint_state_arrays
 from policies.checkpoint import load_policy, read_meta
 
@@ -21,7 +21,7 @@ def in_process_distance(policy_dir: Path, start: JointState, steps: int) -> floa
     meta = read_meta(policy_dir)
     adapter = SwimmerAdapter(meta.env)
     policy = load_policy(policy_dir, adapter.obs_dim, adapter.command_size, adapter.layout)
-    env = gym.make(meta.env["id"], **{k: v for k, v in meta.env.items() if k not in ("name", "id")}).unwrapped
+    env = envs.make_from_config(meta.env).unwrapped
     env.reset(seed=0)
     qpos, qvel = joint_state_arrays(start, adapter.joint_names)
     obs = env.observation_from_state(qpos, qvel, 0)  # same physical state, policy clock at 0

@@ -61,8 +61,7 @@ class SimRobotNode(Node):
             env_cfg["control_timestep"] = 1.0 / p["rate"]
         try:
             self.adapter = make_adapter(p["robot"], env_cfg)
-            kwargs_ = {k: v for k, v in env_cfg.items() if k not in ("name", "id")}
-            self.env = gym.make(env_cfg["id"], **kwargs_).unwrapped
+            self.env = envs.make_from_config(env_cfg).unwrapped
         except (ValueError, TypeError, gym.error.Error) as e:
             raise StartupError(f"cannot build the {p['robot']} sim: {e}") from None
         self.dt = float(self.env.dt)
