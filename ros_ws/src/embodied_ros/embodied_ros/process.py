@@ -46,10 +46,6 @@ def init_with_shutdown_on_signals(argv=None):
     return context
 
 
-def make_executor(context=None) -> SingleThreadedExecutor:
-    return SingleThreadedExecutor(context=context)
-
-
 def spin_until_shutdown(executor) -> None:
     """Spin; a SIGINT/SIGTERM shutdown of the context ends it quietly.
 
@@ -108,7 +104,7 @@ def run_node(argv, make_node: Callable, run: Callable, farewell: Callable) -> in
     node = executor = None
     try:
         node = make_node()
-        executor = make_executor()
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         # Everything built so far (torch, MuJoCo, message types) lives for the whole run: keep it
         # out of the cyclic GC's scans, which otherwise cost milliseconds in the control loop.

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -75,10 +74,9 @@ class SimRobotNode(Node):
         self.counted = 0  # ticks counted in the statistics
         self.frame_prefix = p["frame_prefix"]
 
-        self.lock = threading.Lock()
+        # Callbacks run on the loop's own thread (see _serve_until): no locking needed.
         self.command = self.adapter.safe_command()
-        self.command_arrived = threading.Event()
-        self.first_command_after_state: float | None = None
+        self.first_command_after_state: float | None = None  # set: the last state has been answered
         self.commands_received = 0
         self.rejected_commands = 0
         self._last_reject_log = 0.0
@@ -132,16 +130,13 @@ class SimRobotNode(Node):
                     f"rejected command with {data.size} values (need {self.adapter.command_size} finite values)"
                 )
             return
-        with self.lock:
-            self.command = np.clip(data, self.adapter.action_low, self.adapter.action_high)
-            self.commands_received += 1
-            if self.first_command_after_state is None:
-                self.first_command_after_state = received
-        self.command_arrived.set()
+        self.command = np.clip(data, self.adapter.action_low, self.adapter.action_high)
+        self.commands_received += 1
+        if self.first_command_after_state is None:
+            self.first_command_after_state = received
 
     def _on_reset(self, request, response):
-        with self.lock:
-            self.reset_requested = True
+        self.reset_requested = True
         response.success = True
         response.message = "new episode at the next tick"
         return response
@@ -150,8 +145,7 @@ class SimRobotNode(Node):
     def _reset_env(self) -> None:
         self.env.reset(seed=self.seed + self.resets)
         self.resets += 1
-        with self.lock:
-            self.command = self.adapter.safe_command()
+        self.command = self.adapter.safe_command()
 
     def _stamp(self) -> int:
         if self.real_time:
@@ -166,26 +160,22 @@ class SimRobotNode(Node):
             self.clock_pub.publish(clock)
         sampled = time.perf_counter()
         msgs = self.adapter.encode_state(self.env, stamp, self.frame_prefix)
-        with self.lock:
-            self.first_command_after_state = None
-            self.command_arrived.clear()
-            self.state_sampled_at = sampled
+        self.first_command_after_state = None
+        self.state_sampled_at = sampled
         trigger = self.adapter.trigger
         self.pubs[trigger].publish(msgs.pop(trigger))
-        with self.lock:
-            self.state_published_at = time.perf_counter()
+        self.state_published_at = time.perf_counter()
         for topic, msg in msgs.items():
             self.pubs[topic].publish(msg)
 
     def _take_command(self) -> tuple[np.ndarray, bool]:
         """The command to apply now and whether a reset was requested; accounts for the last state."""
-        with self.lock:
-            answered = self.first_command_after_state
-            published = self.state_published_at
-            sampled = self.state_sampled_at
-            command = self.command.copy()
-            reset = self.reset_requested
-            self.reset_requested = False
+        answered = self.first_command_after_state
+        published = self.state_published_at
+        sampled = self.state_sampled_at
+        command = self.command.copy()
+        reset = self.reset_requested
+        self.reset_requested = False
         if published is not None and self.commands_received > 0:  # the policy is up: count this tick
             self.counted += 1
             if self.counted <= self.warmup_ticks:
@@ -219,7 +209,7 @@ class SimRobotNode(Node):
         """
         while True:
             remaining = deadline - time.perf_counter()
-            if remaining <= 0 or (until_command and self.command_arrived.is_set()):
+            if remaining <= 0 or (until_command and self.first_command_after_state is not None):
                 return
             executor.spin_once(timeout_sec=remaining)
 
