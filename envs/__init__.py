@@ -22,6 +22,9 @@ SWIMMER = "embodied/Swimmer-v0"  # task chosen by the ``task`` kwarg (default sw
 SWIMMER_SWIM = "embodied/SwimmerSwim-v0"
 SWIMMER_NAVIGATE = "embodied/SwimmerNavigate-v0"
 SWIMMER_GYM = "embodied/SwimmerGym-v5"
+UAV = "embodied/UAV-v0"  # task chosen by the ``task`` kwarg (default hover)
+UAV_HOVER = "embodied/UAVHover-v0"
+UAV_WAYPOINTS = "embodied/UAVWaypoints-v0"
 
 if SWIMMER not in registry:
     register(SWIMMER, entry_point="envs.swimmer:SwimmerEnv", max_episode_steps=1000)
@@ -30,6 +33,11 @@ if SWIMMER not in registry:
     register(SWIMMER_NAVIGATE, entry_point="envs.swimmer:SwimmerEnv", max_episode_steps=1000,
              kwargs={"task": "navigate"})
     register(SWIMMER_GYM, entry_point="envs.gym_swimmer:make_gym_swimmer", max_episode_steps=None)
+if UAV not in registry:
+    # Episodes are timed by the env itself (episode_seconds at any control_hz), so no TimeLimit.
+    register(UAV, entry_point="envs.uav:UAVEnv")
+    register(UAV_HOVER, entry_point="envs.uav:UAVEnv", kwargs={"task": "hover"})
+    register(UAV_WAYPOINTS, entry_point="envs.uav:UAVEnv", kwargs={"task": "waypoints"})
 
 
 ENV_CONFIG_KEYS = ("name", "id")  # an env config's own keys; every other key is an env kwarg

@@ -1,0 +1,483 @@
+"""Quadrotor hover and waypoint flight with wind, gusts and vehicle randomisation.
+
+## Description
+One quadrotor (``preset`` ``cf2`` or ``x2``, see ``envs/quadrotor_model.py``) above a ground
+plane. Physics runs at 500 Hz (2 ms, MuJoCo Euler); the agent acts at ``control_hz`` (100 Hz by
+default). Rotor thrusts follow the command through the model's first-order motor lag.
+
+## Tasks
+- ``hover``: reach and hold ``target`` (m, world) from a random initial state: position offset
+  uniform in ±``init_pos_range`` m per axis, velocity ±``init_vel_range`` m/s, roll and pitch
+  ±``init_tilt_deg``, any yaw, body rates ±``init_rate_range`` rad/s. ``episode_seconds`` 10.
+- ``waypoints``: pass ``n_waypoints`` 3-D waypoints in order, each within ``waypoint_radius`` m,
+  before ``episode_seconds`` (15) run out. The course starts where the vehicle starts; each leg
+  is ``waypoint_spacing`` m long in a random direction, inside the flight volume with a 0.5 m
+  margin. The episode ends with success when the last waypoint is passed.
+
+## Observation (``Box(-inf, inf, (n,), float64)``), body frame, in order (``layout`` has the ranges)
+- ``position_error`` (3): target (or current waypoint) minus position, in the body frame, m;
+- ``velocity`` (3): linear velocity in the body frame, m/s;
+- ``attitude`` (9): rotation matrix body→target-heading frame, row-major (world frame when the
+  target yaw is 0, always on ``waypoints``);
+- ``angular_velocity`` (3): gyro, rad/s;
+- ``last_action`` (4): the previous action;
+- ``lookahead`` (3 per waypoint, ``waypoints`` only): the next ``n_lookahead`` waypoints after
+  the current one, relative to the vehicle, in the body frame (repeats the last one at the end).
+Optional Gaussian noise: ``position_noise`` (m), ``velocity_noise`` (m/s), ``gyro_noise`` (rad/s).
+
+## Action (``Box(-1, 1, (4,), float32)``)
+- ``action_mode=rotor``: per-rotor thrust commands; -1 is 0 N, 0 is the nominal hover thrust
+  and +1 is ``thrust_max``, linear in between (so an untrained policy starts near hover).
+- ``action_mode=ctbr``: collective thrust (same map, on the total) and body-rate setpoints
+  (±``max_body_rate`` rad/s), tracked by :class:`envs.uav_control.RateLoop` and the mixer at the
+  physics rate.
+
+## Reward (per control step)
+- ``hover``: ``0.5·exp(-d/0.5) + 0.5·exp(-d/0.05) − 0.02‖ω‖² − 0.01‖Δa‖²``, ``d`` the position
+  error in m: the second term rewards centimetre precision.
+- ``waypoints``: ``10·(d_prev − d)`` (progress to the current waypoint) ``+ 5`` per waypoint
+  passed ``− 0.02‖ω‖² − 0.01‖Δa‖²``.
+- Both: ``−crash_penalty`` (10) when the episode ends in a crash or leaves the flight volume.
+
+## Termination
+Crash (any ground contact, or tilted past 90°) or leaving the flight volume
+(``|x|, |y| > arena_half_width`` or ``z > ceiling``); success on ``waypoints``. Truncation after
+``episode_seconds``.
+
+## Disturbances
+Air drag ``F = −c₁·v_rel − c₂·|v_rel|·v_rel`` on the vehicle, with ``v_rel`` its velocity relative
+to the air and the preset's coefficients. The air moves with constant ``wind`` (m/s, world) plus
+discrete gusts: after exponentially distributed pauses (mean ``gust_interval`` s) a gust of peak
+``gust_speed`` m/s blows in a random horizontal direction with a 1−cos profile lasting
+``gust_duration`` s (uniform in the range; the MIL-F-8785C discrete-gust shape). Per episode,
+mass (and inertia with it) scales by ``mass_scale``, inertia further by ``inertia_scale``, and each
+motor's thrust by ``motor_strength`` (ranges sampled uniformly).
+
+## Info
+``position_error`` (m), ``hover_rmse`` (RMS position error over the last ``rmse_window`` s),
+``control_effort`` (episode mean of Σ|T_i − T_hover| / (4·T_hover)), ``crash``,
+``out_of_bounds``, ``is_success`` (hover: RMSE below ``success_radius`` at the end of the episode;
+waypoints: all passed), ``waypoints_reached``, ``time_to_complete`` (s, present once the course is done), ``wind``
+(the air velocity, m/s).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+from gymnasium import spaces, utils
+from gymnasium.envs.mujoco import MujocoEnv
+
+from envs.quadrotor_model import QuadrotorParams, preset, quadrotor_mjcf
+from envs.uav_control import RATE_GAINS, Mixer, RateLoop
+
+TASKS = ("hover", "waypoints")
+ACTION_MODES = ("rotor", "ctbr")
+PHYSICS_TIMESTEP = 0.002
+_INSTABILITY_WARNINGS = (
+    mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC,
+)
+
+
+class SimulationDiverged(RuntimeError):
+    """The physics produced non-finite numbers."""
+
+
+@dataclass(frozen=True)
+class UAVLayout:
+    """Half-open index ranges of the observation's parts."""
+
+    position_error: tuple[int, int] = (0, 3)
+    velocity: tuple[int, int] = (3, 6)
+    attitude: tuple[int, int] = (6, 15)
+    angular_velocity: tuple[int, int] = (15, 18)
+    last_action: tuple[int, int] = (18, 22)
+    n_lookahead: int = 0
+
+    @property
+    def lookahead(self) -> tuple[int, int]:
+        return (22, 22 + 3 * self.n_lookahead)
+
+    @property
+    def size(self) -> int:
+        return 22 + 3 * self.n_lookahead
+
+    def to_dict(self) -> dict:
+        return {
+            "position_error": list(self.position_error), "velocity": list(self.velocity),
+            "attitude": list(self.attitude), "angular_velocity": list(self.angular_velocity),
+            "last_action": list(self.last_action), "lookahead": list(self.lookahead), "size": self.size,
+        }
+
+
+def yaw_rotation(yaw: float) -> np.ndarray:
+    c, s = math.cos(yaw), math.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def uav_observation(position, velocity, rotation, angular_velocity, last_action, target,
+                    lookahead=(), target_yaw: float = 0.0) -> np.ndarray:
+    """The observation from world-frame state (shared with the ROS 2 adapter).
+
+    ``rotation`` maps body to world, ``velocity`` is world-frame, ``angular_velocity`` body-frame.
+    """
+    r = np.asarray(rotation, dtype=np.float64).reshape(3, 3)
+    p = np.asarray(position, dtype=np.float64)
+    parts = [
+        r.T @ (np.asarray(target, dtype=np.float64) - p),
+        r.T @ np.asarray(velocity, dtype=np.float64),
+        (yaw_rotation(target_yaw).T @ r).ravel() if target_yaw else r.ravel(),
+        np.asarray(angular_velocity, dtype=np.float64),
+        np.asarray(last_action, dtype=np.float64),
+    ]
+    parts += [r.T @ (np.asarray(w, dtype=np.float64) - p) for w in lookahead]
+    return np.concatenate(parts)
+
+
+def thrust_from_action(a: np.ndarray | float, hover: float, maximum: float) -> np.ndarray:
+    """-1 → 0 N, 0 → hover thrust, +1 → maximum, linear on each side."""
+    a = np.clip(a, -1.0, 1.0)
+    return np.where(a < 0.0, hover * (1.0 + a), hover + a * (maximum - hover))
+
+
+def action_from_thrust(thrust: np.ndarray | float, hover: float, maximum: float) -> np.ndarray:
+    """Inverse of :func:`thrust_from_action` (for scripted controllers)."""
+    t = np.clip(thrust, 0.0, maximum)
+    return np.where(t < hover, t / hover - 1.0, (t - hover) / (maximum - hover))
+
+
+class GustField:
+    """Constant wind plus 1−cos discrete gusts at exponentially distributed times."""
+
+    def __init__(self, wind, gust_speed: float, gust_interval: float, gust_duration: tuple[float, float], rng):
+        self.wind = np.asarray(wind, dtype=np.float64)
+        self.speed = float(gust_speed)
+        self.interval = float(gust_interval)
+        self.duration = (float(gust_duration[0]), float(gust_duration[1]))
+        self.rng = rng
+        self.start = self._next_start(0.0)
+        self.length, self.direction = self._draw()
+
+    def _next_start(self, after: float) -> float:
+        return after + (self.rng.exponential(self.interval) if self.speed > 0 else math.inf)
+
+    def _draw(self) -> tuple[float, np.ndarray]:
+        heading = self.rng.uniform(-math.pi, math.pi)
+        return self.rng.uniform(*self.duration), np.array([math.cos(heading), math.sin(heading), 0.0])
+
+    def velocity(self, t: float) -> np.ndarray:
+        if t >= self.start + self.length:
+            self.start = self._next_start(self.start + self.length)
+            self.length, self.direction = self._draw()
+        if t < self.start:
+            return self.wind
+        phase = (t - self.start) / self.length
+        return self.wind + self.direction * (0.5 * self.speed * (1.0 - math.cos(2.0 * math.pi * phase)))
+
+
+class UAVEnv(MujocoEnv, utils.EzPickle):
+    metadata = {"render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"], "render_fps": 50}
+
+    def __init__(
+        self,
+        task: str = "hover",
+        preset_name: str = "cf2",
+        action_mode: str = "rotor",
+        control_hz: float = 100.0,
+        episode_seconds: float | None = None,
+        target: tuple[float, float, float] = (0.0, 0.0, 1.5),
+        target_yaw: float = 0.0,
+        init_pos_range: float = 1.0,
+        init_vel_range: float = 0.5,
+        init_tilt_deg: float = 30.0,
+        init_rate_range: float = 1.0,
+        n_waypoints: int = 4,
+        waypoint_radius: float = 0.15,
+        waypoint_spacing: tuple[float, float] = (1.0, 2.0),
+        n_lookahead: int = 1,
+        arena_half_width: float = 3.0,
+        ceiling: float = 4.0,
+        wind: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        gust_speed: float = 0.0,
+        gust_interval: float = 2.0,
+        gust_duration: tuple[float, float] = (0.5, 2.0),
+        mass_scale: tuple[float, float] = (1.0, 1.0),
+        inertia_scale: tuple[float, float] = (1.0, 1.0),
+        motor_strength: tuple[float, float] = (1.0, 1.0),
+        position_noise: float = 0.0,
+        velocity_noise: float = 0.0,
+        gyro_noise: float = 0.0,
+        accel_noise: float = 0.0,
+        success_radius: float = 0.1,
+        rmse_window: float = 2.0,
+        crash_penalty: float = 10.0,
+        render_mode: str | None = None,
+        width: int = 320,
+        height: int = 240,
+        camera_name: str | None = "chase",
+    ):
+        if task not in TASKS:
+            raise ValueError(f"unknown uav task {task!r}; choose one of {TASKS}")
+        if action_mode not in ACTION_MODES:
+            raise ValueError(f"unknown action_mode {action_mode!r}; choose one of {ACTION_MODES}")
+        frame_skip = round(1.0 / (control_hz * PHYSICS_TIMESTEP))
+        if frame_skip < 1 or not math.isclose(frame_skip * PHYSICS_TIMESTEP * control_hz, 1.0):
+            raise ValueError(f"control_hz must divide the {1 / PHYSICS_TIMESTEP:.0f} Hz physics rate, got {control_hz}")
+        for name, rng in (("mass_scale", mass_scale), ("inertia_scale", inertia_scale),
+                          ("motor_strength", motor_strength), ("gust_duration", gust_duration),
+                          ("waypoint_spacing", waypoint_spacing)):
+            if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
+                raise ValueError(f"{name} must be a range [low, high] with 0 < low <= high, got {list(rng)}")
+        if len(target) != 3 or len(wind) != 3:
+            raise ValueError("target and wind must be 3-vectors")
+        utils.EzPickle.__init__(
+            self, task, preset_name, action_mode, control_hz, episode_seconds, target, target_yaw, init_pos_range,
+            init_vel_range, init_tilt_deg, init_rate_range, n_waypoints, waypoint_radius, waypoint_spacing,
+            n_lookahead, arena_half_width, ceiling, wind, gust_speed, gust_interval, gust_duration, mass_scale,
+            inertia_scale, motor_strength, position_noise, velocity_noise, gyro_noise, accel_noise, success_radius,
+            rmse_window, crash_penalty, render_mode, width, height, camera_name,
+        )
+        self.task = task
+        self.params: QuadrotorParams = preset(preset_name)
+        self.action_mode = action_mode
+        self.control_dt = frame_skip * PHYSICS_TIMESTEP
+        seconds = episode_seconds if episode_seconds is not None else (10.0 if task == "hover" else 15.0)
+        self.max_steps = int(round(seconds / self.control_dt))
+        self.nominal_target = np.asarray(target, dtype=np.float64)
+        self.target_yaw = float(target_yaw)
+        self.init = dict(pos=init_pos_range, vel=init_vel_range, tilt=math.radians(init_tilt_deg), rate=init_rate_range)
+        self.n_waypoints = int(n_waypoints)
+        self.waypoint_radius = float(waypoint_radius)
+        self.waypoint_spacing = tuple(waypoint_spacing)
+        self.arena_half_width = float(arena_half_width)
+        self.ceiling = float(ceiling)
+        self.wind_config = dict(wind=wind, gust_speed=gust_speed, gust_interval=gust_interval,
+                                gust_duration=tuple(gust_duration))
+        self.randomisation = dict(mass=tuple(mass_scale), inertia=tuple(inertia_scale), motor=tuple(motor_strength))
+        self.noise = dict(position=position_noise, velocity=velocity_noise, gyro=gyro_noise, accel=accel_noise)
+        self.success_radius = float(success_radius)
+        self.rmse_steps = max(1, int(round(rmse_window / self.control_dt)))
+        self.crash_penalty = float(crash_penalty)
+        self.layout = UAVLayout(n_lookahead=int(n_lookahead) if task == "waypoints" else 0)
+
+        self._xml = quadrotor_mjcf(self.params, PHYSICS_TIMESTEP)
+        obs_space = spaces.Box(-np.inf, np.inf, shape=(self.layout.size,), dtype=np.float64)
+        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.control_dt))}
+        MujocoEnv.__init__(  # the path only passes MujocoEnv's existence check; the model is built from XML
+            self, __file__, frame_skip, obs_space, render_mode=render_mode, width=width, height=height,
+            camera_name=camera_name if render_mode else None,
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
+        self._body = self.model.body("quad").id
+        self._target_site = self.model.site("target").id
+        self._nominal = dict(mass=self.model.body_mass[self._body], inertia=self.model.body_inertia[self._body].copy(),
+                             gain=self.model.actuator_gainprm[:, 0].copy())
+        self.mixer = Mixer(self.params)
+        self.rate_loop = RateLoop(self.params, RATE_GAINS[self.params.name])
+        self._gusts: GustField | None = None
+        self._reset_episode_state()
+
+    # --- simulation ----------------------------------------------------------------------
+    def _initialize_simulation(self):
+        model = mujoco.MjModel.from_xml_string(self._xml)
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+        return model, mujoco.MjData(model)
+
+    def _reset_episode_state(self) -> None:
+        self._step_count = 0
+        self._last_action = np.zeros(4)
+        self._waypoints = self.nominal_target[None, :].copy()
+        self._wp_index = 0
+        self._sq_errors = np.zeros(self.rmse_steps)
+        self._effort_sum = 0.0
+        self._completed_at = math.nan
+        self._air = np.zeros(3)
+
+    @property
+    def time(self) -> float:
+        return float(self.data.time)
+
+    @property
+    def target(self) -> np.ndarray:
+        return self._waypoints[min(self._wp_index, len(self._waypoints) - 1)]
+
+    def state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """True (position, world velocity, body→world rotation, body rates)."""
+        q = self.data.qpos
+        rot = np.empty(9)
+        mujoco.mju_quat2Mat(rot, q[3:7])
+        return q[:3].copy(), self.data.qvel[:3].copy(), rot.reshape(3, 3), self.data.qvel[3:6].copy()
+
+    def imu(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(orientation quaternion w-x-y-z, gyro rad/s, accelerometer m/s²) for the current state, with noise."""
+        mujoco.mj_forward(self.model, self.data)
+        mujoco.mj_rnePostConstraint(self.model, self.data)
+        s = self.data.sensordata
+        gyro = s[0:3] + self.np_random.normal(0.0, self.noise["gyro"], 3) if self.noise["gyro"] else s[0:3].copy()
+        accel = s[3:6] + self.np_random.normal(0.0, self.noise["accel"], 3) if self.noise["accel"] else s[3:6].copy()
+        return s[6:10].copy(), gyro, accel
+
+    def _apply_drag(self) -> None:
+        self._air = self._gusts.velocity(self.time) if self._gusts is not None else np.zeros(3)
+        v_rel = self.data.qvel[:3] - self._air
+        p = self.params
+        self.data.xfrc_applied[self._body, :3] = -(p.drag_linear + p.drag_quadratic * np.linalg.norm(v_rel)) * v_rel
+
+    def _step_physics(self, action: np.ndarray) -> np.ndarray:
+        """Advance one control period; returns the mean rotor thrust command."""
+        p = self.params
+        self._apply_drag()
+        if self.action_mode == "rotor":
+            thrust = thrust_from_action(action, p.hover_thrust, p.thrust_max)
+            self.data.ctrl[:] = thrust
+            mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
+        else:
+            n = len(p.rotor_xy)
+            collective = float(thrust_from_action(action[0], p.weight, n * p.thrust_max))
+            rates = np.asarray(action[1:4], dtype=np.float64) * p.max_body_rate
+            thrust = np.zeros(n)
+            for _ in range(self.frame_skip):
+                torque = self.rate_loop.torque(rates, self.data.qvel[3:6])
+                self.data.ctrl[:] = self.mixer(collective, torque)
+                thrust += self.data.ctrl
+                mujoco.mj_step(self.model, self.data)
+            thrust /= self.frame_skip
+        if any(self.data.warning[w].number for w in _INSTABILITY_WARNINGS) or not np.all(np.isfinite(self.data.qpos)):
+            raise SimulationDiverged(f"quadrotor physics diverged at step {self._step_count + 1} (non-finite state)")
+        return thrust
+
+    # --- observation ---------------------------------------------------------------------
+    def _lookahead(self, count: int) -> list[np.ndarray]:
+        last = len(self._waypoints) - 1
+        return [self._waypoints[min(self._wp_index + k, last)] for k in range(1, count + 1)]
+
+    def _get_obs(self) -> np.ndarray:
+        pos, vel, rot, rate = self.state()
+        rng, noise = self.np_random, self.noise
+        if noise["position"]:
+            pos = pos + rng.normal(0.0, noise["position"], 3)
+        if noise["velocity"]:
+            vel = vel + rng.normal(0.0, noise["velocity"], 3)
+        if noise["gyro"]:
+            rate = rate + rng.normal(0.0, noise["gyro"], 3)
+        return uav_observation(pos, vel, rot, rate, self._last_action, self.target,
+                               self._lookahead(self.layout.n_lookahead), self.target_yaw)
+
+    # --- episode ---------------------------------------------------------------------------
+    def _randomise_vehicle(self) -> None:
+        rng, r, nom = self.np_random, self.randomisation, self._nominal
+        mass = rng.uniform(*r["mass"])
+        self.model.body_mass[self._body] = nom["mass"] * mass
+        self.model.body_inertia[self._body] = nom["inertia"] * mass * rng.uniform(*r["inertia"])
+        self.model.actuator_gainprm[:, 0] = nom["gain"] * rng.uniform(*r["motor"], size=len(nom["gain"]))
+
+    def _random_course(self, start: np.ndarray) -> np.ndarray:
+        lo = np.array([-self.arena_half_width + 0.5, -self.arena_half_width + 0.5, 0.5])
+        hi = np.array([self.arena_half_width - 0.5, self.arena_half_width - 0.5, self.ceiling - 0.5])
+        points, prev = [], start
+        while len(points) < self.n_waypoints:
+            direction = self.np_random.normal(size=3)
+            direction[2] *= 0.5  # mostly horizontal legs
+            nxt = prev + direction / np.linalg.norm(direction) * self.np_random.uniform(*self.waypoint_spacing)
+            if np.all(nxt >= lo) and np.all(nxt <= hi):
+                points.append(nxt)
+                prev = nxt
+        return np.array(points)
+
+    def reset_model(self) -> np.ndarray:
+        rng, init = self.np_random, self.init
+        self._reset_episode_state()
+        self._randomise_vehicle()
+        if self.task == "hover":
+            start = self.nominal_target + rng.uniform(-init["pos"], init["pos"], 3)
+            start[2] = max(start[2], 0.3)
+        else:
+            half = self.arena_half_width - 1.5
+            start = np.array([rng.uniform(-half, half), rng.uniform(-half, half), rng.uniform(1.0, 2.0)])
+            self._waypoints = self._random_course(start)
+        roll, pitch = rng.uniform(-init["tilt"], init["tilt"], 2)
+        yaw = rng.uniform(-math.pi, math.pi)
+        quat = np.empty(4)
+        mujoco.mju_euler2Quat(quat, np.array([roll, pitch, yaw]), "xyz")
+        qpos = np.concatenate([start, quat])
+        qvel = np.concatenate([rng.uniform(-init["vel"], init["vel"], 3), rng.uniform(-init["rate"], init["rate"], 3)])
+        self.set_state(qpos, qvel)
+        self.data.act[:] = self.params.hover_thrust  # motors spinning at hover speed
+        self._gusts = GustField(rng=rng, **self.wind_config)
+        self.model.site_pos[self._target_site] = self.target
+        return self._get_obs()
+
+    def _get_reset_info(self) -> dict:
+        return self._info(crash=False, out_of_bounds=False)
+
+    def _crashed(self, rot: np.ndarray) -> bool:
+        return self.data.ncon > 0 or rot[2, 2] < 0.0
+
+    def _out_of_bounds(self, pos: np.ndarray) -> bool:
+        return abs(pos[0]) > self.arena_half_width or abs(pos[1]) > self.arena_half_width or pos[2] > self.ceiling
+
+    def _info(self, crash: bool, out_of_bounds: bool) -> dict:
+        error = float(np.linalg.norm(self.target - self.data.qpos[:3]))
+        n = min(self._step_count, self.rmse_steps)
+        rmse = math.sqrt(self._sq_errors.sum() / n) if n else error
+        done_all = self._wp_index >= len(self._waypoints)
+        if self.task == "hover":
+            success = self._step_count >= self.max_steps and not crash and rmse < self.success_radius
+        else:
+            success = done_all
+        info = {
+            "position_error": error,
+            "hover_rmse": rmse,
+            "control_effort": self._effort_sum / max(self._step_count, 1),
+            "crash": bool(crash),
+            "out_of_bounds": bool(out_of_bounds),
+            "is_success": bool(success),
+            "waypoints_reached": int(self._wp_index) if self.task == "waypoints" else 0,
+            "wind": self._air.copy(),
+        }
+        if not math.isnan(self._completed_at):
+            info["time_to_complete"] = self._completed_at
+        return info
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if action.shape != (4,) or not np.all(np.isfinite(action)):
+            raise ValueError(f"uav action must be 4 finite numbers, got {action}")
+        action = np.clip(action, -1.0, 1.0)
+        before = float(np.linalg.norm(self.target - self.data.qpos[:3]))
+        thrust = self._step_physics(action)
+        self._step_count += 1
+        pos, _, rot, rate = self.state()
+        error = float(np.linalg.norm(self.target - pos))
+        self._sq_errors[self._step_count % self.rmse_steps] = error**2
+        hover = self.params.hover_thrust
+        self._effort_sum += float(np.abs(thrust - hover).sum() / (len(thrust) * hover))
+
+        reward = -0.02 * float(rate @ rate) - 0.01 * float(np.sum((action - self._last_action) ** 2))
+        if self.task == "hover":
+            reward += 0.5 * math.exp(-error / 0.5) + 0.5 * math.exp(-error / 0.05)
+        else:
+            reward += 10.0 * (before - error)
+            while self._wp_index < len(self._waypoints) and error <= self.waypoint_radius:
+                self._wp_index += 1
+                reward += 5.0
+                if self._wp_index == len(self._waypoints):
+                    self._completed_at = self._step_count * self.control_dt
+                else:
+                    error = float(np.linalg.norm(self.target - pos))
+            self.model.site_pos[self._target_site] = self.target
+        self._last_action = action
+        crash = self._crashed(rot)
+        out = not crash and self._out_of_bounds(pos)
+        if crash or out:
+            reward -= self.crash_penalty
+        info = self._info(crash, out)
+        terminated = crash or out or (self.task == "waypoints" and info["is_success"])
+        truncated = not terminated and self._step_count >= self.max_steps
+        if self.render_mode == "human":
+            self.render()
+        return self._get_obs(), float(reward), bool(terminated), bool(truncated), info
