@@ -1,5 +1,7 @@
 """``python -m agents.evaluate run=<run dir> episodes=N`` or ``env=swimmer policy=ncap episodes=N``.
 
+``env=uav_hover policy=pid`` evaluates the cascaded PID (a scripted controller, no run needed).
+
 With ``run=`` the run's own env config is used, then any ``env.*`` override on the command line
 (e.g. ``env.fluid_density=6000`` for robustness, ``env.n_links=10`` for a shared NCAP's
 zero-shot transfer). Without ``run=`` the untrained policy is evaluated. ``video=true`` writes
@@ -22,6 +24,7 @@ from agents.errors import UserError, report_user_errors
 from agents.overrides import require_ints, run_hydra_cli
 from agents.rollout import EVAL_SEED_BASE, run_episodes
 from policies.checkpoint import InferencePolicy, PolicyMeta, load_policy
+from policies.pid import CascadedPID, pid_for_env
 from policies.registry import build_actor
 
 
@@ -91,6 +94,19 @@ def untrained_policy(cfg: DictConfig) -> tuple[InferencePolicy, dict]:
     return InferencePolicy(actor.eval(), meta, None, None), env_cfg
 
 
+def pid_policy(cfg: DictConfig) -> tuple[CascadedPID, dict]:
+    env_cfg = OmegaConf.to_container(cfg.env, resolve=True)
+    env = make_env(env_cfg)
+    try:
+        gains = cfg.policy.get("gains")
+        controller = pid_for_env(env, OmegaConf.to_container(gains, resolve=True) if gains else None)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    finally:
+        env.close()
+    return controller, env_cfg
+
+
 def validate(cfg: DictConfig) -> None:
     require_ints(cfg, ["episodes"], minimum=1)
     require_ints(cfg, ["seed"], minimum=0)
@@ -98,13 +114,20 @@ def validate(cfg: DictConfig) -> None:
 
 def evaluate(cfg: DictConfig) -> dict:
     validate(cfg)
-    policy, env_cfg = policy_from_run(cfg) if cfg.run else untrained_policy(cfg)
+    if cfg.run:
+        policy, env_cfg = policy_from_run(cfg)
+    elif cfg.policy.kind == "pid":
+        policy, env_cfg = pid_policy(cfg)
+    else:
+        policy, env_cfg = untrained_policy(cfg)
+    kind = "pid" if isinstance(policy, CascadedPID) else policy.meta.kind
     video = None
     if cfg.video:
         video = Path(cfg.video_path or (Path(cfg.run) / "episode.mp4" if cfg.run else "episode.mp4"))
     env = make_env(env_cfg, render_mode="rgb_array" if video else None)
     try:
-        result = run_episodes(env, policy.act, int(cfg.episodes), seed=EVAL_SEED_BASE + int(cfg.seed), video=video)
+        result = run_episodes(env, policy.act, int(cfg.episodes), seed=EVAL_SEED_BASE + int(cfg.seed), video=video,
+                              reset=getattr(policy, "reset", None))
     except Exception as e:
         if video is not None and ("GL" in type(e).__name__ or "gl" in str(e).lower() or "display" in str(e).lower()):
             raise UserError(f"video needs an OpenGL backend ({e}); on Debian: apt-get install libosmesa6") from None
@@ -113,7 +136,7 @@ def evaluate(cfg: DictConfig) -> dict:
         env.close()
     summary = {
         "env": env_cfg.get("name"),
-        "policy": policy.meta.kind,
+        "policy": kind,
         "run": str(cfg.run) if cfg.run else None,
         "episodes": len(result.returns),
         "returns": result.returns,

@@ -10,7 +10,11 @@ import gymnasium as gym
 import numpy as np
 
 EVAL_SEED_BASE = 10_000  # evaluation seeds never overlap training seeds
-METRIC_KEYS = ("forward_speed", "distance_travelled", "distance_to_target", "is_success")
+METRIC_KEYS = (
+    "forward_speed", "distance_travelled", "distance_to_target", "is_success",  # swimmer
+    "hover_rmse", "position_error", "crash", "out_of_bounds", "waypoints_reached", "time_to_complete",  # uav
+    "control_effort",
+)
 
 
 @dataclass
@@ -31,12 +35,18 @@ class EvalResult:
 
 
 def run_episodes(env: gym.Env, act: Callable[[np.ndarray], np.ndarray], episodes: int,
-                 seed: int = EVAL_SEED_BASE, video: str | Path | None = None) -> EvalResult:
-    """Run ``episodes`` episodes with seeds ``seed, seed+1, ...``; record the first to ``video``."""
+                 seed: int = EVAL_SEED_BASE, video: str | Path | None = None,
+                 reset: Callable[[], None] | None = None) -> EvalResult:
+    """Run ``episodes`` episodes with seeds ``seed, seed+1, ...``; record the first to ``video``.
+
+    ``reset`` clears a stateful controller's memory (a PID's integrators) before each episode.
+    """
     result = EvalResult(returns=[])
     frames = []
     for ep in range(episodes):
         obs, info = env.reset(seed=seed + ep)
+        if reset is not None:
+            reset()
         total, speeds, done = 0.0, [], False
         while not done:
             obs, reward, terminated, truncated, info = env.step(act(obs))

@@ -1,4 +1,4 @@
-"""Train any project actor with an SB3 on-policy algorithm (PPO) and fill the run directory.
+"""Train project actors with SB3 (PPO for any actor, SAC for the MLP) and fill the run directory.
 
 Periodic deterministic evaluation uses the same exported :class:`InferencePolicy` that
 ``agents.evaluate`` and the ROS node load, so the learning curve measures what is deployed.
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from stable_baselines3 import PPO
+from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import set_random_seed
@@ -28,16 +28,28 @@ from agents.builders import actor_config, env_signature, make_env
 from agents.errors import UserError
 from agents.rollout import EVAL_SEED_BASE, EvalResult, run_episodes
 from policies.checkpoint import InferencePolicy, PolicyMeta, save_policy
+from policies.mlp import ACTIVATIONS, MLPActor, MLPConfig
 from policies.sb3 import ActorCriticAdapter
 
 log = logging.getLogger(__name__)
-ALGORITHMS = {"ppo": PPO}
+ALGORITHMS = {"ppo": PPO, "sac": SAC}
 THRESHOLDS = (800, 850, 900, 950)
 
 
-def trainable_actor_parameters(policy: ActorCriticAdapter) -> int:
-    n = sum(p.numel() for p in policy.actor.parameters() if p.requires_grad)
-    return n + (policy.log_std.numel() if policy.log_std.requires_grad else 0)
+def deployable_actor(model, meta: PolicyMeta) -> torch.nn.Module:
+    """The actor that maps observations to the deterministic action, as a project module."""
+    if isinstance(model, SAC):
+        # SB3's SAC actor is latent_pi (Linear+activation layers) then mu, squashed by tanh:
+        # exactly an MLPActor with squash=True, so copy the weights layer by layer.
+        actor = MLPActor(MLPConfig.from_dict(meta.actor_config))
+        ours = [m for m in actor.net if isinstance(m, torch.nn.Linear)]
+        theirs = [m for m in model.actor.latent_pi if isinstance(m, torch.nn.Linear)] + [model.actor.mu]
+        with torch.no_grad():
+            for dst, src in zip(ours, theirs, strict=True):
+                dst.weight.copy_(src.weight)
+                dst.bias.copy_(src.bias)
+        return actor.eval()
+    return copy.deepcopy(model.policy.actor).cpu().eval()
 
 
 def export_policy(model, meta: PolicyMeta) -> tuple[InferencePolicy, np.ndarray | None, np.ndarray | None]:
@@ -48,10 +60,19 @@ def export_policy(model, meta: PolicyMeta) -> tuple[InferencePolicy, np.ndarray 
         mean, var = venv.obs_rms.mean.copy(), venv.obs_rms.var.copy()
         meta.obs_clip = float(venv.clip_obs)
     meta.steps = int(model.num_timesteps)
-    meta.action_std = torch.exp(model.policy.log_std.detach()).cpu().tolist()
-    actor = copy.deepcopy(model.policy.actor).cpu().eval()
+    if isinstance(model, PPO):
+        meta.action_std = torch.exp(model.policy.log_std.detach()).cpu().tolist()
+    actor = deployable_actor(model, meta)
     as_tensor = (lambda a: torch.as_tensor(a, dtype=torch.float32)) if mean is not None else (lambda a: None)
     return InferencePolicy(actor, copy.deepcopy(meta), as_tensor(mean), as_tensor(var)), mean, var
+
+
+def trainable_actor_parameters(model) -> int:
+    if isinstance(model, SAC):
+        return sum(p.numel() for p in model.actor.parameters() if p.requires_grad)
+    policy = model.policy
+    n = sum(p.numel() for p in policy.actor.parameters() if p.requires_grad)
+    return n + (policy.log_std.numel() if policy.log_std.requires_grad else 0)
 
 
 class TrainingMonitor(BaseCallback):
@@ -161,20 +182,32 @@ def train_sb3(cfg: DictConfig, run_dir: Path, loggers: list) -> dict:
         env=OmegaConf.to_container(cfg.env, resolve=True),
     )
     venv = _vec_env(cfg, int(cfg.seed))
-    policy_kwargs = dict(
-        actor_kind=cfg.policy.kind,
-        actor_config=actor_cfg,
-        critic_arch=list(cfg.policy.critic_arch),
-        learn_std=bool(cfg.policy.learn_std),
-        log_std_init=float(cfg.policy.log_std_init),
-    )
     sb3_kwargs = OmegaConf.to_container(cfg.algo.sb3, resolve=True)
+    if algo_cls is SAC:
+        if cfg.policy.kind != "mlp":
+            raise UserError(f"algo=sac trains the MLP policy only, not {cfg.policy.kind!r} (use algo=ppo)")
+        if not (np.allclose(low, -1.0) and np.allclose(high, 1.0)):
+            raise UserError(f"algo=sac needs actions in [-1, 1] (the exported actor ends in tanh); {cfg.env.name} has "
+                            f"[{min(low)}, {max(high)}]")
+        meta.actor_config = actor_cfg = {**actor_cfg, "squash": True}
+        policy, policy_kwargs = "MlpPolicy", dict(
+            net_arch=dict(pi=list(cfg.policy.actor.hidden), qf=list(cfg.policy.critic_arch)),
+            activation_fn=ACTIVATIONS[cfg.policy.actor.activation],
+        )
+    else:
+        policy, policy_kwargs = ActorCriticAdapter, dict(
+            actor_kind=cfg.policy.kind,
+            actor_config=actor_cfg,
+            critic_arch=list(cfg.policy.critic_arch),
+            learn_std=bool(cfg.policy.learn_std),
+            log_std_init=float(cfg.policy.log_std_init),
+        )
     try:
-        model = algo_cls(ActorCriticAdapter, venv, policy_kwargs=policy_kwargs, seed=int(cfg.seed), device="cpu",
+        model = algo_cls(policy, venv, policy_kwargs=policy_kwargs, seed=int(cfg.seed), device="cpu",
                          verbose=0, **sb3_kwargs)
-    except (TypeError, ValueError, AssertionError) as e:
+    except (TypeError, ValueError, AssertionError, KeyError) as e:
         raise UserError(f"bad algo.sb3 settings for {cfg.algo.name}: {e}") from None
-    params = trainable_actor_parameters(model.policy)
+    params = trainable_actor_parameters(model)
     log.info("training %s on %s with %s: %d trainable actor parameters, %d env steps",
              cfg.policy.kind, cfg.env.name, cfg.algo.name, params, cfg.algo.total_timesteps)
     for logger in loggers:

@@ -48,7 +48,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     rd.write_config(run_dir, cfg)
     loggers = make_loggers(cfg, run_dir)
-    if cfg.algo.name in ("ppo",):
+    if cfg.policy.kind == "pid":
+        raise UserError("policy pid is a scripted controller with nothing to train; evaluate it with "
+                        f"python -m agents.evaluate env={cfg.env.name} policy=pid")
+    if cfg.algo.name in ("ppo", "sac"):
         from agents.sb3_trainer import train_sb3
 
         summary = train_sb3(cfg, run_dir, loggers)

@@ -27,12 +27,8 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import shutil
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +42,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from agents import run_dir as rd  # noqa: E402
 from agents.builders import actor_config, env_signature, make_env, observation_layout  # noqa: E402
 from agents.rollout import EVAL_SEED_BASE, run_episodes  # noqa: E402
+from benchmarks.common import Jobs, machine, mean_std, summary, write_json_atomic  # noqa: E402
 from policies.checkpoint import InferencePolicy, PolicyMeta, load_policy  # noqa: E402
 from policies.registry import build_actor  # noqa: E402
 
@@ -61,43 +58,6 @@ ZOO_SWIMMER = {  # rl-baselines3-zoo benchmark.md, Swimmer-v3, 1 run each (ancho
     "TQC": (339.4, 1.5), "PPO": (281.6, 9.7), "A2C": (200.6, 2.5),
 }
 ABLATIONS = [(s, c, i) for s in (True, False) for c in (True, False) for i in (True, False)]
-
-
-# --- running training jobs ----------------------------------------------------------------
-class Jobs:
-    """Runs ``agents.train`` subprocesses, ``jobs`` at a time, skipping finished runs."""
-
-    def __init__(self, jobs: int):
-        self.pool = ThreadPoolExecutor(max_workers=jobs)
-        self.futures = {}
-
-    def submit(self, name: str, overrides: list[str]) -> Path:
-        run = WORK / name
-        if name not in self.futures and not (run / rd.SUMMARY_FILE).is_file():
-            self.futures[name] = self.pool.submit(self._run, name, overrides)
-        return run
-
-    @staticmethod
-    def _run(name: str, overrides: list[str]) -> None:
-        run = WORK / name
-        cmd = [sys.executable, "-m", "agents.train", *overrides, "progress_bar=false", f"hydra.run.dir={run}"]
-        log = WORK / f"{name}.log"
-        shutil.rmtree(run, ignore_errors=True)  # an interrupted earlier attempt
-        t0 = time.time()
-        with open(log, "w") as f:
-            proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            raise RuntimeError(f"training {name} failed (exit {proc.returncode}); see {log}")
-        print(f"  done {name} in {time.time() - t0:.0f}s", flush=True)
-
-    def wait(self) -> None:
-        for fut in self.futures.values():
-            fut.result()
-        self.futures.clear()
-
-
-def summary(run: Path) -> dict:
-    return json.loads((run / rd.SUMMARY_FILE).read_text())
 
 
 def curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -131,11 +91,6 @@ def untrained(policy_overrides: list[str], env_cfg: dict, init_seed: int) -> tup
     actor = build_actor(cfg.policy.kind, acfg).eval()
     meta = PolicyMeta(kind=cfg.policy.kind, actor_config=acfg, obs_dim=obs_dim, action_low=low, action_high=high, env=env_cfg)
     return InferencePolicy(actor, meta, None, None), env
-
-
-def mean_std(xs) -> dict:
-    xs = np.asarray(xs, dtype=float)
-    return {"mean": float(np.mean(xs)), "std": float(np.std(xs)), "n": int(xs.size)}
 
 
 def env_with(**kw) -> dict:
@@ -395,21 +350,6 @@ def section_gym(out: dict, runs: dict[str, list[Path]], quick: bool) -> None:
 
 
 # --- report --------------------------------------------------------------------------------
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import gymnasium
-    import mujoco
-    import stable_baselines3
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "mujoco": mujoco.__version__, "gymnasium": gymnasium.__version__, "sb3": stable_baselines3.__version__,
-            "platform": platform.platform()}
-
-
 def fmt(x, nd=0) -> str:
     if x is None:
         return "not reached"
@@ -549,7 +489,7 @@ def main() -> None:
 
     if "throughput" in sections:  # first, while no training job shares the cores
         section_throughput(out, args.quick)
-    jobs = Jobs(args.jobs)
+    jobs = Jobs(WORK, args.jobs)
     need_curves = sections & {"curves", "robustness", "transfer"}
     curves = curve_runs(jobs, args.quick) if need_curves else None
     transfer = transfer_runs(jobs, args.quick) if "transfer" in sections else None
@@ -573,9 +513,7 @@ def main() -> None:
         section_robustness(out, curves, args.quick)
     if gym_r:
         section_gym(out, gym_r, args.quick)
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
-    tmp.replace(json_path)
+    write_json_atomic(json_path, out)
     write_markdown(out, args.out / "swimmer_ncap.md")
     print(f"wrote {args.out / 'swimmer_ncap.md'}")
 

@@ -1,7 +1,7 @@
 """Quadrotor hover and waypoint flight with wind, gusts and vehicle randomisation.
 
 ## Description
-One quadrotor (``preset`` ``cf2`` or ``x2``, see ``envs/quadrotor_model.py``) above a ground
+One quadrotor (``vehicle`` preset ``cf2`` or ``x2``, see ``envs/quadrotor_model.py``) above a ground
 plane. Physics runs at 500 Hz (2 ms, MuJoCo Euler); the agent acts at ``control_hz`` (100 Hz by
 default). Rotor thrusts follow the command through the model's first-order motor lag.
 
@@ -184,7 +184,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
     def __init__(
         self,
         task: str = "hover",
-        preset_name: str = "cf2",
+        vehicle: str = "cf2",
         action_mode: str = "rotor",
         control_hz: float = 100.0,
         episode_seconds: float | None = None,
@@ -234,14 +234,14 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         if len(target) != 3 or len(wind) != 3:
             raise ValueError("target and wind must be 3-vectors")
         utils.EzPickle.__init__(
-            self, task, preset_name, action_mode, control_hz, episode_seconds, target, target_yaw, init_pos_range,
+            self, task, vehicle, action_mode, control_hz, episode_seconds, target, target_yaw, init_pos_range,
             init_vel_range, init_tilt_deg, init_rate_range, n_waypoints, waypoint_radius, waypoint_spacing,
             n_lookahead, arena_half_width, ceiling, wind, gust_speed, gust_interval, gust_duration, mass_scale,
             inertia_scale, motor_strength, position_noise, velocity_noise, gyro_noise, accel_noise, success_radius,
             rmse_window, crash_penalty, render_mode, width, height, camera_name,
         )
         self.task = task
-        self.params: QuadrotorParams = preset(preset_name)
+        self.params: QuadrotorParams = preset(vehicle)
         self.action_mode = action_mode
         self.control_dt = frame_skip * PHYSICS_TIMESTEP
         seconds = episode_seconds if episode_seconds is not None else (10.0 if task == "hover" else 15.0)

@@ -18,6 +18,7 @@ class MLPConfig:
     action_dim: int = 5
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"
+    squash: bool = False  # tanh on the output (SAC's deterministic action)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,4 +49,5 @@ class MLPActor(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs)
+        out = self.net(obs)
+        return torch.tanh(out) if self.config.squash else out

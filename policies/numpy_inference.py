@@ -40,8 +40,10 @@ def mlp_forward(actor: MLPActor) -> Forward:
         for w, b in layers[:-1]:
             h = act(w @ h + b)
         w, b = layers[-1]
-        return w @ h + b
+        out = w @ h + b
+        return np.tanh(out) if squash else out
 
+    squash = actor.config.squash
     return forward
 
 
