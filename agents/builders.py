@@ -57,7 +57,7 @@ def actor_config(policy_cfg: DictConfig, env: gym.Env) -> dict:
         return {"obs_dim": obs_dim, "action_dim": action_dim, **switches}
     if policy_cfg.kind == "ncap":
         layout = observation_layout(env)
-        if layout is None:
+        if layout is None or "joints" not in layout:
             raise UserError("policy ncap needs a swimmer-like env (joint angles and a clock in the observation)")
         if switches.get("task_control", "none") != "none" and not layout.get("to_target"):
             raise UserError("policy.actor.task_control needs a task with a target (env=swimmer_navigate)")

@@ -45,12 +45,12 @@ def validate(cfg: DictConfig) -> None:
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train as configured into ``run_dir``; returns the summary (also written to summary.json)."""
     validate(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rd.write_config(run_dir, cfg)
-    loggers = make_loggers(cfg, run_dir)
     if cfg.policy.kind == "pid":
         raise UserError("policy pid is a scripted controller with nothing to train; evaluate it with "
                         f"python -m agents.evaluate env={cfg.env.name} policy=pid")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rd.write_config(run_dir, cfg)
+    loggers = make_loggers(cfg, run_dir)
     if cfg.algo.name in ("ppo", "sac"):
         from agents.sb3_trainer import train_sb3
 

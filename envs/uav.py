@@ -223,6 +223,12 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
             raise ValueError(f"unknown uav task {task!r}; choose one of {TASKS}")
         if action_mode not in ACTION_MODES:
             raise ValueError(f"unknown action_mode {action_mode!r}; choose one of {ACTION_MODES}")
+        if not control_hz > 0:
+            raise ValueError(f"control_hz must be positive, got {control_hz}")
+        if n_waypoints < 1 or n_lookahead < 0:
+            raise ValueError(f"n_waypoints must be >= 1 and n_lookahead >= 0, got {n_waypoints} and {n_lookahead}")
+        if min(init_pos_range, init_vel_range, init_tilt_deg, init_rate_range) < 0:
+            raise ValueError("init_pos_range, init_vel_range, init_tilt_deg and init_rate_range must be >= 0")
         frame_skip = round(1.0 / (control_hz * PHYSICS_TIMESTEP))
         if frame_skip < 1 or not math.isclose(frame_skip * PHYSICS_TIMESTEP * control_hz, 1.0):
             raise ValueError(f"control_hz must divide the {1 / PHYSICS_TIMESTEP:.0f} Hz physics rate, got {control_hz}")
@@ -408,6 +414,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         self.set_state(qpos, qvel)
         self.data.act[:] = self.params.hover_thrust  # motors spinning at hover speed
         self._gusts = GustField(rng=rng, **self.wind_config)
+        self._air = self._gusts.velocity(0.0)
         self.model.site_pos[self._target_site] = self.target
         return self._get_obs()
 

@@ -13,8 +13,20 @@ import time
 from pathlib import Path
 
 PACKAGE = "embodied_ros"
-ROBOTS = ("swimmer",)
+ROBOTS = ("swimmer", "uav")
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+# The policy's state topics per robot and the launch argument that remaps each for a real robot.
+STATE_TOPICS = {"swimmer": {"joint_states": "state_topic"}, "uav": {"odom": "odom_topic", "imu": "imu_topic"}}
+# What record:=true records per robot (topic, type); the recorder's own defaults are the swimmer's.
+RECORDED = {
+    "uav": [
+        ("odom", "nav_msgs/msg/Odometry"),
+        ("imu", "sensor_msgs/msg/Imu"),
+        ("goal", "nav_msgs/msg/Path"),
+        ("commands", "std_msgs/msg/Float64MultiArray"),
+        ("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray"),
+    ],
+}
 
 # name: (default, description); every value is a string, as on the launch command line.
 ARGUMENTS = {
@@ -30,9 +42,11 @@ ARGUMENTS = {
     "enabled": ("true", "true: policy output is enabled at start; false: it starts disabled"),
     "log_level": ("info", f"log level of all nodes, one of: {', '.join(LOG_LEVELS)}"),
     "realtime_priority": ("0", "SCHED_FIFO priority (1-99) for the sim and policy nodes; 0 = normal scheduling"),
-    "state_topic": ("joint_states", "topic the policy reads the robot state from (e.g. /joint_states)"),
+    "state_topic": ("joint_states", "swimmer: topic the policy reads the robot state from (e.g. /joint_states)"),
+    "odom_topic": ("odom", "uav: topic of the vehicle's nav_msgs/Odometry (twist in the body frame)"),
+    "imu_topic": ("imu", "uav: topic of the vehicle's sensor_msgs/Imu (gyro in the body frame)"),
     "command_topic": ("commands", "topic the policy commands (e.g. /forward_effort_controller/commands)"),
-    "command_scale": ("1.0", "factor from the env's action units to the robot's (swimmer: 5e-4 for N·m)"),
+    "command_scale": ("1.0", "factor on the commands (swimmer: env units, 5e-4 for N·m; uav: newtons per rotor)"),
 }
 
 _TRUE = ("true", "1", "yes", "on")
@@ -130,14 +144,23 @@ def nodes(args: dict[str, str]) -> list[dict]:
 
     specs = []
     if record:  # first, so that it is subscribed by the time the robot starts publishing
-        specs.append(node("recorder", "recorder", {"output_dir": _bag_dir(args, robot)}))
+        recorded = {"output_dir": _bag_dir(args, robot)}
+        if robot in RECORDED:
+            recorded["topics"] = [topic for topic, _ in RECORDED[robot]]
+            recorded["types"] = [type_name for _, type_name in RECORDED[robot]]
+        specs.append(node("recorder", "recorder", recorded))
     if use_sim:
         specs.append(node("sim_robot", "sim", {"run_dir": run_dir, "rate": rate, "real_time": real_time, "seed": seed,
                                                 "realtime_priority": priority}))
     policy = node("policy_node", "policy", {"run_dir": run_dir, "rate": rate, "enabled": enabled,
                                               "command_scale": _float(args, "command_scale"),
                                               "realtime_priority": priority})
-    remaps = [(name, args[arg]) for name, arg in (("joint_states", "state_topic"), ("commands", "command_topic"))
+    for other, topics in STATE_TOPICS.items():
+        for name, arg in topics.items():
+            if other != robot and args[arg] != name:
+                raise ValueError(f"launch argument {arg} remaps the {other}'s {name}; robot:={robot} reads "
+                                 f"{', '.join(STATE_TOPICS[robot].values())}")
+    remaps = [(name, args[arg]) for name, arg in [*STATE_TOPICS[robot].items(), ("commands", "command_topic")]
               if args[arg] != name]
     if remaps:
         if use_sim:

@@ -21,16 +21,18 @@ from std_msgs.msg import Float64MultiArray
 
 
 class RobotMonitor:
-    def __init__(self, context, namespace: str = "/robot", name: str = "monitor"):
+    def __init__(self, context, namespace: str = "/robot", name: str = "monitor", state_topic: str = "joint_states",
+                 state_type: type = JointState):
+        """``state_topic``/``state_type``: the robot's state stream to keep (the UAV's: ``odom``, Odometry)."""
         self.node = Node(name, context=context)
         self.ns = namespace.rstrip("/")
         self.lock = threading.Lock()
-        self.states: list[JointState] = []
+        self.states: list = []
         self.commands: list[tuple[float, np.ndarray]] = []  # (monotonic receive time, command)
         self.diagnostics: list[dict] = []  # the policy node's status values, plus "level"
         self.abort_if: Callable[[], str | None] | None = None  # waiting fails fast when this says why
         qos = QoSProfile(depth=100)
-        self.node.create_subscription(JointState, f"{self.ns}/joint_states", self._on_state, qos)
+        self.node.create_subscription(state_type, f"{self.ns}/{state_topic}", self._on_state, qos)
         self.node.create_subscription(Float64MultiArray, f"{self.ns}/commands", self._on_command, qos)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos)
         self.executor = SingleThreadedExecutor(context=context)
@@ -44,7 +46,7 @@ class RobotMonitor:
         except Exception:  # noqa: BLE001 - the context was shut down under us
             pass
 
-    def _on_state(self, msg: JointState) -> None:
+    def _on_state(self, msg) -> None:
         with self.lock:
             self.states.append(msg)
 

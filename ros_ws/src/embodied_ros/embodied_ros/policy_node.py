@@ -2,19 +2,24 @@
 
 Subscribes to the robot's state topics (see :mod:`embodied_ros.adapters`), rebuilds the env's
 observation with the env's own function, runs the policy and publishes
-``std_msgs/Float64MultiArray`` on ``commands``.
+``std_msgs/Float64MultiArray`` on ``commands`` in the robot's units (the adapter's
+``encode_command``: env action units for the swimmer, rotor thrusts in newtons for the UAV). It
+tells the adapter every command it sent, so observations that hold the previous action (the
+UAV's) see what the robot was actually told.
 
-Timing. With ``trigger:=state`` (default) each state sample (``joint_states`` plus an ``odom``
-of the same stamp) is answered at once, so the robot's state stream sets the control rate and
+Timing. With ``trigger:=state`` (default) each state sample (the adapter's trigger topic, e.g.
+``joint_states`` or the UAV's ``odom``, with the other state topics of the same stamp; a goal
+may be older) is answered at once, so the robot's state stream sets the control rate and
 state->command latency is only transport plus inference. With ``trigger:=timer`` a timer at
 ``rate`` acts on the latest fresh state. Either way a ``rate`` timer runs the watchdog.
 
-Safety. Commands are clamped to the env's action bounds times ``action_limit``; every state
-message is validated (names, lengths, NaN/inf, stale or future stamps) and rejected with a
-throttled warning; when no valid state arrives for ``watchdog_periods`` periods the node
-publishes the robot's safe command every period and reports it; ``~/enable`` (SetBool) takes
-effect on the next tick (disabling sends one safe command, then silence); ``~/reset`` (Trigger)
-restarts the policy clock. Diagnostics go to ``/diagnostics`` once a second.
+Safety. Commands are clamped to the env's action bounds times ``action_limit`` (the robot's safe
+command is sent as its adapter defines it, never clamped); every state message is validated
+(names, lengths, NaN/inf, stale or future stamps) and rejected with a throttled warning; when no
+valid state arrives for ``watchdog_periods`` periods the node publishes the robot's safe command
+every period and reports it; ``~/enable`` (SetBool) takes effect on the next tick (disabling
+sends one safe command, then silence); ``~/reset`` (Trigger) restarts the policy clock and the
+adapter's memory of the last command. Diagnostics go to ``/diagnostics`` once a second.
 """
 
 from __future__ import annotations
@@ -145,7 +150,7 @@ class PolicyNode(Node):
             "deterministic": (True, "mean action; false samples from the trained Gaussian"),
             "seed": (0, "seed of the action noise when deterministic is false"),
             "action_limit": (1.0, "fraction of the env's action bounds commands are clamped to"),
-            "command_scale": (1.0, "factor from env action units to the robot's command units"),
+            "command_scale": (1.0, "factor on the adapter's command (swimmer: env action units; uav: newtons)"),
             "enabled": (True, "publish commands from the start"),
             "watchdog_periods": (5, "periods without valid state before the safe command is sent"),
             "best_effort": (False, "best-effort (sensor data) QoS for state topics"),
@@ -219,16 +224,22 @@ class PolicyNode(Node):
         if self.action_std is not None:
             action = action + self.action_std * self.rng.standard_normal(action.shape)
         self.inference_s.append(time.perf_counter() - start)
-        if not np.all(np.isfinite(action)):
+        if np.all(np.isfinite(action)):
+            self._publish(action)
+        else:
             self._reject("policy produced a non-finite action; sent the safe command")
-            action = self.safe
-        self._publish(action)
+            self._publish(self.safe, safe=True)
         self.ticks += 1
         self.state_to_command_s.append(time.perf_counter() - received)
 
-    def _publish(self, action: np.ndarray) -> None:
-        command = np.clip(np.asarray(action, dtype=np.float64), self.low, self.high) * self.command_scale
+    def _publish(self, action: np.ndarray, safe: bool = False) -> None:
+        """Clamp (unless it is the safe command), convert to the robot's units, send, tell the adapter."""
+        action = np.asarray(action, dtype=np.float64)
+        if not safe:
+            action = np.clip(action, self.low, self.high)
+        command = self.adapter.encode_command(action) * self.command_scale
         self.pub.publish(Float64MultiArray(data=command.tolist()))
+        self.adapter.commanded(action)
 
     def _on_timer(self) -> None:
         now = time.monotonic_ns()
@@ -240,7 +251,7 @@ class PolicyNode(Node):
         self._last_timer_wall = now
         if self.pending_safe:
             self.pending_safe = False
-            self._publish(self.safe)
+            self._publish(self.safe, safe=True)
         stale = self.last_valid_wall is None or now - self.last_valid_wall > self.watchdog_ns
         if stale and self.last_valid_wall is not None and not self.watchdog_tripped:
             self.watchdog_tripped = True
@@ -253,7 +264,7 @@ class PolicyNode(Node):
             self.get_logger().info("watchdog: state is back; resuming the policy")
         if self.watchdog_tripped:
             if self.enabled:
-                self._publish(self.safe)
+                self._publish(self.safe, safe=True)
             return
         if self.trigger == "timer":
             self._act(time.perf_counter())
@@ -274,6 +285,7 @@ class PolicyNode(Node):
         self.last_processed = 0
         self.latest.clear()
         self.stamps.clear()
+        self.adapter.reset()
         response.success = True
         response.message = "policy clock reset"
         return response

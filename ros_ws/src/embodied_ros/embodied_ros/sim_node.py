@@ -5,6 +5,11 @@ holds it), advances the physics by one control period and publishes the state me
 robot's adapter. ``real_time:=true`` paces ticks by the wall clock; ``real_time:=false`` runs
 lock-step, as fast as the policy answers, and publishes ``/clock`` so nodes with
 ``use_sim_time`` follow simulated time. ``~/reset`` (std_srvs/Trigger) starts a new episode.
+A robot that cannot wait passively (the UAV, in the air at its initial state) is held there until
+the first command of the episode arrives, as a real vehicle waits on the pad until armed; in
+lock-step the held state keeps its stamp, so the policy answers it once. An episode that ends
+(the UAV crashed or left the flight volume) is logged and the physics runs on; ``~/reset``
+starts the next.
 
 The physics loop runs on the main thread with its own deadline timing and serves ROS callbacks
 (commands, reset) while it waits for the next tick. The node measures what a robot would feel: for every state it
@@ -30,13 +35,17 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
 import envs
-from embodied_ros.adapters import make_adapter
+from embodied_ros.adapters import adapter_class, make_adapter
 from embodied_ros.params import declare_parameters
 from embodied_ros.process import StartupError, run_node
-from envs.swimmer import SimulationDiverged
+from envs import swimmer, uav
 from policies.checkpoint import CheckpointError, atomic_write, find_policy_dir, read_meta
 
-DEFAULT_ENVS = {"swimmer": {"name": "swimmer", "id": envs.SWIMMER, "task": "swim", "n_links": 6}}
+DEFAULT_ENVS = {
+    "swimmer": {"name": "swimmer", "id": envs.SWIMMER, "task": "swim", "n_links": 6},
+    "uav": {"name": "uav_hover", "id": envs.UAV, "task": "hover", "vehicle": "cf2"},
+}
+DIVERGED = (swimmer.SimulationDiverged, uav.SimulationDiverged)
 
 
 def env_config_for(robot: str, run_dir: str) -> dict:
@@ -56,9 +65,9 @@ class SimRobotNode(Node):
         super().__init__("sim", **kwargs)
         p = self._declare_parameters()
         env_cfg = env_config_for(p["robot"], p["run_dir"])
-        if p["rate"] > 0:
-            env_cfg["control_timestep"] = 1.0 / p["rate"]
         try:
+            if p["rate"] > 0:
+                env_cfg = adapter_class(p["robot"]).with_rate(env_cfg, p["rate"])
             self.adapter = make_adapter(p["robot"], env_cfg)
             self.env = envs.make_from_config(env_cfg).unwrapped
         except (ValueError, TypeError, gym.error.Error) as e:
@@ -76,6 +85,7 @@ class SimRobotNode(Node):
 
         # Callbacks run on the loop's own thread (see _serve_until): no locking needed.
         self.command = self.adapter.safe_command()
+        self.holding = False  # the state is held until the episode's first command
         self.first_command_after_state: float | None = None  # set: the last state has been answered
         self.commands_received = 0
         self.rejected_commands = 0
@@ -86,6 +96,8 @@ class SimRobotNode(Node):
         self.missed = 0
         self.overruns = 0
         self.resets = 0
+        self.terminations = 0  # episodes that ended (crash, out of bounds, course done)
+        self.episode_end = ""  # why the current episode ended, if it did
         self.latencies: list[float] = []  # last state message handed to DDS -> first command after it
         self.sample_latencies: list[float] = []  # physics sample (before encoding) -> first command
         self.state_sampled_at: float | None = None
@@ -130,7 +142,8 @@ class SimRobotNode(Node):
                     f"rejected command with {data.size} values (need {self.adapter.command_size} finite values)"
                 )
             return
-        self.command = np.clip(data, self.adapter.action_low, self.adapter.action_high)
+        self.command = self.adapter.decode_command(data)
+        self.holding = False
         self.commands_received += 1
         if self.first_command_after_state is None:
             self.first_command_after_state = received
@@ -146,6 +159,8 @@ class SimRobotNode(Node):
         self.env.reset(seed=self.seed + self.resets)
         self.resets += 1
         self.command = self.adapter.safe_command()
+        self.holding = self.adapter.hold_until_command
+        self.episode_end = ""
 
     def _stamp(self) -> int:
         if self.real_time:
@@ -162,11 +177,10 @@ class SimRobotNode(Node):
         msgs = self.adapter.encode_state(self.env, stamp, self.frame_prefix)
         self.first_command_after_state = None
         self.state_sampled_at = sampled
-        trigger = self.adapter.trigger
-        self.pubs[trigger].publish(msgs.pop(trigger))
-        self.state_published_at = time.perf_counter()
-        for topic, msg in msgs.items():
+        for topic, msg in msgs.items():  # in the adapter's order; the trigger completes the sample
             self.pubs[topic].publish(msg)
+            if topic == self.adapter.trigger:
+                self.state_published_at = time.perf_counter()
 
     def _take_command(self) -> tuple[np.ndarray, bool]:
         """The command to apply now and whether a reset was requested; accounts for the last state."""
@@ -188,18 +202,37 @@ class SimRobotNode(Node):
         return command, reset
 
     def _tick(self) -> None:
-        """One control period: a new episode's first state on reset, else one step of physics."""
+        """One control period: a new episode's first state on reset, else one step of physics.
+
+        A held robot (no command yet this episode) publishes its state again without stepping;
+        lock-step time stands still with it.
+        """
         command, reset = self._take_command()
         if reset or (self.episode_steps and self.env._step_count >= self.episode_steps):
             self._reset_env()
+        elif self.holding:
+            self._publish_state()
+            return
         else:
             try:
-                self.env.step(command)
-            except SimulationDiverged as e:
+                _, _, terminated, _, info = self.env.step(command)
+            except DIVERGED as e:
                 self.get_logger().error(f"{e}; starting a new episode")
                 self._reset_env()
+            else:
+                if terminated and not self.episode_end:
+                    self._end_episode(info)
         self.ticks += 1  # sim time advances on resets too, so every state has a new stamp
         self._publish_state()
+
+    def _end_episode(self, info: dict) -> None:
+        reasons = [key for key in ("crash", "out_of_bounds", "is_success") if info.get(key)]
+        self.episode_end = ", ".join(reasons) or "terminated"
+        self.terminations += 1
+        self.get_logger().warning(
+            f"episode over after {self.env._step_count} steps ({self.episode_end}); the physics runs on, "
+            "~/reset starts a new episode"
+        )
 
     def _serve_until(self, executor, deadline: float, until_command: bool = False) -> None:
         """Handle ROS callbacks (commands, reset) on this thread until ``deadline`` (perf_counter).
@@ -239,7 +272,6 @@ class SimRobotNode(Node):
         lat = np.asarray(self.latencies) * 1e3
         pct = (lambda q: float(np.percentile(lat, q))) if lat.size else (lambda q: math.nan)
         sample = np.asarray(self.sample_latencies) * 1e3
-        head = self.env.data.body("head").xpos
         return {
             "ticks": self.ticks,
             "answered": int(lat.size),
@@ -248,6 +280,8 @@ class SimRobotNode(Node):
             "commands_received": self.commands_received,
             "rejected_commands": self.rejected_commands,
             "resets": self.resets,
+            "terminations": self.terminations,
+            "episode_end": self.episode_end,
             "rate_hz": 1.0 / self.dt,
             "latency_ms_p50": pct(50),
             "latency_ms_p99": pct(99),
@@ -256,7 +290,7 @@ class SimRobotNode(Node):
             "sample_latency_ms_p99": float(np.percentile(sample, 99)) if sample.size else math.nan,
             "latencies_us": [round(float(v) * 1e3) for v in lat],
             "sample_latencies_us": [round(float(v) * 1e3) for v in sample],
-            "head_xy": [float(head[0]), float(head[1])],
+            **self.adapter.summary(self.env),
         }
 
     def write_statistics(self) -> None:
