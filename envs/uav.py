@@ -33,10 +33,13 @@ Optional Gaussian noise: ``position_noise`` (m), ``velocity_noise`` (m/s), ``gyr
   physics rate.
 
 ## Reward (per control step)
-- ``hover``: ``0.5·exp(-d/0.5) + 0.5·exp(-d/0.05) − 0.02‖ω‖² − 0.01‖Δa‖²``, ``d`` the position
-  error in m: the second term rewards centimetre precision.
-- ``waypoints``: ``10·(d_prev − d)`` (progress to the current waypoint) ``+ 5`` per waypoint
-  passed ``− 0.02‖ω‖² − 0.01‖Δa‖²``.
+- ``hover``: ``0.5·exp(-d/0.5) + 0.5·exp(-d/0.05) − rate_penalty·‖ω‖² − smoothness_penalty·‖Δa‖²``,
+  ``d`` the position error in m (the second term rewards centimetre precision); the penalty
+  weights default to 0.02 and 0.01.
+- ``waypoints``: ``Φ(d) − Φ(d_prev)`` (progress to the current waypoint, potential-based so that
+  circling a waypoint earns nothing) ``+ 5`` per waypoint passed, with the same penalties;
+  ``Φ(d) = −10·d + 5·exp(−d/0.1)``: the linear part pays for distance covered, the sharp part for
+  closing in on the waypoint's centre, which the pass radius demands.
 - Both: ``−crash_penalty`` (10) when the episode ends in a crash or leaves the flight volume.
 
 ## Termination
@@ -149,6 +152,10 @@ def action_from_thrust(thrust: np.ndarray | float, hover: float, maximum: float)
     return np.where(t < hover, t / hover - 1.0, (t - hover) / (maximum - hover))
 
 
+def waypoint_potential(distance: float) -> float:
+    return -10.0 * distance + 5.0 * math.exp(-distance / 0.1)
+
+
 class GustField:
     """Constant wind plus 1−cos discrete gusts at exponentially distributed times."""
 
@@ -214,6 +221,8 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         success_radius: float = 0.1,
         rmse_window: float = 2.0,
         crash_penalty: float = 10.0,
+        rate_penalty: float = 0.02,
+        smoothness_penalty: float = 0.01,
         render_mode: str | None = None,
         width: int = 320,
         height: int = 240,
@@ -244,7 +253,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
             init_vel_range, init_tilt_deg, init_rate_range, n_waypoints, waypoint_radius, waypoint_spacing,
             n_lookahead, arena_half_width, ceiling, wind, gust_speed, gust_interval, gust_duration, mass_scale,
             inertia_scale, motor_strength, position_noise, velocity_noise, gyro_noise, accel_noise, success_radius,
-            rmse_window, crash_penalty, render_mode, width, height, camera_name,
+            rmse_window, crash_penalty, rate_penalty, smoothness_penalty, render_mode, width, height, camera_name,
         )
         self.task = task
         self.params: QuadrotorParams = preset(vehicle)
@@ -267,6 +276,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         self.success_radius = float(success_radius)
         self.rmse_steps = max(1, int(round(rmse_window / self.control_dt)))
         self.crash_penalty = float(crash_penalty)
+        self.penalties = (float(rate_penalty), float(smoothness_penalty))
         self.layout = UAVLayout(n_lookahead=int(n_lookahead) if task == "waypoints" else 0)
 
         self._xml = quadrotor_mjcf(self.params, PHYSICS_TIMESTEP)
@@ -464,11 +474,12 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         hover = self.params.hover_thrust
         self._effort_sum += float(np.abs(thrust - hover).sum() / (len(thrust) * hover))
 
-        reward = -0.02 * float(rate @ rate) - 0.01 * float(np.sum((action - self._last_action) ** 2))
+        w_rate, w_smooth = self.penalties
+        reward = -w_rate * float(rate @ rate) - w_smooth * float(np.sum((action - self._last_action) ** 2))
         if self.task == "hover":
             reward += 0.5 * math.exp(-error / 0.5) + 0.5 * math.exp(-error / 0.05)
         else:
-            reward += 10.0 * (before - error)
+            reward += waypoint_potential(error) - waypoint_potential(before)
             while self._wp_index < len(self._waypoints) and error <= self.waypoint_radius:
                 self._wp_index += 1
                 reward += 5.0

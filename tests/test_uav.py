@@ -25,6 +25,7 @@ from torch import nn
 
 import envs
 from agents.sb3_trainer import export_policy
+from envs import uav
 from envs.quadrotor_model import GRAVITY, PRESETS, preset, quadrotor_mjcf
 from envs.uav import PHYSICS_TIMESTEP, UAVEnv, UAVLayout, action_from_thrust, thrust_from_action, uav_observation
 from envs.uav_control import Mixer, allocation_matrix
@@ -676,14 +677,16 @@ def test_waypoint_reached_advances_with_bonus():
     second = env.target
     assert np.linalg.norm(second - first) >= 1.0  # legs are waypoint_spacing long
     assert info["position_error"] == pytest.approx(np.linalg.norm(second - env.state()[0]))
-    # progress toward the new target: 10·(d_prev − d)
+    # progress toward the new target: Φ(d) − Φ(d_prev)
     place(env, second + (0.6, 0.0, 0.0), vel=(-1.0, 0.0, 0.0), rates=(0.0, 0.0, 0.5))
     d_prev = float(np.linalg.norm(second - env.state()[0]))
     _, reward, *_ = env.step(np.zeros(4))
     pos, _, _, rates = env.state()
     d = float(np.linalg.norm(second - pos))
     assert d < d_prev
-    assert reward == pytest.approx(10.0 * (d_prev - d) - 0.02 * float(rates @ rates), abs=1e-9)
+    assert reward == pytest.approx(uav.waypoint_potential(d) - uav.waypoint_potential(d_prev)
+                                   - 0.02 * float(rates @ rates), abs=1e-9)
+    assert uav.waypoint_potential(0.0) - uav.waypoint_potential(0.2) == pytest.approx(2.0 + 5.0 * (1 - math.exp(-2)))
 
 
 def test_completing_the_course_terminates_with_success():
