@@ -191,6 +191,11 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
         adr = self.model.sensor_adr
         return [int(adr[self.model.sensor(n).id]) for n in vel], [int(adr[self.model.sensor(n).id]) for n in gyro]
 
+    @property
+    def step_count(self) -> int:
+        """Control steps since the episode began."""
+        return self._step_count
+
     # --- state readouts ------------------------------------------------------------------
     def joint_angles(self) -> np.ndarray:
         return self.data.qpos[3:].copy()

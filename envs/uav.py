@@ -314,6 +314,11 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         self._air = np.zeros(3)
 
     @property
+    def step_count(self) -> int:
+        """Control steps since the episode began."""
+        return self._step_count
+
+    @property
     def time(self) -> float:
         return float(self.data.time)
 
@@ -367,7 +372,8 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         return thrust
 
     # --- observation ---------------------------------------------------------------------
-    def _lookahead(self, count: int) -> list[np.ndarray]:
+    def upcoming_waypoints(self, count: int) -> list[np.ndarray]:
+        """The ``count`` waypoints after the current one (the last repeats at the end of the course)."""
         last = len(self._waypoints) - 1
         return [self._waypoints[min(self._wp_index + k, last)] for k in range(1, count + 1)]
 
@@ -381,7 +387,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         if noise["gyro"]:
             rate = rate + rng.normal(0.0, noise["gyro"], 3)
         return uav_observation(pos, vel, rot, rate, self._last_action, self.target,
-                               self._lookahead(self.layout.n_lookahead), self.target_yaw)
+                               self.upcoming_waypoints(self.layout.n_lookahead), self.target_yaw)
 
     # --- episode ---------------------------------------------------------------------------
     def _randomise_vehicle(self) -> None:

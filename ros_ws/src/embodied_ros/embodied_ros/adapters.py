@@ -369,7 +369,7 @@ class UAVAdapter(RobotAdapter):
         if self.task == "waypoints":
             goal = Path()
             set_stamp(goal.header, stamp, odom_frame)
-            for waypoint in [env.target, *env._lookahead(self.n_lookahead)]:
+            for waypoint in [env.target, *env.upcoming_waypoints(self.n_lookahead)]:
                 pose = PoseStamped()
                 pose.header = goal.header
                 _set_xyz(pose.pose.position, waypoint)

@@ -208,7 +208,7 @@ class SimRobotNode(Node):
         lock-step time stands still with it.
         """
         command, reset = self._take_command()
-        if reset or (self.episode_steps and self.env._step_count >= self.episode_steps):
+        if reset or (self.episode_steps and self.env.step_count >= self.episode_steps):
             self._reset_env()
         elif self.holding:
             self._publish_state()
@@ -230,7 +230,7 @@ class SimRobotNode(Node):
         self.episode_end = ", ".join(reasons) or "terminated"
         self.terminations += 1
         self.get_logger().warning(
-            f"episode over after {self.env._step_count} steps ({self.episode_end}); the physics runs on, "
+            f"episode over after {self.env.step_count} steps ({self.episode_end}); the physics runs on, "
             "~/reset starts a new episode"
         )
 
