@@ -12,7 +12,7 @@ default). Rotor thrusts follow the command through the model's first-order motor
 - ``waypoints``: pass ``n_waypoints`` 3-D waypoints in order, each within ``waypoint_radius`` m,
   before ``episode_seconds`` (15) run out. The course starts where the vehicle starts; each leg
   is ``waypoint_spacing`` m long in a random direction, inside the flight volume with a 0.5 m
-  margin. The episode ends with success when the last waypoint is passed.
+  margin. Success: the last waypoint passed; the vehicle then holds there until the time is up.
 
 ## Observation (``Box(-inf, inf, (n,), float64)``), body frame, in order (``layout`` has the ranges)
 - ``position_error`` (3): target (or current waypoint) minus position, in the body frame, m;
@@ -33,19 +33,19 @@ Optional Gaussian noise: ``position_noise`` (m), ``velocity_noise`` (m/s), ``gyr
   physics rate.
 
 ## Reward (per control step)
-- ``hover``: ``0.5·exp(-d/0.5) + 0.5·exp(-d/0.05) − rate_penalty·‖ω‖² − smoothness_penalty·‖Δa‖²``,
-  ``d`` the position error in m (the second term rewards centimetre precision); the penalty
-  weights default to 0.02 and 0.01.
-- ``waypoints``: ``Φ(d) − Φ(d_prev)`` (progress to the current waypoint, potential-based so that
-  circling a waypoint earns nothing) ``+ 5`` per waypoint passed, with the same penalties;
-  ``Φ(d) = −10·d + 5·exp(−d/0.1)``: the linear part pays for distance covered, the sharp part for
-  closing in on the waypoint's centre, which the pass radius demands.
+- ``hover``: ``p(d) − rate_penalty·‖ω‖² − smoothness_penalty·‖Δa‖²`` with the proximity
+  ``p(d) = 0.5·exp(−d/0.5) + 0.5·exp(−d/0.05)`` of the position error ``d`` (m): the wide term
+  pulls from afar, the narrow one rewards centimetre precision. Penalty weights 0.005 and 0.002.
+- ``waypoints``: ``k + p(d)`` with the same penalties, ``k`` the waypoints passed so far and ``d``
+  the distance to the current one (the last one once the course is done, where the vehicle then
+  holds). Since ``p ≤ 1``, passing a waypoint always pays more than lingering before it, and
+  finishing early pays ``N + p`` for every remaining step.
 - Both: ``−crash_penalty`` (10) when the episode ends in a crash or leaves the flight volume.
 
 ## Termination
 Crash (any ground contact, or tilted past 90°) or leaving the flight volume
-(``|x|, |y| > arena_half_width`` or ``z > ceiling``); success on ``waypoints``. Truncation after
-``episode_seconds``.
+(``|x|, |y| > arena_half_width`` or ``z > ceiling``). Truncation after ``episode_seconds``; a
+finished course does not end the episode (``is_success`` stays true while the vehicle holds).
 
 ## Disturbances
 Air drag ``F = −c₁·v_rel − c₂·|v_rel|·v_rel`` on the vehicle, with ``v_rel`` its velocity relative
@@ -152,8 +152,9 @@ def action_from_thrust(thrust: np.ndarray | float, hover: float, maximum: float)
     return np.where(t < hover, t / hover - 1.0, (t - hover) / (maximum - hover))
 
 
-def waypoint_potential(distance: float) -> float:
-    return -10.0 * distance + 5.0 * math.exp(-distance / 0.1)
+def proximity_reward(distance: float) -> float:
+    """In (0, 1]: the wide term pulls from afar, the 5 cm one rewards centimetre precision."""
+    return 0.5 * math.exp(-distance / 0.5) + 0.5 * math.exp(-distance / 0.05)
 
 
 class GustField:
@@ -221,8 +222,8 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         success_radius: float = 0.1,
         rmse_window: float = 2.0,
         crash_penalty: float = 10.0,
-        rate_penalty: float = 0.02,
-        smoothness_penalty: float = 0.01,
+        rate_penalty: float = 0.005,
+        smoothness_penalty: float = 0.002,
         render_mode: str | None = None,
         width: int = 320,
         height: int = 240,
@@ -471,7 +472,6 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         if action.shape != (4,) or not np.all(np.isfinite(action)):
             raise ValueError(f"uav action must be 4 finite numbers, got {action}")
         action = np.clip(action, -1.0, 1.0)
-        before = float(np.linalg.norm(self.target - self.data.qpos[:3]))
         thrust = self._step_physics(action)
         self._step_count += 1
         pos, _, rot, rate = self.state()
@@ -482,25 +482,22 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
 
         w_rate, w_smooth = self.penalties
         reward = -w_rate * float(rate @ rate) - w_smooth * float(np.sum((action - self._last_action) ** 2))
-        if self.task == "hover":
-            reward += 0.5 * math.exp(-error / 0.5) + 0.5 * math.exp(-error / 0.05)
-        else:
-            reward += waypoint_potential(error) - waypoint_potential(before)
+        if self.task == "waypoints":
             while self._wp_index < len(self._waypoints) and error <= self.waypoint_radius:
                 self._wp_index += 1
-                reward += 5.0
                 if self._wp_index == len(self._waypoints):
                     self._completed_at = self._step_count * self.control_dt
-                else:
-                    error = float(np.linalg.norm(self.target - pos))
+                error = float(np.linalg.norm(self.target - pos))
             self.model.site_pos[self._target_site] = self.target
+            reward += self._wp_index  # each waypoint passed raises every later step's reward by 1
+        reward += proximity_reward(error)
         self._last_action = action
         crash = self._crashed(rot)
         out = not crash and self._out_of_bounds(pos)
         if crash or out:
             reward -= self.crash_penalty
         info = self._info(crash, out)
-        terminated = crash or out or (self.task == "waypoints" and info["is_success"])
+        terminated = crash or out
         truncated = not terminated and self._step_count >= self.max_steps
         if self.render_mode == "human":
             self.render()
