@@ -378,7 +378,8 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         last = len(self._waypoints) - 1
         return [self._waypoints[min(self._wp_index + k, last)] for k in range(1, count + 1)]
 
-    def _get_obs(self) -> np.ndarray:
+    def sensed_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`state` as the sensors report it: with the configured position, velocity and gyro noise."""
         pos, vel, rot, rate = self.state()
         rng, noise = self.np_random, self.noise
         if noise["position"]:
@@ -387,6 +388,10 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
             vel = vel + rng.normal(0.0, noise["velocity"], 3)
         if noise["gyro"]:
             rate = rate + rng.normal(0.0, noise["gyro"], 3)
+        return pos, vel, rot, rate
+
+    def _get_obs(self) -> np.ndarray:
+        pos, vel, rot, rate = self.sensed_state()
         return uav_observation(pos, vel, rot, rate, self._last_action, self.target,
                                self.upcoming_waypoints(self.layout.n_lookahead), self.target_yaw)
 

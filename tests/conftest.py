@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,3 +176,13 @@ def ros_context(ros_env):
     rclpy.init(context=context)
     yield context
     rclpy.try_shutdown(context=context)
+
+
+def check_quietly(fn, *args, allowed: tuple[str, ...] = ("infinity",), **kwargs) -> None:
+    """Run a gymnasium checker and fail on any warning but those containing an ``allowed`` text
+    (by default the unbounded-Box notice)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn(*args, **kwargs)
+    unexpected = [str(w.message) for w in caught if not any(k in str(w.message) for k in allowed)]
+    assert not unexpected, unexpected

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import gymnasium as gym
 import mujoco
@@ -23,18 +22,13 @@ from envs.swimmer import (
 )
 from envs.swimmer_model import joint_limit, swimmer_mjcf
 
+from conftest import check_quietly
+
 REGISTERED = [envs.SWIMMER, envs.SWIMMER_SWIM, envs.SWIMMER_NAVIGATE, envs.SWIMMER_GYM]
 SWIMMER_IDS = [envs.SWIMMER, envs.SWIMMER_SWIM, envs.SWIMMER_NAVIGATE]
 KNOWN_CHECK_WARNINGS = ("infinity", "wrapper applied")
 
 
-def _check_quietly(fn, *args, **kwargs):
-    """Run a gymnasium checker and fail on any warning except the unbounded-Box notice."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fn(*args, **kwargs)
-    unexpected = [str(w.message) for w in caught if not any(k in str(w.message) for k in KNOWN_CHECK_WARNINGS)]
-    assert not unexpected, unexpected
 
 
 def _rollout(env, seed: int, actions: np.ndarray):
@@ -58,8 +52,8 @@ def test_all_embodied_ids_are_registered():
 def test_check_env_registered(env_id):
     env = gym.make(env_id)
     try:
-        _check_quietly(check_env, env.unwrapped, skip_render_check=True)
-        _check_quietly(check_mujoco_reset_state, env.unwrapped)
+        check_quietly(check_env, env.unwrapped, skip_render_check=True, allowed=KNOWN_CHECK_WARNINGS)
+        check_quietly(check_mujoco_reset_state, env.unwrapped, allowed=KNOWN_CHECK_WARNINGS)
     finally:
         env.close()
 
@@ -69,8 +63,8 @@ def test_check_env_registered(env_id):
 def test_check_env_n_links(task, n_links):
     env = gym.make(envs.SWIMMER, task=task, n_links=n_links)
     try:
-        _check_quietly(check_env, env.unwrapped, skip_render_check=True)
-        _check_quietly(check_mujoco_reset_state, env.unwrapped)
+        check_quietly(check_env, env.unwrapped, skip_render_check=True, allowed=KNOWN_CHECK_WARNINGS)
+        check_quietly(check_mujoco_reset_state, env.unwrapped, allowed=KNOWN_CHECK_WARNINGS)
         assert env.observation_space.shape == (swimmer_layout(n_links, task).size,)
         assert env.action_space.shape == (n_links - 1,)
     finally:
@@ -81,7 +75,7 @@ def test_check_env_gym_swimmer_with_time_feature():
     """The wrapped Swimmer-v5 (what training sees) passes too, and its layout is reachable."""
     env = gym.make(envs.SWIMMER_GYM)
     try:
-        _check_quietly(check_env, env, skip_render_check=True)
+        check_quietly(check_env, env, skip_render_check=True, allowed=KNOWN_CHECK_WARNINGS)
         layout = env.get_wrapper_attr("layout")
         assert layout.joints == (1, 3) and layout.time == 8 and layout.size == 9
         assert env.observation_space.shape == (9,)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import gymnasium as gym
 import mujoco
@@ -34,23 +33,15 @@ from policies.mlp import MLPActor, MLPConfig
 from policies.numpy_inference import numpy_policy
 from policies.pid import pid_for_env
 
-from conftest import SUMMARY_LINE_EVAL, TINY, train_in_process
+from conftest import SUMMARY_LINE_EVAL, TINY, check_quietly, train_in_process
 
 VEHICLES = sorted(PRESETS)  # cf2, x2
 TASKS = ("hover", "waypoints")
 MODES = ("rotor", "ctbr")
-KNOWN_CHECK_WARNINGS = ("infinity",)
 LEVEL = (1.0, 0.0, 0.0, 0.0)
 HOVER_SIZE = 22
 
 
-def _check_quietly(fn, *args, **kwargs):
-    """Run a gymnasium checker and fail on any warning except the unbounded-Box notice."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fn(*args, **kwargs)
-    unexpected = [str(w.message) for w in caught if not any(k in str(w.message) for k in KNOWN_CHECK_WARNINGS)]
-    assert not unexpected, unexpected
 
 
 def yaw_quat(yaw: float) -> tuple[float, float, float, float]:
@@ -114,8 +105,8 @@ def test_check_env(task, action_mode, vehicle):
     env = gym.make(envs.UAV, task=task, vehicle=vehicle, action_mode=action_mode, episode_seconds=1.0)
     try:
         uav = env.unwrapped
-        _check_quietly(check_env, uav, skip_render_check=True)
-        _check_quietly(check_mujoco_reset_state, uav)
+        check_quietly(check_env, uav, skip_render_check=True)
+        check_quietly(check_mujoco_reset_state, uav)
         assert uav.params.name == vehicle and uav.action_mode == action_mode
         assert env.action_space == gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
         expected = HOVER_SIZE + (3 * 1 if task == "waypoints" else 0)  # n_lookahead defaults to 1

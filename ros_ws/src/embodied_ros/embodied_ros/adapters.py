@@ -357,12 +357,8 @@ class UAVAdapter(RobotAdapter):
     # --- robot side: state -> messages ---------------------------------------------------
     def encode_state(self, env, stamp: int, frame_prefix: str = "") -> dict[str, object]:
         """Messages for the current state of a UAV env, with the env's sensor noise if configured."""
-        pos, vel, rot, rate = env.state()
-        noise, rng = env.noise, env.np_random
-        if noise["position"]:
-            pos = pos + rng.normal(0.0, noise["position"], 3)
-        if noise["velocity"]:
-            vel = vel + rng.normal(0.0, noise["velocity"], 3)
+        pos, vel, rot, rate = env.sensed_state()
+        noise = env.noise
         quat, gyro, accel = env.imu()  # gyro and accelerometer noise come from the env
         odom_frame, body_frame = f"{frame_prefix}odom", f"{frame_prefix}base_link"
         out = {}
