@@ -36,10 +36,12 @@ Optional Gaussian noise: ``position_noise`` (m), ``velocity_noise`` (m/s), ``gyr
 - ``hover``: ``p(d) − rate_penalty·‖ω‖² − smoothness_penalty·‖Δa‖²`` with the proximity
   ``p(d) = 0.5·exp(−d/0.5) + 0.5·exp(−d/0.05)`` of the position error ``d`` (m): the wide term
   pulls from afar, the narrow one rewards centimetre precision. Penalty weights 0.005 and 0.002.
-- ``waypoints``: ``k + p(d)`` with the same penalties, ``k`` the waypoints passed so far and ``d``
-  the distance to the current one (the last one once the course is done, where the vehicle then
-  holds). Since ``p ≤ 1``, passing a waypoint always pays more than lingering before it, and
-  finishing early pays ``N + p`` for every remaining step.
+- ``waypoints``: ``k + p(d) + 10·(d_prev − d)`` with the same penalties, ``k`` the waypoints passed
+  so far, ``d`` the distance to the current one (the last one once the course is done, where the
+  vehicle then holds) and ``d_prev`` the same distance a step earlier. Progress pulls from afar,
+  where ``p`` is flat, and sums to nothing around a loop; since ``p ≤ 1``, passing a waypoint
+  always pays more than lingering before it, and finishing early pays ``N + p`` for every
+  remaining step.
 - Both: ``−crash_penalty`` (10) when the episode ends in a crash or leaves the flight volume.
 
 ## Termination
@@ -477,6 +479,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         if action.shape != (4,) or not np.all(np.isfinite(action)):
             raise ValueError(f"uav action must be 4 finite numbers, got {action}")
         action = np.clip(action, -1.0, 1.0)
+        before = float(np.linalg.norm(self.target - self.data.qpos[:3]))
         thrust = self._step_physics(action)
         self._step_count += 1
         pos, _, rot, rate = self.state()
@@ -488,6 +491,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         w_rate, w_smooth = self.penalties
         reward = -w_rate * float(rate @ rate) - w_smooth * float(np.sum((action - self._last_action) ** 2))
         if self.task == "waypoints":
+            reward += 10.0 * (before - error)  # progress, measured to the waypoint of the step's start
             while self._wp_index < len(self._waypoints) and error <= self.waypoint_radius:
                 self._wp_index += 1
                 if self._wp_index == len(self._waypoints):

@@ -682,12 +682,15 @@ def test_waypoint_reward_counts_passed_waypoints():
     assert info["position_error"] == pytest.approx(np.linalg.norm(second - env.state()[0]))
     assert reward == pytest.approx(1.0 + uav.proximity_reward(info["position_error"]), abs=1e-9)
     assert reward > lingering  # passing always pays more than lingering before the waypoint
-    # moving with body rates: 1 + p(d) − rate_penalty·‖ω‖²
+    # moving toward it with body rates: 1 + p(d) + 10·(d_prev − d) − rate_penalty·‖ω‖²
     place(env, second + (0.6, 0.0, 0.0), vel=(-1.0, 0.0, 0.0), rates=(0.0, 0.0, 0.5))
+    d_prev = float(np.linalg.norm(second - env.state()[0]))
     _, reward, *_ = env.step(np.zeros(4))
     pos, _, _, rates = env.state()
     d = float(np.linalg.norm(second - pos))
-    assert reward == pytest.approx(1.0 + uav.proximity_reward(d) - RATE_PENALTY * float(rates @ rates), abs=1e-9)
+    assert d < d_prev
+    assert reward == pytest.approx(1.0 + uav.proximity_reward(d) + 10.0 * (d_prev - d)
+                                   - RATE_PENALTY * float(rates @ rates), abs=1e-9)
 
 
 def test_completing_the_course_is_success_and_the_vehicle_holds():
