@@ -289,6 +289,43 @@ def cell(v, scale: float = 1.0, nd: int = 1) -> str:
     return "–" if v is None or math.isnan(v) else f"{v * scale:.{nd}f}"
 
 
+def targets(out: dict) -> list[str]:
+    """The issue's must-reach lines, each computed from this run's numbers."""
+    lines = ["## Targets (computed from the tables below)", ""]
+    ev = out.get("eval", {})
+    if ev:
+        still = ev["hover|still air"]
+        for vehicle in PRESETS:
+            rmse = still[f"PID ({vehicle})"]["hover_rmse_m"]
+            lines.append(f"- PID hover RMSE in still air, {vehicle}: {rmse * 100:.2f} cm "
+                         f"({'meets' if rmse <= 0.02 else 'misses'} ≤ 2 cm).")
+        gust = ev["hover|3 m/s gusts"]
+        pid = gust["PID (cf2)"]["hover_rmse_m"]
+        for name, r in gust.items():
+            if "per_seed" not in r:
+                continue
+            seeds = [(sd, row) for sd, row in zip(out["seeds"], r["per_seed"])]
+            best_seed, best = min(seeds, key=lambda x: x[1]["hover_rmse_m"] if x[1]["crash_pct"] <= 1 else math.inf)
+            lines.append(
+                f"- {name} under 3 m/s gusts: RMSE {r['hover_rmse_m']['mean'] * 100:.2f} cm mean over seeds "
+                f"(crash {r['crash_pct']['mean']:.1f} %); best seed with ≤ 1 % crashes, {best_seed}: "
+                f"{best['hover_rmse_m'] * 100:.2f} cm vs the PID's {pid * 100:.2f} cm "
+                f"({'beats' if best['crash_pct'] <= 1 and best['hover_rmse_m'] < pid else 'does not beat'} it).")
+        for name, r in ev["waypoints|3 m/s gusts"].items():
+            if "per_seed" not in r:
+                continue
+            ok = [sd for sd, row in zip(out["seeds"], r["per_seed"])
+                  if row["success_pct"] >= 95 and row["crash_pct"] <= 1]
+            lines.append(f"- {name} waypoints under 3 m/s gusts: success {r['success_pct']['mean']:.1f} %, crash "
+                         f"{r['crash_pct']['mean']:.1f} % (mean over seeds); seeds with ≥ 95 % success and ≤ 1 % "
+                         f"crashes: {ok or 'none'}.")
+    if "throughput" in out:
+        raw = min(out["throughput"]["raw_mj_step_per_s_cf2"], out["throughput"]["raw_mj_step_per_s_x2"])
+        lines.append(f"- Raw physics: {raw:,.0f} steps/s for one quadrotor on one core "
+                     f"({'meets' if raw >= 200_000 else 'misses'} ≥ 200,000).")
+    return lines + [""]
+
+
 def write_markdown(out: dict, path: Path) -> None:
     m = out["machine"]
     lines = [
@@ -305,6 +342,7 @@ def write_markdown(out: dict, path: Path) -> None:
         "Control effort is the episode mean of Σ|T_i − T_hover| / (4·T_hover).",
         "",
     ]
+    lines += targets(out)
     if "throughput" in out:
         t = out["throughput"]
         lines += [
@@ -341,6 +379,15 @@ def write_markdown(out: dict, path: Path) -> None:
                     else:
                         lines.append(f"| {label} | {name} | {cell(r['success_pct'])} | {cell(r['time_to_complete_s'], 1, 2)} | "
                                      f"{cell(r['crash_pct'])} | {cell(r['control_effort'], 1, 3)} |")
+            lines.append("")
+            lines += [f"Per training seed ({task}):", "", "| condition | controller | seed | " +
+                      ("hover RMSE (cm) | crash % |" if task == "hover" else "success % | crash % |"),
+                      "|---|---|---:|---:|---:|"]
+            for label in CONDITIONS:
+                for name, r in out["eval"][f"{task}|{label}"].items():
+                    for seed, row in zip(out["seeds"], r.get("per_seed", [])):
+                        first = cell(row["hover_rmse_m"], 100, 2) if task == "hover" else cell(row["success_pct"])
+                        lines.append(f"| {label} | {name} | {seed} | {first} | {cell(row['crash_pct'])} |")
             lines.append("")
     if out.get("training"):
         lines += ["## Training", "", "| task | algo | seeds | env steps | wall time (s) | env-steps/s | final eval return |",
