@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import pickle
 import shutil
 import sys
 import time
@@ -158,6 +159,29 @@ def _vec_env(cfg: DictConfig, seed: int):
     )
 
 
+def start_from(model, venv: VecNormalize, run: Path) -> None:
+    """Load another run's final SB3 parameters and observation statistics (curriculum training)."""
+    final = rd.checkpoint_dir(run, rd.FINAL)
+    if not (final / "model.zip").is_file():
+        raise UserError(f"init_from={run}: no {rd.CHECKPOINTS}/{rd.FINAL}/model.zip there")
+    try:
+        model.set_parameters(str(final / "model.zip"), exact_match=True, device="cpu")
+    except (ValueError, RuntimeError, KeyError) as e:
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "size mismatch" in ln or "Missing" in ln or "Unexpected" in ln), lines[0])
+        raise UserError(f"init_from={run} does not fit this run (another algo, policy or observation?): "
+                        f"{detail[:200]}") from None
+    stats = final / "vecnormalize.pkl"
+    if venv.norm_obs and stats.is_file():
+        with open(stats, "rb") as f:
+            saved = pickle.load(f)
+        if saved.obs_rms.mean.shape != venv.obs_rms.mean.shape:
+            raise UserError(f"init_from={run} was trained on {saved.obs_rms.mean.shape[0]}-d observations, "
+                            f"this env gives {venv.obs_rms.mean.shape[0]}")
+        venv.obs_rms = saved.obs_rms  # the loaded policy expects its own normalisation; it keeps adapting
+    log.info("initialised from %s", final)
+
+
 def steps_to_reach(rows: list[dict], thresholds=THRESHOLDS) -> dict[str, int | None]:
     out = {}
     for t in thresholds:
@@ -207,6 +231,8 @@ def train_sb3(cfg: DictConfig, run_dir: Path, loggers: list) -> dict:
                          verbose=0, **sb3_kwargs)
     except (TypeError, ValueError, AssertionError, KeyError) as e:
         raise UserError(f"bad algo.sb3 settings for {cfg.algo.name}: {e}") from None
+    if cfg.get("init_from"):
+        start_from(model, venv, Path(cfg.init_from).expanduser())
     params = trainable_actor_parameters(model)
     log.info("training %s on %s with %s: %d trainable actor parameters, %d env steps",
              cfg.policy.kind, cfg.env.name, cfg.algo.name, params, cfg.algo.total_timesteps)

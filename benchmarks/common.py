@@ -50,6 +50,10 @@ class Jobs:
             raise RuntimeError(f"training {name} failed (exit {proc.returncode}); see {log}")
         print(f"  done {name} in {time.time() - t0:.0f}s", flush=True)
 
+    def wait_for(self, name: str) -> None:
+        if name in self.futures:
+            self.futures.pop(name).result()
+
     def wait(self) -> None:
         for fut in self.futures.values():
             fut.result()

@@ -990,3 +990,32 @@ def test_numpy_policy_squashed_mlp(activation, normalize):
     assert np.abs(raw).max() > 1.5  # pre-squash values beyond [-1, 1]: only the tanh keeps them in range
     got = np.stack([fast(o) for o in obs])
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+# --- curriculum: init_from -----------------------------------------------------------------
+
+
+def test_init_from_starts_waypoints_from_a_hover_run(uav_ppo_run, tmp_path):
+    """A waypoint run (lookahead off) starts from the hover run's weights and observation statistics."""
+    hover, _ = uav_ppo_run
+    run = tmp_path / "waypoints"
+    train_in_process(run, ["env=uav_waypoints", "policy=mlp", "algo=ppo", "algo.total_timesteps=1024", "seed=0",
+                           *TINY, "env.episode_seconds=1", "env.n_lookahead=0", f"init_from={hover}",
+                           "algo.sb3.learning_rate=0.0"])  # no update: the result must equal the start
+    start, finished = load_policy(hover / "checkpoints" / "final"), load_policy(run / "checkpoints" / "final")
+    for name, value in start.actor.state_dict().items():
+        torch.testing.assert_close(finished.actor.state_dict()[name], value)
+    # the statistics kept adapting to the new task from the hover run's, not from scratch
+    assert not torch.equal(finished.obs_mean, start.obs_mean)
+    assert float((finished.obs_mean - start.obs_mean).abs().max()) < float(start.obs_mean.abs().max()) + 5.0
+
+
+def test_init_from_a_mismatched_run_is_one_line_error(uav_ppo_run, run_cli):
+    hover, _ = uav_ppo_run
+    result = run_cli("agents.train", "env=uav_waypoints", "policy=mlp", "algo=ppo", f"init_from={hover}",
+                     "algo.total_timesteps=256", "progress_bar=false")  # lookahead on: 25-d, not hover's 22-d
+    line = assert_one_line_error(result, "init_from")
+    assert "does not fit" in line or "observations" in line
+    result = run_cli("agents.train", "env=uav_hover", "policy=mlp", "algo=ppo", "init_from=/nonexistent/run",
+                     "algo.total_timesteps=256", "progress_bar=false")
+    assert_one_line_error(result, "no checkpoints/final/model.zip")
