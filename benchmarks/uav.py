@@ -51,7 +51,7 @@ CONDITIONS = {"still air": 0.0, "1 m/s gusts": 1.0, "3 m/s gusts": 3.0}
 # Fine-tuning a hover policy on the courses: at the from-scratch learning rate PPO wrecked the
 # start policy within 100k steps (its critic meets a new reward scale), so the rate is cut.
 WAYPOINT_FINETUNE = {
-    "ppo": ["algo.total_timesteps=1000000", "algo.sb3.learning_rate=5e-5"],
+    "ppo": ["algo.total_timesteps=1000000", "algo.sb3.learning_rate=1e-4"],
     "sac": ["algo.total_timesteps=150000", "algo.sb3.learning_rate=1e-4", "algo.sb3.learning_starts=2000"],
 }
 

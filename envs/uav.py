@@ -24,6 +24,8 @@ default). Rotor thrusts follow the command through the model's first-order motor
 - ``lookahead`` (3 per waypoint, ``waypoints`` only): the next ``n_lookahead`` waypoints after
   the current one, relative to the vehicle, in the body frame (repeats the last one at the end).
 Optional Gaussian noise: ``position_noise`` (m), ``velocity_noise`` (m/s), ``gyro_noise`` (rad/s).
+``error_clip`` (m) shortens the observed position error to that length (a carrot on the way to a
+far waypoint, inside the range a hover policy was trained on); the reward uses the true error.
 
 ## Action (``Box(-1, 1, (4,), float32)``)
 - ``action_mode=rotor``: per-rotor thrust commands; -1 is 0 N, 0 is the nominal hover thrust
@@ -124,15 +126,21 @@ def yaw_rotation(yaw: float) -> np.ndarray:
 
 
 def uav_observation(position, velocity, rotation, angular_velocity, last_action, target,
-                    lookahead=(), target_yaw: float = 0.0) -> np.ndarray:
+                    lookahead=(), target_yaw: float = 0.0, error_clip: float | None = None) -> np.ndarray:
     """The observation from world-frame state (shared with the ROS 2 adapter).
 
     ``rotation`` maps body to world, ``velocity`` is world-frame, ``angular_velocity`` body-frame.
+    ``error_clip`` (m) shortens a longer position error to that length, same direction.
     """
     r = np.asarray(rotation, dtype=np.float64).reshape(3, 3)
     p = np.asarray(position, dtype=np.float64)
+    error = np.asarray(target, dtype=np.float64) - p
+    if error_clip is not None:
+        norm = float(np.linalg.norm(error))
+        if norm > error_clip:
+            error = error * (error_clip / norm)
     parts = [
-        r.T @ (np.asarray(target, dtype=np.float64) - p),
+        r.T @ error,
         r.T @ np.asarray(velocity, dtype=np.float64),
         (yaw_rotation(target_yaw).T @ r).ravel() if target_yaw else r.ravel(),
         np.asarray(angular_velocity, dtype=np.float64),
@@ -208,6 +216,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         waypoint_radius: float = 0.15,
         waypoint_spacing: tuple[float, float] = (1.0, 2.0),
         n_lookahead: int = 1,
+        error_clip: float | None = None,
         arena_half_width: float = 3.0,
         ceiling: float = 4.0,
         wind: tuple[float, float, float] = (0.0, 0.0, 0.0),
@@ -254,7 +263,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         utils.EzPickle.__init__(
             self, task, vehicle, action_mode, control_hz, episode_seconds, target, target_yaw, init_pos_range,
             init_vel_range, init_tilt_deg, init_rate_range, n_waypoints, waypoint_radius, waypoint_spacing,
-            n_lookahead, arena_half_width, ceiling, wind, gust_speed, gust_interval, gust_duration, mass_scale,
+            n_lookahead, error_clip, arena_half_width, ceiling, wind, gust_speed, gust_interval, gust_duration, mass_scale,
             inertia_scale, motor_strength, position_noise, velocity_noise, gyro_noise, accel_noise, success_radius,
             rmse_window, crash_penalty, rate_penalty, smoothness_penalty, render_mode, width, height, camera_name,
         )
@@ -270,6 +279,9 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         self.n_waypoints = int(n_waypoints)
         self.waypoint_radius = float(waypoint_radius)
         self.waypoint_spacing = tuple(waypoint_spacing)
+        if error_clip is not None and not error_clip > 0:
+            raise ValueError(f"error_clip must be a positive distance in m or null, got {error_clip}")
+        self.error_clip = None if error_clip is None else float(error_clip)
         self.arena_half_width = float(arena_half_width)
         self.ceiling = float(ceiling)
         self.wind_config = dict(wind=wind, gust_speed=gust_speed, gust_interval=gust_interval,
@@ -395,7 +407,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
     def _get_obs(self) -> np.ndarray:
         pos, vel, rot, rate = self.sensed_state()
         return uav_observation(pos, vel, rot, rate, self._last_action, self.target,
-                               self.upcoming_waypoints(self.layout.n_lookahead), self.target_yaw)
+                               self.upcoming_waypoints(self.layout.n_lookahead), self.target_yaw, self.error_clip)
 
     # --- episode ---------------------------------------------------------------------------
     def _randomise_vehicle(self) -> None:

@@ -1019,3 +1019,24 @@ def test_init_from_a_mismatched_run_is_one_line_error(uav_ppo_run, run_cli):
     result = run_cli("agents.train", "env=uav_hover", "policy=mlp", "algo=ppo", "init_from=/nonexistent/run",
                      "algo.total_timesteps=256", "progress_bar=false")
     assert_one_line_error(result, "no checkpoints/final/model.zip")
+
+
+def test_error_clip_shortens_the_observed_error_only():
+    env = quiet_env(task="waypoints", error_clip=0.5)
+    env.reset(seed=0)
+    place(env, env.target + (1.2, 0.0, 0.0))
+    obs, reward, *_ = env.step(np.zeros(4))
+    pos = env.state()[0]
+    true_error = float(np.linalg.norm(env.target - pos))
+    assert true_error > 1.0
+    observed = obs[slice(*env.layout.position_error)]
+    assert float(np.linalg.norm(observed)) == pytest.approx(0.5)
+    np.testing.assert_allclose(observed / 0.5, env.state()[2].T @ (env.target - pos) / true_error, atol=1e-12)
+    # the reward sees the true distance
+    assert reward == pytest.approx(uav.proximity_reward(true_error), abs=0.05)
+    place(env, env.target + (0.2, 0.0, 0.0))  # within the clip: unchanged
+    obs, *_ = env.step(np.zeros(4))
+    np.testing.assert_allclose(obs[slice(*env.layout.position_error)],
+                               env.state()[2].T @ (env.target - env.state()[0]), atol=1e-12)
+    with pytest.raises(ValueError, match="error_clip"):
+        UAVEnv(error_clip=0.0)

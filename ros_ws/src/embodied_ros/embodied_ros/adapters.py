@@ -317,6 +317,7 @@ class UAVAdapter(RobotAdapter):
         self.n_lookahead = env.layout.n_lookahead
         self.target = env.nominal_target.copy()
         self.target_yaw = env.target_yaw
+        self.error_clip = env.error_clip
         self.last_action = np.zeros(self.command_size)  # a fresh env's, hover thrust
         self.topics = [Topic("odom", Odometry), Topic("imu", Imu)]
         if self.task == "waypoints":
@@ -457,7 +458,7 @@ class UAVAdapter(RobotAdapter):
                 raise InvalidMessage(f"goal: frame_id {goal.header.frame_id!r} is not odom's {odom.header.frame_id!r}")
             target, lookahead = self._course(goal)
         return uav_observation(position, rotation @ velocity_body, rotation, rate, self.last_action, target,
-                               lookahead, self.target_yaw)
+                               lookahead, self.target_yaw, self.error_clip)
 
     def summary(self, env) -> dict:
         pos, vel, _, _ = env.state()
