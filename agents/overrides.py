@@ -56,7 +56,10 @@ def check_overrides(config_name: str, argv: list[str], validate: Callable | None
         if "not in struct" in text:
             m = re.search(r"full_key: (\S+)", text) or re.search(r"Could not override '([^']+)'", text)
             key = m.group(1) if m else re.search(r"Key '([^']+)'", text).group(1)
-            raise UserError(f"unknown config key '{key}' (prefix with '+' to add a new key)") from None
+            hint = "prefix with '+' to add a new key"
+            if key.startswith("env.") and not any(o.startswith("env=") for o in overrides):
+                hint = "is it another env's key? name the env too, e.g. env=uav_hover; or " + hint
+            raise UserError(f"unknown config key '{key}' ({hint})") from None
         cause = e.__cause__ or e
         raise UserError(" ".join(str(cause).split())[:300]) from None
     if validate is not None:
