@@ -173,8 +173,12 @@ def start_from(model, venv: VecNormalize, run: Path) -> None:
                         f"{detail[:200]}") from None
     stats = final / "vecnormalize.pkl"
     if venv.norm_obs and stats.is_file():
-        with open(stats, "rb") as f:
-            saved = pickle.load(f)
+        try:
+            with open(stats, "rb") as f:
+                saved = pickle.load(f)
+            saved.obs_rms.mean.shape  # noqa: B018  (a VecNormalize, not some other pickle)
+        except (OSError, EOFError, AttributeError, ImportError, pickle.UnpicklingError) as e:
+            raise UserError(f"init_from={run}: {stats} is unreadable ({type(e).__name__})") from None
         if saved.obs_rms.mean.shape != venv.obs_rms.mean.shape:
             raise UserError(f"init_from={run} was trained on {saved.obs_rms.mean.shape[0]}-d observations, "
                             f"this env gives {venv.obs_rms.mean.shape[0]}")
@@ -217,6 +221,9 @@ def train_sb3(cfg: DictConfig, run_dir: Path, loggers: list) -> dict:
         if not (np.allclose(low, -1.0) and np.allclose(high, 1.0)):
             raise UserError(f"algo=sac needs actions in [-1, 1] (the exported actor ends in tanh); {cfg.env.name} has "
                             f"[{min(low)}, {max(high)}]")
+        if cfg.policy.actor.activation not in ACTIVATIONS:
+            raise UserError(f"unknown policy.actor.activation {cfg.policy.actor.activation!r}; "
+                            f"choose one of {sorted(ACTIVATIONS)}")
         meta.actor_config = actor_cfg = {**actor_cfg, "squash": True}
         policy, policy_kwargs = "MlpPolicy", dict(
             net_arch=dict(pi=list(cfg.policy.actor.hidden), qf=list(cfg.policy.critic_arch)),
