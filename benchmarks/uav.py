@@ -182,12 +182,7 @@ def evaluate(job: tuple) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    base = None
-    if run is not None:
-        from omegaconf import OmegaConf
-
-        base = OmegaConf.to_container(OmegaConf.load(Path(run) / "config.yaml").env)
-    env = make_env(env_config(task, gust, vehicle, base))
+    env = make_env(env_config(task, gust, vehicle, run_env(run)))
     act, reset = controller(kind, env, Path(run) if run else None)
     rows = []
     for ep in range(episodes):
@@ -261,8 +256,17 @@ def section_eval(out: dict, runs: dict, episodes: int, jobs: int) -> None:
 
 
 # --- trajectories plot -----------------------------------------------------------------------
+def run_env(run: Path | str | None) -> dict | None:
+    """The env config a run trained on (None for the PID: it flies the task's YAML config)."""
+    if run is None:
+        return None
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(Path(run) / "config.yaml").env)
+
+
 def trace(kind: str, run: Path | None, task: str, seed: int) -> dict:
-    env = make_env(env_config(task, 3.0, "cf2", None))
+    env = make_env(env_config(task, 3.0, "cf2", run_env(run)))
     act, reset = controller(kind, env, run)
     obs, _ = env.reset(seed=EVAL_SEED_BASE + seed)
     if reset:
@@ -466,10 +470,10 @@ def main() -> None:
     runs = run_paths(plan)
     if "eval" in sections:
         section_eval(out, runs, args.episodes, args.jobs)
-    if "plot" in sections:
-        plot(runs, args.out / "uav_trajectories.png")
     write_json_atomic(json_path, out)
     write_markdown(out, args.out / "uav.md")
+    if "plot" in sections:
+        plot(runs, args.out / "uav_trajectories.png")
     print(f"wrote {args.out / 'uav.md'}")
 
 
