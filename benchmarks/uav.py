@@ -436,7 +436,9 @@ def write_markdown(out: dict, path: Path) -> None:
                          f"{cell(mean_std([s['env_steps_per_s'] for s in summaries]), 1, 0)} | "
                          f"{cell(mean_std([s['return_mean'] for s in summaries]), 1, 1)} |")
         lines += ["", "Learned policies train on cf2 under 3 m/s gusts (configs/experiment/tuned/uav_*); the PID is "
-                  "tuned in still air (policies/pid.py).", ""]
+                  "tuned in still air (policies/pid.py). Waypoint runs continue the hover run of the same algo and "
+                  "seed (`init_from`, observation without lookahead, position error clipped to 1 m); their env "
+                  "steps come on top of the hover run's.", ""]
     lines += ["![trajectories](uav_trajectories.png)", ""]
     path.write_text("\n".join(lines))
 
