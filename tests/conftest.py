@@ -186,3 +186,18 @@ def check_quietly(fn, *args, allowed: tuple[str, ...] = ("infinity",), **kwargs)
         fn(*args, **kwargs)
     unexpected = [str(w.message) for w in caught if not any(k in str(w.message) for k in allowed)]
     assert not unexpected, unexpected
+
+
+def capturing_policy_node(ros_context, run, **params):
+    """A PolicyNode in this process whose published commands land in a list instead of on DDS."""
+    import numpy as np
+    import rclpy.parameter
+
+    from embodied_ros.policy_node import PolicyNode
+
+    overrides = [rclpy.parameter.Parameter("run_dir", value=str(run))]
+    overrides += [rclpy.parameter.Parameter(k, value=v) for k, v in params.items()]
+    node = PolicyNode(context=ros_context, parameter_overrides=overrides)
+    published = []
+    node.pub.publish = lambda msg: published.append(np.asarray(msg.data))
+    return node, published

@@ -19,7 +19,6 @@ import gymnasium as gym
 import numpy as np
 import psutil
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.parameter_client import AsyncParameterClient
 from sensor_msgs.msg import JointState
@@ -32,7 +31,7 @@ from embodied_ros.monitor import RobotMonitor
 from embodied_ros.reference import in_process_distance
 from policies.checkpoint import find_policy_dir, read_meta
 
-from conftest import REPO
+from conftest import REPO, capturing_policy_node
 
 LAUNCH_FILE = REPO / "launch" / "robot.py"
 
@@ -247,14 +246,7 @@ def test_non_finite_policy_output_becomes_the_safe_command(ncap_run, ros_context
 
 
 def _policy_node(ros_context, run, **params):
-    from embodied_ros.policy_node import PolicyNode
-
-    overrides = [rclpy.parameter.Parameter("run_dir", value=str(run))]
-    overrides += [rclpy.parameter.Parameter(k, value=v) for k, v in params.items()]
-    node = PolicyNode(context=ros_context, parameter_overrides=overrides)
-    published = []
-    node.pub.publish = lambda msg: published.append(np.asarray(msg.data))
-    return node, published
+    return capturing_policy_node(ros_context, run, **params)
 
 
 def _state(node, env, stamp_ns: int) -> JointState:

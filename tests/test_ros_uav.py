@@ -21,7 +21,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-import rclpy
 from nav_msgs.msg import Path as PathMsg
 from std_srvs.srv import SetBool, Trigger
 
@@ -32,7 +31,7 @@ from policies.checkpoint import find_policy_dir, load_policy, read_meta
 from policies.numpy_inference import numpy_policy
 from policies.pid import pid_for_env
 
-from conftest import REPO, TINY, train_in_process
+from conftest import REPO, TINY, capturing_policy_node, train_in_process
 
 T0 = 1_700_000_000_123_456_789  # an arbitrary wall-clock stamp, ns
 DT_NS = 10_000_000  # the UAV's 10 ms control step
@@ -381,14 +380,7 @@ def uav_run(tmp_path_factory) -> Path:
 
 
 def _policy_node(ros_context, run, **params):
-    from embodied_ros.policy_node import PolicyNode
-
-    overrides = [rclpy.parameter.Parameter("run_dir", value=str(run)), rclpy.parameter.Parameter("robot", value="uav")]
-    overrides += [rclpy.parameter.Parameter(k, value=v) for k, v in params.items()]
-    node = PolicyNode(context=ros_context, parameter_overrides=overrides)
-    published = []
-    node.pub.publish = lambda msg: published.append(np.asarray(msg.data))
-    return node, published
+    return capturing_policy_node(ros_context, run, robot="uav", **params)
 
 
 def _feed(node, env, stamp: int) -> None:
