@@ -15,6 +15,9 @@
   the last 2 s, hover success, waypoint success, time to complete, crash %, control effort. The
   PID runs on both presets; learned policies on the preset they were trained on (cf2);
 - plot: trajectories of one hover episode and one waypoint course under 3 m/s gusts.
+
+Besides PPO and SAC on per-rotor thrusts, PPO also learns hover on collective thrust + body rates
+(``ppo-ctbr``: the env's rate loop at 500 Hz holds the attitude).
 """
 
 from __future__ import annotations
@@ -135,6 +138,13 @@ def planned_runs(quick: bool) -> dict[tuple[str, str], list[tuple[str, list[str]
                         overrides += WAYPOINT_FINETUNE[algo]
                 runs.append((f"{task}_{algo}_s{seed}", overrides))
             plan[(task, algo)] = runs
+    # PPO on collective thrust + body rates: the env's rate loop holds the attitude, which the
+    # per-rotor policies failed to do from tilted starts (their crashes are mid-air flips).
+    steps = "algo.total_timesteps=20000" if quick else "algo.total_timesteps=1500000"
+    plan[("hover", "ppo-ctbr")] = [
+        (f"hover_ppo-ctbr_s{seed}", ["env=uav_hover", "policy=mlp", "algo=ppo", f"seed={seed}",
+                                     "algo.checkpoint_every=0", "env.action_mode=ctbr", steps]) for seed in SEEDS
+    ]
     return plan
 
 
@@ -147,6 +157,8 @@ def train_all(plan: dict, jobs: int) -> None:
             pool.wait_for(name)
         for name, overrides in plan[("waypoints", algo)]:
             pool.submit(name, overrides)
+    for name, overrides in plan[("hover", "ppo-ctbr")]:
+        pool.submit(name, overrides)
     pool.wait()
 
 
@@ -218,29 +230,34 @@ def outcome(rows: list[dict]) -> dict:
     }
 
 
-def section_eval(out: dict, runs: dict, episodes: int, jobs: int) -> None:
+def section_eval(out: dict, runs: dict, episodes: int, jobs: int, only: set[str] | None = None) -> None:
+    """Evaluate every controller, or with ``only`` just those methods, merged into the existing tables."""
     plan = []
     for task in TASKS:
         for gust in CONDITIONS.values():
-            for vehicle in PRESETS:
-                plan.append(("pid", None, task, gust, vehicle, episodes))
-            for algo in ALGOS:
-                for run in runs.get((task, algo), []):
+            if only is None:
+                for vehicle in PRESETS:
+                    plan.append(("pid", None, task, gust, vehicle, episodes))
+            for (t, method), paths in runs.items():
+                if t != task or (only is not None and method not in only):
+                    continue
+                for run in paths:
                     if (run / "checkpoints" / "final").is_dir():
-                        plan.append((algo, str(run), task, gust, "cf2", episodes))
+                        plan.append((method, str(run), task, gust, "cf2", episodes))
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(evaluate, plan))
     print(f"  evaluated {len(plan)} controller-conditions in {time.time() - t0:.0f}s", flush=True)
-    table = {}
+    table = out.get("eval", {}) if only is not None else {}
     for task in TASKS:
         for label, gust in CONDITIONS.items():
-            rows = {}
+            rows = table.setdefault(f"{task}|{label}", {})
             for vehicle in PRESETS:
-                res = next(r for r in results if r["kind"] == "pid" and r["task"] == task and r["gust"] == gust
-                           and r["vehicle"] == vehicle)
-                rows[f"PID ({vehicle})"] = outcome(res["episodes"])
-            for algo in ALGOS:
+                res = next((r for r in results if r["kind"] == "pid" and r["task"] == task and r["gust"] == gust
+                            and r["vehicle"] == vehicle), None)
+                if res is not None:
+                    rows[f"PID ({vehicle})"] = outcome(res["episodes"])
+            for algo in [m for t, m in runs if t == task]:
                 per_seed = [outcome(r["episodes"]) for r in results
                             if r["kind"] == algo and r["task"] == task and r["gust"] == gust]
                 if not per_seed:
@@ -250,7 +267,6 @@ def section_eval(out: dict, runs: dict, episodes: int, jobs: int) -> None:
                 merged["seeds"] = len(per_seed)
                 merged["per_seed"] = per_seed
                 rows[f"{algo.upper()} (cf2)"] = merged
-            table[f"{task}|{label}"] = rows
     out["eval"] = table
     out["training"] = {f"{t}|{a}": [summary(r) for r in paths if (r / "summary.json").is_file()]
                        for (t, a), paths in runs.items()}
@@ -457,6 +473,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--only", default="throughput,train,eval,plot")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated learned methods to (re)evaluate into the existing tables, e.g. ppo-ctbr")
     args = parser.parse_args()
     sections = set(args.only.split(","))
     global WORK, SEEDS
@@ -478,7 +496,7 @@ def main() -> None:
         train_all(plan, args.jobs)
     runs = run_paths(plan)
     if "eval" in sections:
-        section_eval(out, runs, args.episodes, args.jobs)
+        section_eval(out, runs, args.episodes, args.jobs, set(args.methods.split(",")) if args.methods else None)
     write_json_atomic(json_path, out)
     write_markdown(out, args.out / "uav.md")
     if "plot" in sections:
