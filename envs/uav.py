@@ -392,9 +392,10 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         last = len(self._waypoints) - 1
         return [self._waypoints[min(self._wp_index + k, last)] for k in range(1, count + 1)]
 
-    def sensed_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`state` as the sensors report it: with the configured position, velocity and gyro noise."""
-        pos, vel, rot, rate = self.state()
+    def sensed_state(self, true_state: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`state` (or ``true_state``, already read) as the sensors report it: with the configured
+        position, velocity and gyro noise."""
+        pos, vel, rot, rate = true_state if true_state is not None else self.state()
         rng, noise = self.np_random, self.noise
         if noise["position"]:
             pos = pos + rng.normal(0.0, noise["position"], 3)
@@ -404,8 +405,8 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
             rate = rate + rng.normal(0.0, noise["gyro"], 3)
         return pos, vel, rot, rate
 
-    def _get_obs(self) -> np.ndarray:
-        pos, vel, rot, rate = self.sensed_state()
+    def _get_obs(self, true_state: tuple | None = None) -> np.ndarray:
+        pos, vel, rot, rate = self.sensed_state(true_state)
         return uav_observation(pos, vel, rot, rate, self._last_action, self.target,
                                self.upcoming_waypoints(self.layout.n_lookahead), self.target_yaw, self.error_clip)
 
@@ -455,7 +456,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         return self._get_obs()
 
     def _get_reset_info(self) -> dict:
-        return self._info(crash=False, out_of_bounds=False)
+        return self._info(crash=False, out_of_bounds=False, error=float(np.linalg.norm(self.target - self.data.qpos[:3])))
 
     def _crashed(self, rot: np.ndarray) -> bool:
         return self.data.ncon > 0 or rot[2, 2] < 0.0
@@ -463,8 +464,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
     def _out_of_bounds(self, pos: np.ndarray) -> bool:
         return abs(pos[0]) > self.arena_half_width or abs(pos[1]) > self.arena_half_width or pos[2] > self.ceiling
 
-    def _info(self, crash: bool, out_of_bounds: bool) -> dict:
-        error = float(np.linalg.norm(self.target - self.data.qpos[:3]))
+    def _info(self, crash: bool, out_of_bounds: bool, error: float) -> dict:
         n = min(self._step_count, self.rmse_steps)
         rmse = math.sqrt(self._sq_errors.sum() / n) if n else error
         done_all = self._wp_index >= len(self._waypoints)
@@ -494,7 +494,8 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         before = float(np.linalg.norm(self.target - self.data.qpos[:3]))
         thrust = self._step_physics(action)
         self._step_count += 1
-        pos, _, rot, rate = self.state()
+        true_state = self.state()
+        pos, _, rot, rate = true_state
         error = float(np.linalg.norm(self.target - pos))
         self._sq_errors[self._step_count % self.rmse_steps] = error**2
         hover = self.params.hover_thrust
@@ -517,9 +518,9 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         out = not crash and self._out_of_bounds(pos)
         if crash or out:
             reward -= self.crash_penalty
-        info = self._info(crash, out)
+        info = self._info(crash, out, error)
         terminated = crash or out
         truncated = not terminated and self._step_count >= self.max_steps
         if self.render_mode == "human":
             self.render()
-        return self._get_obs(), float(reward), bool(terminated), bool(truncated), info
+        return self._get_obs(true_state), float(reward), bool(terminated), bool(truncated), info
