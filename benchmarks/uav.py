@@ -168,14 +168,12 @@ def run_paths(plan: dict) -> dict[tuple[str, str], list[Path]]:
 
 # --- evaluation ------------------------------------------------------------------------------
 def env_config(task: str, gust: float, vehicle: str = "cf2", base: dict | None = None) -> dict:
+    """``base`` (a run's env) or the task's composed env config, on ``vehicle`` in ``gust`` m/s gusts."""
     from omegaconf import OmegaConf
 
-    cfg = dict(base) if base else OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "env" / f"uav_{task}.yaml"))
-    if not base:
-        cfg.pop("defaults", None)
-        if task == "waypoints":  # the waypoint config extends the hover config
-            hover = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "env" / "uav_hover.yaml"))
-            cfg = {**hover, **cfg}
+    from benchmarks.swimmer_ncap import compose_cfg
+
+    cfg = dict(base) if base else OmegaConf.to_container(compose_cfg([f"env=uav_{task}"]).env, resolve=True)
     return {**cfg, "vehicle": vehicle, "gust_speed": gust}
 
 
