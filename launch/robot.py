@@ -151,7 +151,8 @@ def nodes(args: dict[str, str]) -> list[dict]:
         specs.append(node("recorder", "recorder", recorded))
     if use_sim:
         specs.append(node("sim_robot", "sim", {"run_dir": run_dir, "rate": rate, "real_time": real_time, "seed": seed,
-                                                "realtime_priority": priority}))
+                                                "realtime_priority": priority,
+                                                "await_subscribers": 1 + int(record)}))  # policy (+ recorder)
     policy = node("policy_node", "policy", {"run_dir": run_dir, "rate": rate, "enabled": enabled,
                                               "command_scale": _float(args, "command_scale"),
                                               "realtime_priority": priority})

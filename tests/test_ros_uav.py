@@ -547,3 +547,6 @@ def test_robot_launch_flies_the_uav_lock_step_and_records_it(uav_run, ros_env, r
     assert len(odom) > 50 and len(imu) > 50 and len(recorded) > 50, {k: len(v) for k, v in messages.items()}
     assert odom[-1][1].child_frame_id == "base_link" and imu[-1][1].header.frame_id == "base_link"
     assert messages["/robot/goal"] == []  # hover: no goal topic
+    # The sim waited for the recorder (await_subscribers): the bag holds the episode from its first state.
+    first = odom[0][1].header.stamp
+    assert first.sec == 0 and first.nanosec == 1, first

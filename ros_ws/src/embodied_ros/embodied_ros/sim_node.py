@@ -82,6 +82,8 @@ class SimRobotNode(Node):
         self.stop_after_ticks = p["stop_after_ticks"]
         self.counted = 0  # ticks counted in the statistics
         self.frame_prefix = p["frame_prefix"]
+        self.await_subscribers = p["await_subscribers"]
+        self.await_timeout = p["await_timeout"]
 
         # Callbacks run on the loop's own thread (see _serve_until): no locking needed.
         self.command = self.adapter.safe_command()
@@ -127,6 +129,9 @@ class SimRobotNode(Node):
             "stop_after_ticks": (0, "exit after this many counted ticks (benchmarks); 0 = run until stopped"),
             "realtime_priority": (0, "SCHED_FIFO priority of the node's threads (1-99; needs CAP_SYS_NICE); 0 = off"),
             "frame_prefix": ("", "prefix of the odom/base_link frame ids"),
+            "await_subscribers": (0, "before the first step, wait until each state topic has this many subscribers "
+                                     "(the policy, a recorder), so nothing is lost to DDS discovery; 0 = don't wait"),
+            "await_timeout": (10.0, "seconds to wait for those subscribers before starting anyway (with a warning)"),
         }
         return declare_parameters(self, defaults)
 
@@ -246,7 +251,29 @@ class SimRobotNode(Node):
                 return
             executor.spin_once(timeout_sec=remaining)
 
+    def _await_subscribers(self, executor) -> None:
+        """Hold the first step until the policy (and a recorder) have matched every state topic.
+
+        Lock-step runs at hundreds of ticks per second, faster than DDS discovery between processes:
+        without this a bag recorded from launch misses the first seconds of the episode.
+        """
+        if self.await_subscribers <= 0:
+            return
+        deadline = time.perf_counter() + self.await_timeout
+        short = dict.fromkeys(t.name for t in self.adapter.topics)
+        while rclpy.ok(context=self.context):
+            short = {name: n for name in short if (n := self.pubs[name].get_subscription_count()) < self.await_subscribers}
+            if not short or time.perf_counter() >= deadline:
+                break
+            executor.spin_once(timeout_sec=0.02)
+        if short:
+            counts = ", ".join(f"{name} has {n}" for name, n in short.items())
+            self.get_logger().warning(
+                f"starting after {self.await_timeout:g} s without all {self.await_subscribers} subscribers ({counts})"
+            )
+
     def run(self, executor) -> None:
+        self._await_subscribers(executor)
         self._reset_env()
         self._publish_state()
         next_tick = time.perf_counter() + self.dt
