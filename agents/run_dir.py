@@ -17,6 +17,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 CURVE_FILE = "learning_curve.png"
+THRESHOLDS = (800, 850, 900, 950)  # returns whose first crossing the summary reports
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 
@@ -65,6 +66,14 @@ class MetricsLog:
 def read_metrics(path: Path) -> list[dict[str, float]]:
     with open(path, newline="") as f:
         return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def steps_to_reach(rows: list[dict], thresholds=THRESHOLDS) -> dict[str, int | None]:
+    out = {}
+    for t in thresholds:
+        hit = next((int(r["steps"]) for r in rows if r["eval_return_mean"] >= t), None)
+        out[str(t)] = hit
+    return out
 
 
 def checkpoint_dir(run_dir: Path, name: str) -> Path:

@@ -34,7 +34,6 @@ from policies.sb3 import ActorCriticAdapter
 
 log = logging.getLogger(__name__)
 ALGORITHMS = {"ppo": PPO, "sac": SAC}
-THRESHOLDS = (800, 850, 900, 950)
 
 
 def deployable_actor(model, meta: PolicyMeta) -> torch.nn.Module:
@@ -190,14 +189,6 @@ def start_from(model, venv: VecNormalize, run: Path) -> None:
     log.info("initialised from %s", final)
 
 
-def steps_to_reach(rows: list[dict], thresholds=THRESHOLDS) -> dict[str, int | None]:
-    out = {}
-    for t in thresholds:
-        hit = next((int(r["steps"]) for r in rows if r["eval_return_mean"] >= t), None)
-        out[str(t)] = hit
-    return out
-
-
 def train_sb3(cfg: DictConfig, run_dir: Path, loggers: list) -> dict:
     algo_cls = ALGORITHMS.get(cfg.algo.name)
     if algo_cls is None:
@@ -271,7 +262,7 @@ def train_sb3(cfg: DictConfig, run_dir: Path, loggers: list) -> dict:
         "env_steps_per_s": round(model.num_timesteps / train_time, 1),
         "eval_episodes": len(final.returns),
         **{k: v for k, v in final.metric_means().items()},
-        "steps_to_return": steps_to_reach(rows),
+        "steps_to_return": rd.steps_to_reach(rows),
         "env": cfg.env.name,
         "policy": cfg.policy.kind,
         "algo": cfg.algo.name,

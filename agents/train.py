@@ -19,6 +19,8 @@ from agents.errors import UserError, report_user_errors
 from agents.loggers import make_loggers
 from agents.overrides import require_ints, run_hydra_cli
 
+SB3_ALGOS = ("ppo", "sac")
+POPULATION_ALGOS = {"grpo": ("agents.grpo", "GRPOTrainer"), "es": ("agents.es", "ESTrainer")}
 SUMMARY_KEYS = ["return_mean", "return_std", "steps", "params", "train_time_s", "run_dir"]
 BENCHMARK_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "swimmer_ncap.json"
 
@@ -37,9 +39,14 @@ def reference_curves(cfg: DictConfig) -> dict:
 
 def validate(cfg: DictConfig) -> None:
     require_ints(cfg, ["seed"], minimum=0)
-    require_ints(cfg, ["algo.total_timesteps", "algo.eval_every", "threads", "algo.n_envs", "algo.eval_episodes",
+    require_ints(cfg, ["algo.total_timesteps", "algo.eval_every", "threads", "algo.eval_episodes",
                        "algo.final_eval_episodes"], minimum=1)
     require_ints(cfg, ["algo.checkpoint_every"], minimum=0)
+    if cfg.algo.name in SB3_ALGOS:
+        require_ints(cfg, ["algo.n_envs"], minimum=1)
+    elif cfg.algo.name in POPULATION_ALGOS:
+        require_ints(cfg, ["algo.workers"], minimum=1)
+        require_ints(cfg, ["algo.horizon"], minimum=0)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -51,12 +58,17 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     rd.write_config(run_dir, cfg)
     loggers = make_loggers(cfg, run_dir)
-    if cfg.algo.name in ("ppo", "sac"):
+    if cfg.algo.name in SB3_ALGOS:
         from agents.sb3_trainer import train_sb3
 
         summary = train_sb3(cfg, run_dir, loggers)
+    elif cfg.algo.name in POPULATION_ALGOS:
+        import importlib
+
+        module, cls = POPULATION_ALGOS[cfg.algo.name]
+        summary = getattr(importlib.import_module(module), cls)(cfg, run_dir, loggers).train()
     else:
-        raise UserError(f"algo {cfg.algo.name!r} has no trainer yet")
+        raise UserError(f"algo {cfg.algo.name!r} has no trainer (have: {', '.join([*SB3_ALGOS, *POPULATION_ALGOS])})")
     summary["run_dir"] = str(run_dir)
     rd.write_summary(run_dir, summary)
     title = f"{cfg.policy.kind} + {cfg.algo.name} on {cfg.env.name} (seed {cfg.seed})"

@@ -196,6 +196,19 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
         """Control steps since the episode began."""
         return self._step_count
 
+    def task_state(self) -> dict:
+        """What a snapshot needs beyond MuJoCo's state (see :mod:`envs.snapshot`)."""
+        return {
+            "step_count": self._step_count,
+            "start_xy": self._start_xy.copy(),
+            "target_pos": self.model.geom_pos[self.model.geom("target").id].copy(),
+        }
+
+    def set_task_state(self, state: dict) -> None:
+        self._step_count = int(state["step_count"])
+        self._start_xy = np.array(state["start_xy"], dtype=np.float64)
+        self.model.geom_pos[self.model.geom("target").id] = state["target_pos"]
+
     # --- state readouts ------------------------------------------------------------------
     def joint_angles(self) -> np.ndarray:
         return self.data.qpos[3:].copy()

@@ -170,14 +170,23 @@ def proximity_reward(distance: float) -> float:
 class GustField:
     """Constant wind plus 1−cos discrete gusts at exponentially distributed times."""
 
-    def __init__(self, wind, gust_speed: float, gust_interval: float, gust_duration: tuple[float, float], rng):
+    def __init__(self, wind, gust_speed: float, gust_interval: float, gust_duration: tuple[float, float], rng,
+                 schedule: dict | None = None):
         self.wind = np.asarray(wind, dtype=np.float64)
         self.speed = float(gust_speed)
         self.interval = float(gust_interval)
         self.duration = (float(gust_duration[0]), float(gust_duration[1]))
         self.rng = rng
-        self.start = self._next_start(0.0)
-        self.length, self.direction = self._draw()
+        if schedule is None:
+            self.start = self._next_start(0.0)
+            self.length, self.direction = self._draw()
+        else:  # restored from a snapshot: nothing drawn
+            self.start, self.length = float(schedule["start"]), float(schedule["length"])
+            self.direction = np.array(schedule["direction"], dtype=np.float64)
+
+    def schedule(self) -> dict:
+        """The current gust (start, length, direction): with the rng state, all a snapshot needs."""
+        return {"start": self.start, "length": self.length, "direction": self.direction.copy()}
 
     def _next_start(self, after: float) -> float:
         return after + (self.rng.exponential(self.interval) if self.speed > 0 else math.inf)
@@ -332,6 +341,43 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
     def step_count(self) -> int:
         """Control steps since the episode began."""
         return self._step_count
+
+    def task_state(self) -> dict:
+        """What a snapshot needs beyond MuJoCo's state (see :mod:`envs.snapshot`): episode counters,
+        the course, the gust schedule and this episode's randomised vehicle."""
+        gusts = self._gusts.schedule() if self._gusts is not None else None
+        m, body = self.model, self._body
+        return {
+            "step_count": self._step_count,
+            "last_action": self._last_action.copy(),
+            "waypoints": self._waypoints.copy(),
+            "wp_index": self._wp_index,
+            "sq_errors": self._sq_errors.copy(),
+            "effort_sum": self._effort_sum,
+            "completed_at": self._completed_at,
+            "air": self._air.copy(),
+            "gusts": gusts,
+            "mass": float(m.body_mass[body]),
+            "inertia": m.body_inertia[body].copy(),
+            "gain": m.actuator_gainprm[:, 0].copy(),
+        }
+
+    def set_task_state(self, state: dict) -> None:
+        self._step_count = int(state["step_count"])
+        self._last_action = np.array(state["last_action"], dtype=np.float64)
+        self._waypoints = np.array(state["waypoints"], dtype=np.float64)
+        self._wp_index = int(state["wp_index"])
+        self._sq_errors = np.array(state["sq_errors"], dtype=np.float64)
+        self._effort_sum = float(state["effort_sum"])
+        self._completed_at = float(state["completed_at"])
+        self._air = np.array(state["air"], dtype=np.float64)
+        gusts = state["gusts"]
+        self._gusts = None if gusts is None else GustField(rng=self.np_random, schedule=gusts, **self.wind_config)
+        m, body = self.model, self._body
+        m.body_mass[body] = state["mass"]
+        m.body_inertia[body] = state["inertia"]
+        m.actuator_gainprm[:, 0] = state["gain"]
+        m.site_pos[self._target_site] = self.target
 
     @property
     def time(self) -> float:
