@@ -64,6 +64,8 @@ class OpenES:
 
 
 class ESTrainer(PopulationTrainer):
+    STAT_KEYS = ("rollout_return_max", "grad_norm")
+
     def __init__(self, cfg, run_dir, loggers):
         algo = cfg.algo
         population = int(algo.population)

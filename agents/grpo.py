@@ -85,6 +85,8 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, mas
 
 
 class GRPOTrainer(PopulationTrainer):
+    STAT_KEYS = ("frac_zero_spread", "action_std", "clip_fraction", "kl_ref")
+
     def __init__(self, cfg, run_dir, loggers):
         algo = cfg.algo
         if algo.advantage not in ADVANTAGES:

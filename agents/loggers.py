@@ -72,7 +72,10 @@ class WandbLogger:
         model.set_logger(Logger(folder=None, output_formats=[_WandbWriter(self.run)]))
 
     def log_metrics(self, row: dict, step: int) -> None:
-        self.run.log({f"eval/{k}": v for k, v in row.items() if k != "steps"}, step=step)
+        # eval_* are the deterministic evaluations; the rest (returns while exploring, GRPO's
+        # frac_zero_spread, clip fractions, wall clock) describe training.
+        self.run.log({f"{'eval' if k.startswith('eval_') else 'train'}/{k}": v for k, v in row.items() if k != "steps"},
+                     step=step)
 
     def finish(self, summary: dict) -> None:
         self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -78,6 +77,8 @@ def _tensor_or_none(a: np.ndarray | None) -> torch.Tensor | None:
 class PopulationTrainer:
     """Shell of a population trainer: subclasses implement :meth:`iteration` (collect + update)."""
 
+    STAT_KEYS: tuple[str, ...] = ()  # what iteration() reports besides rollout_return_mean, logged per evaluation
+
     def __init__(self, cfg: DictConfig, run_dir: Path, loggers: list, n_envs: int):
         if cfg.get("init_from"):
             raise UserError(f"init_from is supported by the SB3 algorithms (ppo, sac), not {cfg.algo.name}")
@@ -104,6 +105,7 @@ class PopulationTrainer:
         self.metrics = rd.MetricsLog(run_dir / rd.METRICS_FILE)
         self.steps = 0
         self.t0 = time.time()
+        self.overhead_s = 0.0  # spent evaluating and checkpointing: not training
 
     # --- for subclasses --------------------------------------------------------------------
     def iteration(self) -> dict:
@@ -140,15 +142,18 @@ class PopulationTrainer:
         return run_episodes(self.eval_env, policy.act, episodes, seed=EVAL_SEED_BASE)
 
     def record(self, stats: dict) -> None:
+        started = time.time()
         result = self.evaluate(int(self.cfg.algo.eval_episodes))
+        self.overhead_s += time.time() - started
         row = {
             "steps": self.steps,
             "time_s": round(time.time() - self.t0, 2),
+            "train_s": round(time.time() - self.t0 - self.overhead_s, 2),  # wall clock without evaluations
             "train_return_mean": stats.get("rollout_return_mean", float("nan")),
             "eval_return_mean": result.return_mean,
             "eval_return_std": result.return_std,
             **{f"eval_{k}": v for k, v in result.metric_means().items()},
-            **{k: v for k, v in stats.items() if k != "rollout_return_mean"},
+            **{k: stats.get(k, float("nan")) for k in self.STAT_KEYS},  # fixed columns: the CSV's header is its first row
         }
         self.metrics.append(row)
         for logger in self.loggers:
@@ -157,15 +162,11 @@ class PopulationTrainer:
                  row["eval_return_std"], row["train_return_mean"])
 
     def save_checkpoint(self, name: str) -> Path:
-        final = rd.checkpoint_dir(self.run_dir, name)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        policy, mean, var = self.export()
-        save_policy(tmp, policy.actor, policy.meta, mean, var)
-        torch.save({"policy": self.policy.state_dict(), "steps": self.steps}, tmp / "trainer.pt")
-        rd.publish_dir(tmp, final)
-        return final
+        def write(tmp: Path) -> None:
+            policy, mean, var = self.export()
+            save_policy(tmp, policy.actor, policy.meta, mean, var)
+
+        return rd.write_checkpoint(self.run_dir, name, write)
 
     # --- the loop -------------------------------------------------------------------------
     def train(self) -> dict:
@@ -190,7 +191,9 @@ class PopulationTrainer:
                     last_recorded = self.steps
                     next_eval += eval_every * max(1, (self.steps - next_eval) // eval_every + 1)
                 if ckpt_every and self.steps >= next_ckpt:
+                    started = time.time()
                     self.save_checkpoint(f"step_{self.steps}")
+                    self.overhead_s += time.time() - started
                     next_ckpt += ckpt_every * max(1, (self.steps - next_ckpt) // ckpt_every + 1)
             train_time = time.time() - t0
             if last_recorded < self.steps:

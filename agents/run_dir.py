@@ -80,6 +80,18 @@ def checkpoint_dir(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / CHECKPOINTS / name
 
 
+def write_checkpoint(run_dir: Path, name: str, write) -> Path:
+    """``write(tmp_dir)`` fills a temporary directory that then replaces ``checkpoints/<name>`` whole."""
+    final = checkpoint_dir(run_dir, name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write(tmp)
+    publish_dir(tmp, final)
+    return final
+
+
 def publish_dir(tmp: Path, final: Path) -> None:
     """Move a fully written temporary directory into place, replacing an older one."""
     if final.exists():

@@ -10,7 +10,6 @@ import copy
 import functools
 import logging
 import pickle
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -92,17 +91,21 @@ class TrainingMonitor(BaseCallback):
         self.next_eval = 0
         self.next_checkpoint = checkpoint_every
         self.t0 = time.time()
+        self.overhead_s = 0.0  # spent evaluating and checkpointing: not training
 
     def evaluate(self, episodes: int) -> EvalResult:
         policy, _, _ = export_policy(self.model, self.meta)
         return run_episodes(self.eval_env, policy.act, episodes, seed=EVAL_SEED_BASE)
 
     def record(self) -> None:
+        started = time.time()
         result = self.evaluate(self.eval_episodes)
+        self.overhead_s += time.time() - started
         train = [ep["r"] for ep in self.model.ep_info_buffer]
         row = {
             "steps": self.num_timesteps,
             "time_s": round(time.time() - self.t0, 2),
+            "train_s": round(time.time() - self.t0 - self.overhead_s, 2),  # wall clock without evaluations
             "train_return_mean": float(np.mean(train)) if train else float("nan"),
             "eval_return_mean": result.return_mean,
             "eval_return_std": result.return_std,
@@ -115,19 +118,15 @@ class TrainingMonitor(BaseCallback):
                  row["eval_return_std"], row["train_return_mean"])
 
     def save_checkpoint(self, name: str) -> Path:
-        final = rd.checkpoint_dir(self.run_dir, name)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        self.model.save(tmp / "model.zip")
-        venv = self.model.get_env()
-        if isinstance(venv, VecNormalize):
-            venv.save(str(tmp / "vecnormalize.pkl"))
-        policy, mean, var = export_policy(self.model, self.meta)
-        save_policy(tmp, policy.actor, policy.meta, mean, var)
-        rd.publish_dir(tmp, final)
-        return final
+        def write(tmp: Path) -> None:
+            self.model.save(tmp / "model.zip")
+            venv = self.model.get_env()
+            if isinstance(venv, VecNormalize):
+                venv.save(str(tmp / "vecnormalize.pkl"))
+            policy, mean, var = export_policy(self.model, self.meta)
+            save_policy(tmp, policy.actor, policy.meta, mean, var)
+
+        return rd.write_checkpoint(self.run_dir, name, write)
 
     def _on_training_start(self) -> None:
         self.record()
@@ -138,7 +137,9 @@ class TrainingMonitor(BaseCallback):
             self.record()
             self.next_eval += self.eval_every
         if self.checkpoint_every and self.num_timesteps >= self.next_checkpoint:
+            started = time.time()
             self.save_checkpoint(f"step_{self.num_timesteps}")
+            self.overhead_s += time.time() - started
             self.next_checkpoint += self.checkpoint_every
         return True
 
