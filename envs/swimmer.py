@@ -49,19 +49,15 @@ import numpy as np
 from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
+from envs.physics import SimulationDiverged, instability_warned
 from envs.swimmer_model import HEAD_XML, joint_limit, swimmer_mjcf
+
+__all__ = ["SimulationDiverged", "SwimmerEnv", "navigate_reward", "swimmer_layout", "swimmer_observation"]
 
 TASKS = ("swim", "navigate")
 PHYSICS_TIMESTEP = 0.002
 TARGET_SIZE = 0.1
 SWIM_SPEED = 0.1  # m/s at which the swim reward saturates
-_INSTABILITY_WARNINGS = (
-    mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC,
-)
-
-
-class SimulationDiverged(RuntimeError):
-    """The physics produced non-finite numbers (unstable parameters or actions)."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +158,10 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
         self._step_count = 0
         self._start_xy = np.zeros(2)
         self._vel_sensor_ids = self._velocity_sensor_ids()
+        # Per body (vx, vy, ωz): sensordata indices of the velocimeter's x, y and the gyro's z.
+        self._body_vel_index = np.array([[v, v + 1, g + 2] for v, g in zip(*self._vel_sensor_ids)]).ravel()
+        # Views into MjData, looked up once (named lookups cost ~1 µs each on every step).
+        self._head, self._nose, self._target = self.data.body("head"), self.data.geom("nose"), self.data.geom("target")
         if task == "swim":
             self.model.geom_rgba[self.model.geom("target").id, 3] = 0.0  # hidden, as in NCAP's swim
 
@@ -175,7 +175,7 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
     def _step_mujoco_simulation(self, ctrl, n_frames):
         self.data.ctrl[:] = ctrl
         mujoco.mj_step(self.model, self.data, nstep=n_frames)
-        if any(self.data.warning[w].number for w in _INSTABILITY_WARNINGS):
+        if instability_warned(self.data):
             # MuJoCo silently resets the state after non-finite positions, velocities or
             # accelerations; stop the episode with a clear error instead.
             raise SimulationDiverged(
@@ -215,14 +215,7 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
 
     def body_velocities(self) -> np.ndarray:
         """Local (vx, vy, ωz) of every body, head first."""
-        vel_adr, gyro_adr = self._vel_sensor_ids
-        s = self.data.sensordata
-        out = np.empty((self.n_links, 3))
-        for row, (v, g) in enumerate(zip(vel_adr, gyro_adr)):
-            out[row, 0] = s[v]
-            out[row, 1] = s[v + 1]
-            out[row, 2] = s[g + 2]
-        return out.ravel()
+        return self.data.sensordata[self._body_vel_index]
 
     def forward_speed(self) -> float:
         """Head speed along its heading; the head points along its local -y axis."""
@@ -230,8 +223,8 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
 
     def nose_to_target(self) -> np.ndarray:
         """Nose-to-target vector in the head frame (x, y)."""
-        delta = self.data.geom("target").xpos - self.data.geom("nose").xpos
-        return delta @ self.data.body("head").xmat.reshape(3, 3)[:, :2]
+        delta = self._target.xpos - self._nose.xpos
+        return delta @ self._head.xmat.reshape(3, 3)[:, :2]
 
     def _get_obs(self) -> np.ndarray:
         return swimmer_observation(
@@ -270,21 +263,21 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
         self.model.geom_pos[self.model.geom("target").id, :2] = target_xy
         self.set_state(qpos, np.zeros(self.model.nv))
         self._step_count = 0
-        self._start_xy = self.data.body("head").xpos[:2].copy()
+        self._start_xy = self._head.xpos[:2].copy()
         return self._get_obs()
 
     def _get_reset_info(self) -> dict:
         return self._info()
 
     def _info(self) -> dict:
-        head_xy = self.data.body("head").xpos[:2]
-        dist = float(np.linalg.norm(self.data.geom("target").xpos[:2] - self.data.geom("nose").xpos[:2]))
+        head, start, target, nose = self._head.xpos, self._start_xy, self._target.xpos, self._nose.xpos
+        dist = math.hypot(target[0] - nose[0], target[1] - nose[1])
         info = {
             "forward_speed": self.forward_speed(),
-            "distance_travelled": float(np.linalg.norm(head_xy - self._start_xy)),
+            "distance_travelled": math.hypot(head[0] - start[0], head[1] - start[1]),
             "distance_to_target": dist,
-            "x_position": float(head_xy[0]),
-            "y_position": float(head_xy[1]),
+            "x_position": float(head[0]),
+            "y_position": float(head[1]),
         }
         if self.task == "navigate":
             info["is_success"] = dist <= TARGET_SIZE
@@ -297,12 +290,14 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
 
     def step(self, action):
         action = np.asarray(action, dtype=np.float64)
-        if not np.all(np.isfinite(action)):
+        if action.shape != (self.model.nu,):
+            raise ValueError(f"swimmer action must have shape ({self.model.nu},), got {action.shape}")
+        if not np.isfinite(action).all():
             raise ValueError(f"swimmer action contains NaN or inf: {action}")
-        self.do_simulation(action, self.frame_skip)
+        self._step_mujoco_simulation(action, self.frame_skip)
         self._step_count += 1
         obs = self._get_obs()
-        if not np.all(np.isfinite(obs)):
+        if not np.isfinite(obs).all():
             raise SimulationDiverged(
                 f"swimmer physics diverged at step {self._step_count} (non-finite state); "
                 "check fluid parameters and action scale"

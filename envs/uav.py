@@ -78,19 +78,13 @@ import numpy as np
 from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
+from envs.physics import SimulationDiverged, instability_warned
 from envs.quadrotor_model import QuadrotorParams, preset, quadrotor_mjcf
 from envs.uav_control import RATE_GAINS, Mixer, RateLoop
 
 TASKS = ("hover", "waypoints")
 ACTION_MODES = ("rotor", "ctbr")
 PHYSICS_TIMESTEP = 0.002
-_INSTABILITY_WARNINGS = (
-    mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC,
-)
-
-
-class SimulationDiverged(RuntimeError):
-    """The physics produced non-finite numbers."""
 
 
 @dataclass(frozen=True)
@@ -428,7 +422,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
                 thrust += self.data.ctrl
                 mujoco.mj_step(self.model, self.data)
             thrust /= self.frame_skip
-        if any(self.data.warning[w].number for w in _INSTABILITY_WARNINGS) or not np.all(np.isfinite(self.data.qpos)):
+        if instability_warned(self.data) or not np.isfinite(self.data.qpos).all():
             raise SimulationDiverged(f"quadrotor physics diverged at step {self._step_count + 1} (non-finite state)")
         return thrust
 

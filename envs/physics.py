@@ -1,0 +1,23 @@
+"""What every project env checks after integrating: did the physics blow up?"""
+
+from __future__ import annotations
+
+import mujoco
+
+_INSTABILITY_WARNINGS = tuple(
+    int(w) for w in (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC)
+)
+
+
+class SimulationDiverged(RuntimeError):
+    """The physics produced non-finite numbers (unstable parameters or actions)."""
+
+
+def instability_warned(data: mujoco.MjData) -> bool:
+    """True if MuJoCo met non-finite positions, velocities or accelerations (it then silently resets the state).
+
+    Reads the warning counters as one array: indexing ``data.warning[w]`` builds an object per
+    warning, a measurable cost at tens of thousands of env steps per second.
+    """
+    counts = data.warning.number
+    return any(counts[w] for w in _INSTABILITY_WARNINGS)
