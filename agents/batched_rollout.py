@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.builders import make_env
+from agents.errors import UserError
 from envs.snapshot import EnvSnapshot, restore_snapshot, take_snapshot
 
 
@@ -53,7 +54,13 @@ class BatchedEnvs:
             raise ValueError(f"need n_envs >= 1 and workers >= 1, got {n_envs} and {workers}")
         wrapped = [make_env(env_cfg) for _ in range(n_envs)]
         self.max_episode_steps = wrapped[0].spec.max_episode_steps if wrapped[0].spec else None
-        self.envs = [e.unwrapped for e in wrapped]  # the wrappers only add checks and the time limit
+        self.envs = [e.unwrapped for e in wrapped]  # gym.make's wrappers add checks and the time limit (kept below)
+        core = self.envs[0]
+        if not (hasattr(core, "task_state") and hasattr(core, "step_count")):
+            raise UserError(f"env {env_cfg['name']!r} ({env_cfg['id']}) cannot be snapshotted, which batched rollouts "
+                            "need; use a project env (swimmer, swimmer_navigate, uav_hover, uav_waypoints)")
+        if core.observation_space != wrapped[0].observation_space:
+            raise UserError(f"env {env_cfg['name']!r} wraps its observations; batched rollouts step the bare env")
         space = self.envs[0].action_space
         self.obs_dim = int(np.prod(self.envs[0].observation_space.shape))
         self.action_dim = int(np.prod(space.shape))
@@ -93,17 +100,21 @@ class BatchedEnvs:
         """Env i continues from ``snapshots[i]`` (members of a group share one); returns the observations."""
         if len(snapshots) != self.n_envs:
             raise ValueError(f"{len(snapshots)} snapshots for {self.n_envs} envs")
+        if any(snap.obs is None for snap in snapshots):
+            raise ValueError("restore() needs snapshots taken with their observation (snapshot(i, obs))")
         for env, snap in zip(self.envs, snapshots):
             restore_snapshot(env, snap)
         return np.stack([snap.obs for snap in snapshots])
 
     # --- stepping ----------------------------------------------------------------------------
     def _step_chunk(self, idx: np.ndarray, actions: np.ndarray, out: dict) -> None:
+        limit = self.max_episode_steps
         for i in idx:
-            obs, reward, terminated, truncated, _ = self.envs[i].step(actions[i])
+            env = self.envs[i]
+            obs, reward, terminated, truncated, _ = env.step(actions[i])
             out["obs"][i] = obs
             out["reward"][i] = reward
-            out["done"][i] = terminated or truncated
+            out["done"][i] = terminated or truncated or (limit is not None and env.step_count >= limit)
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Step the ``active`` envs with their (clipped) actions: (obs, rewards, done) for all N."""

@@ -124,7 +124,7 @@ class GRPOTrainer(PopulationTrainer):
         stats = {
             "rollout_return_mean": float(batch.returns.mean()),
             "frac_zero_spread": float(1.0 - keep.mean()),
-            "action_std": float(self.policy.log_std.exp().mean()),
+            "action_std": float(self.policy.log_std.detach().exp().mean()),
         }
         obs = torch.as_tensor(self.normalizer(batch.obs))  # statistics of the policy that collected it
         self.normalizer.update(batch.obs[batch.alive])

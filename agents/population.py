@@ -98,10 +98,11 @@ class PopulationTrainer:
         self.policy = GaussianPolicy(actor, action_dim, float(cfg.policy.log_std_init), bool(cfg.policy.learn_std))
         self.normalizer = ObsNormalizer(obs_dim, bool(cfg.policy.normalize_obs))
         self.engine = BatchedEnvs(self.env_cfg, n_envs, workers=int(cfg.algo.workers))
-        horizon = int(cfg.algo.horizon) or self.engine.max_episode_steps
+        limit = self.engine.max_episode_steps
+        horizon = int(cfg.algo.horizon) or limit
         if not horizon:
             raise UserError(f"algo.horizon=0 needs an env with an episode limit; set algo.horizon for {cfg.env.name}")
-        self.horizon = int(horizon)
+        self.horizon = min(int(horizon), limit) if limit else int(horizon)  # rollouts start at reset: never past the limit
         self.metrics = rd.MetricsLog(run_dir / rd.METRICS_FILE)
         self.steps = 0
         self.t0 = time.time()

@@ -201,3 +201,16 @@ def capturing_policy_node(ros_context, run, **params):
     published = []
     node.pub.publish = lambda msg: published.append(np.asarray(msg.data))
     return node, published
+
+
+def assert_one_line_error(result, *needles: str) -> str:
+    """Exit code 2, exactly one non-empty stderr line starting with 'error:', naming the problem."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = result.stderr_lines
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for needle in needles:
+        assert needle.lower() in line.lower(), (needle, line)
+    return line

@@ -8,20 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SUMMARY_LINE_EVAL, SUMMARY_LINE_TRAIN, TINY
-
-
-def assert_one_line_error(result, *needles: str) -> str:
-    """Exit code 2, exactly one non-empty stderr line starting with 'error:', naming the problem."""
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    lines = result.stderr_lines
-    assert len(lines) == 1, lines
-    line = lines[0]
-    assert line.startswith("error: "), line
-    for needle in needles:
-        assert needle.lower() in line.lower(), (needle, line)
-    return line
+from conftest import SUMMARY_LINE_EVAL, SUMMARY_LINE_TRAIN, TINY, assert_one_line_error
 
 
 def eval_mean(result) -> float:
