@@ -43,7 +43,7 @@ class GaussianPolicy(nn.Module):
 
     def distribution(self, obs: torch.Tensor) -> torch.distributions.Normal:
         mean = self.actor(obs)
-        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean), validate_args=False)
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return self.distribution(obs).log_prob(actions).sum(-1)

@@ -130,8 +130,9 @@ def _compose(overrides: list[str]):
         return compose(config_name="train", overrides=overrides)
 
 
-def sb3_collection_rate(vec_env: str, steps: int) -> float:
-    """Env steps/s of SB3 PPO's ``collect_rollouts`` (timed by a callback) with the tuned NCAP config."""
+def sb3_collection_rate(vec_env: str, steps: int, n_envs: int | None = None) -> float:
+    """Env steps/s of SB3 PPO's ``collect_rollouts`` (timed by a callback) with the tuned NCAP config
+    (4 envs unless ``n_envs``)."""
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -155,7 +156,8 @@ def sb3_collection_rate(vec_env: str, steps: int) -> float:
         def _on_step(self):
             return True
 
-    cfg = _compose(["env=swimmer", "policy=ncap", "algo=ppo", f"algo.vec_env={vec_env}"])
+    cfg = _compose(["env=swimmer", "policy=ncap", "algo=ppo", f"algo.vec_env={vec_env}",
+                    *([f"algo.n_envs={n_envs}"] if n_envs else [])])
     torch.set_num_threads(1)
     probe = make_env(cfg.env)
     venv = _vec_env(cfg, 0)
@@ -203,6 +205,8 @@ def section_throughput(out: dict, quick: bool) -> None:
         "gymnasium env.step, 1 env": lambda: env_step_rate(int(10_000 * scale)),
         "SB3 PPO collection, DummyVecEnv x4 (tuned NCAP)": lambda: sb3_collection_rate("dummy", int(20_480 * scale)),
         "SB3 PPO collection, SubprocVecEnv x4": lambda: sb3_collection_rate("subproc", int(20_480 * scale)),
+        "SB3 PPO collection, DummyVecEnv x32 (not the tuned config)": lambda: sb3_collection_rate(
+            "dummy", int(40_960 * scale), n_envs=32),
         "batched engine, 32 envs, 1 thread": lambda: engine_rate(32, 1, int(600 * scale)),
         "batched engine, 32 envs, 2 threads": lambda: engine_rate(32, 2, int(600 * scale)),
         "batched engine, 64 envs, 2 threads": lambda: engine_rate(64, 2, int(300 * scale)),
@@ -222,10 +226,11 @@ def section_throughput(out: dict, quick: bool) -> None:
                            "samples": [round(v["steps_per_s"]) for v in values]}
         else:
             rates[name] = {"steps_per_s": statistics.median(values), "samples": [round(v) for v in values]}
-    sb3_best = max(v["steps_per_s"] for k, v in rates.items() if k.startswith("SB3"))
+    sb3_tuned = max(v["steps_per_s"] for k, v in rates.items() if k.startswith("SB3") and "x4" in k)
+    sb3_any = max(v["steps_per_s"] for k, v in rates.items() if k.startswith("SB3"))
     engine_best = max(v["steps_per_s"] for k, v in rates.items() if k.startswith("batched"))
-    out["throughput"] = {"rates": rates, "repeats": REPEATS, "speedup_vs_best_sb3": engine_best / sb3_best,
-                         "physics_substeps_per_control_step": 15}
+    out["throughput"] = {"rates": rates, "repeats": REPEATS, "speedup_vs_sb3_tuned": engine_best / sb3_tuned,
+                         "speedup_vs_sb3_widest": engine_best / sb3_any, "physics_substeps_per_control_step": 15}
 
 
 # --- training -------------------------------------------------------------------------------
@@ -331,9 +336,12 @@ def targets(out: dict) -> list[str]:
     lines = []
     tp = out.get("throughput")
     if tp:
-        ok = tp["speedup_vs_best_sb3"] >= 3.0
+        ok = tp["speedup_vs_sb3_tuned"] >= 3.0
         lines.append(f"- Batched engine ≥ 3x SB3 PPO's collection env-steps/s (NCAP, swimmer, same 2 cores, one run): "
-                     f"**{tp['speedup_vs_best_sb3']:.1f}x** against SB3's faster vec env — {'met' if ok else 'NOT met'}.")
+                     f"**{tp['speedup_vs_sb3_tuned']:.1f}x** against PPO+NCAP's training configuration (4 envs, the "
+                     f"faster of DummyVecEnv and SubprocVecEnv) — {'met' if ok else 'NOT met'}. Against SB3 widened to "
+                     f"32 envs (not how PPO+NCAP trains here, but SB3's best collection rate measured): "
+                     f"**{tp['speedup_vs_sb3_widest']:.1f}x** — {'met' if tp['speedup_vs_sb3_widest'] >= 3 else 'not met'}.")
     train = out.get("train", {})
     if "swim_ncap:ppo" in train:
         ppo = train["swim_ncap:ppo"]["return"]["mean"]
@@ -362,7 +370,8 @@ def write_markdown(out: dict, path: Path) -> None:
             per_control = v["steps_per_s"] / tp["physics_substeps_per_control_step"] if "raw mj_step" in name else v["steps_per_s"]
             share = f"{100 * v['env_share']:.0f}%" if "env_share" in v else ""
             L.append(f"| {name} | {v['steps_per_s']:,.0f} | {per_control:,.0f} | {share} | {v['samples']} |")
-        L += ["", f"Batched engine / best SB3 collection: **{tp['speedup_vs_best_sb3']:.1f}x**. The open-loop "
+        L += ["", f"Batched engine / SB3 collection: **{tp['speedup_vs_sb3_tuned']:.1f}x** against the tuned 4-env "
+              f"config, **{tp['speedup_vs_sb3_widest']:.1f}x** against SB3 with 32 envs. The open-loop "
               "`mujoco.rollout` row is the physics ceiling on this machine: a closed-loop policy must return to Python "
               "between control steps, which `rollout` cannot do, so the engine steps the envs on worker threads "
               "(MuJoCo releases the GIL inside `mj_step`).", ""]

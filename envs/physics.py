@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mujoco
 
-_INSTABILITY_WARNINGS = tuple(
+_BADQPOS, _BADQVEL, _BADQACC = (
     int(w) for w in (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC)
 )
 
@@ -20,4 +20,4 @@ def instability_warned(data: mujoco.MjData) -> bool:
     warning, a measurable cost at tens of thousands of env steps per second.
     """
     counts = data.warning.number
-    return any(counts[w] for w in _INSTABILITY_WARNINGS)
+    return bool(counts[_BADQPOS] or counts[_BADQVEL] or counts[_BADQACC])

@@ -112,12 +112,15 @@ def swimmer_observation(
     to_target: np.ndarray | None = None,
 ) -> np.ndarray:
     """Assemble the observation vector from named state parts (shared with the ROS node)."""
-    parts = [np.asarray(joints, dtype=np.float64).ravel()]
+    joints, body_velocities = np.ravel(joints), np.ravel(body_velocities)
+    n_target = 0 if to_target is None else 2
+    obs = np.empty(joints.size + n_target + body_velocities.size + 1)
+    obs[: joints.size] = joints
     if to_target is not None:
-        parts.append(np.asarray(to_target, dtype=np.float64).ravel())
-    parts.append(np.asarray(body_velocities, dtype=np.float64).ravel())
-    parts.append(np.array([step / time_scale_steps], dtype=np.float64))
-    return np.concatenate(parts)
+        obs[joints.size : joints.size + 2] = np.ravel(to_target)
+    obs[joints.size + n_target : -1] = body_velocities
+    obs[-1] = step / time_scale_steps
+    return obs
 
 
 class SwimmerEnv(MujocoEnv, utils.EzPickle):
@@ -285,7 +288,7 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
 
     def _reward(self, info: dict) -> float:
         if self.task == "swim":
-            return float(np.clip(info["forward_speed"] / SWIM_SPEED, 0.0, 1.0))
+            return min(max(info["forward_speed"] / SWIM_SPEED, 0.0), 1.0)
         return navigate_reward(info["distance_to_target"])
 
     def step(self, action):
