@@ -126,13 +126,29 @@ class BatchedEnvs:
             "done": np.zeros(self.n_envs, dtype=bool),
         }
         idx = np.flatnonzero(active)
-        if self._pool is None or len(idx) < 2 * self.workers:
-            self._step_chunk(idx, actions, out)
+        batch_step = getattr(type(self.envs[0]), "step_batch", None)
+        if batch_step is not None and len(idx):  # the env steps a batch itself (physics per env, the rest vectorised)
+            envs = [self.envs[i] for i in idx]
+            obs, rewards, terminated = batch_step(envs, actions[idx], self._run_chunks(len(idx)))
+            out["obs"][idx], out["reward"][idx] = obs, rewards
+            limit = self.max_episode_steps
+            out["done"][idx] = terminated | np.array([limit is not None and e.step_count >= limit for e in envs])
         else:
-            for f in [self._pool.submit(self._step_chunk, c, actions, out) for c in np.array_split(idx, self.workers)]:
-                f.result()
+            self._run_chunks(len(idx))(lambda chunk: self._step_chunk(idx[chunk], actions, out))
         self.env_seconds += time.perf_counter() - t0
         return out["obs"], out["reward"], out["done"]
+
+    def _run_chunks(self, n: int):
+        """A function that calls ``fn(chunk)`` on ``workers`` disjoint chunks of ``range(n)``, one per thread."""
+
+        def run(fn) -> None:
+            if self._pool is None or n < 2 * self.workers:
+                fn(np.arange(n))
+                return
+            for f in [self._pool.submit(fn, c) for c in np.array_split(np.arange(n), self.workers)]:
+                f.result()
+
+        return run
 
     def rollout(self, start_obs: np.ndarray, act: Callable[[np.ndarray], np.ndarray], horizon: int) -> RolloutBatch:
         """Run every env from its current state for up to ``horizon`` steps (or until its episode ends).

@@ -52,7 +52,7 @@ from gymnasium.envs.mujoco import MujocoEnv
 from envs.physics import SimulationDiverged, instability_warned
 from envs.swimmer_model import HEAD_XML, joint_limit, swimmer_mjcf
 
-__all__ = ["SimulationDiverged", "SwimmerEnv", "navigate_reward", "swimmer_layout", "swimmer_observation"]
+__all__ = ["SimulationDiverged", "SwimmerEnv", "navigate_reward", "swim_reward", "swimmer_layout", "swimmer_observation"]
 
 TASKS = ("swim", "navigate")
 PHYSICS_TIMESTEP = 0.002
@@ -111,15 +111,21 @@ def swimmer_observation(
     time_scale_steps: int = 1000,
     to_target: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Assemble the observation vector from named state parts (shared with the ROS node)."""
-    joints, body_velocities = np.ravel(joints), np.ravel(body_velocities)
-    n_target = 0 if to_target is None else 2
-    obs = np.empty(joints.size + n_target + body_velocities.size + 1)
-    obs[: joints.size] = joints
+    """Assemble the observation vector from named state parts (shared with the ROS node).
+
+    Leading batch dimensions are kept (``joints`` (..., J), ``step`` scalar or (...)): the batched
+    rollout engine assembles a whole batch with the same function.
+    """
+    joints, body_velocities = np.asarray(joints), np.asarray(body_velocities)
+    lead = joints.shape[:-1] if joints.ndim > 1 else ()
+    joints, body_velocities = joints.reshape(*lead, -1), body_velocities.reshape(*lead, -1)
+    nj, n_target = joints.shape[-1], 0 if to_target is None else 2
+    obs = np.empty((*lead, nj + n_target + body_velocities.shape[-1] + 1))
+    obs[..., :nj] = joints
     if to_target is not None:
-        obs[joints.size : joints.size + 2] = np.ravel(to_target)
-    obs[joints.size + n_target : -1] = body_velocities
-    obs[-1] = step / time_scale_steps
+        obs[..., nj : nj + 2] = np.asarray(to_target).reshape(*lead, 2)
+    obs[..., nj + n_target : -1] = body_velocities
+    obs[..., -1] = np.asarray(step) / time_scale_steps
     return obs
 
 
@@ -288,8 +294,51 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
 
     def _reward(self, info: dict) -> float:
         if self.task == "swim":
-            return min(max(info["forward_speed"] / SWIM_SPEED, 0.0), 1.0)
+            return swim_reward(info["forward_speed"])
         return navigate_reward(info["distance_to_target"])
+
+    # --- batched stepping (agents.batched_rollout) -------------------------------------------
+    def _advance(self, action: np.ndarray) -> None:
+        """The physics of :meth:`step` (MuJoCo releases the GIL here: safe and useful on a worker thread)."""
+        self._step_mujoco_simulation(action, self.frame_skip)
+        self._step_count += 1
+
+    @staticmethod
+    def step_batch(envs: list[SwimmerEnv], actions: np.ndarray, run_chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`step` for many swimmers of one config: (observations, rewards, terminated), the same numbers.
+
+        ``run_chunks(fn)`` calls ``fn(indices)`` on disjoint chunks of ``range(len(envs))``, possibly on
+        worker threads. Only the physics runs per env; the observation and reward are computed for
+        the whole batch at once, which takes the per-env Python that serialises threads off the path.
+        """
+        actions = np.asarray(actions, dtype=np.float64)
+        first = envs[0]
+        if actions.shape != (len(envs), first.model.nu):
+            raise ValueError(f"swimmer actions must have shape ({len(envs)}, {first.model.nu}), got {actions.shape}")
+        if not np.isfinite(actions).all():
+            raise ValueError("swimmer actions contain NaN or inf")
+
+        def advance(chunk) -> None:
+            for i in chunk:
+                envs[i]._advance(actions[i])
+
+        run_chunks(advance)
+        sensors = np.stack([e.data.sensordata for e in envs])
+        joints = np.stack([e.data.qpos[3:] for e in envs])
+        steps = np.array([e._step_count for e in envs])
+        to_target = np.stack([e.nose_to_target() for e in envs]) if first.task == "navigate" else None
+        obs = swimmer_observation(joints, sensors[:, first._body_vel_index], steps, first.layout.time_scale_steps,
+                                  to_target)
+        if not np.isfinite(obs).all():
+            bad = int(np.flatnonzero(~np.isfinite(obs).all(axis=1))[0])
+            raise SimulationDiverged(f"swimmer physics diverged at step {steps[bad]} of batch env {bad} (non-finite "
+                                     "state); check fluid parameters and action scale")
+        if first.task == "swim":
+            rewards = swim_reward(-sensors[:, first._vel_sensor_ids[0][0] + 1])
+        else:
+            tips = np.stack([np.r_[e._target.xpos[:2], e._nose.xpos[:2]] for e in envs])
+            rewards = navigate_reward(np.hypot(tips[:, 0] - tips[:, 2], tips[:, 1] - tips[:, 3]))
+        return obs, rewards, np.zeros(len(envs), dtype=bool)
 
     def step(self, action):
         action = np.asarray(action, dtype=np.float64)
@@ -312,10 +361,18 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
         return obs, reward, False, False, info
 
 
-def navigate_reward(distance: float) -> float:
-    """dm_control ``tolerance(d, bounds=(0, 0.1), margin=0.5, sigmoid='long_tail')``."""
-    if distance <= TARGET_SIZE:
-        return 1.0
+def _float_or_array(x: np.ndarray):
+    return float(x) if x.ndim == 0 else x
+
+
+def swim_reward(forward_speed):
+    """``clip(v_fwd / 0.1, 0, 1)``, for a float or an array."""
+    return _float_or_array(np.clip(np.divide(forward_speed, SWIM_SPEED), 0.0, 1.0))
+
+
+def navigate_reward(distance):
+    """dm_control ``tolerance(d, bounds=(0, 0.1), margin=0.5, sigmoid='long_tail')``, for a float or an array."""
+    distance = np.asarray(distance, dtype=np.float64)
     x = (distance - TARGET_SIZE) / (5 * TARGET_SIZE)
     scale = math.sqrt(1.0 / 0.1 - 1.0)  # value 0.1 at one margin
-    return 1.0 / ((x * scale) ** 2 + 1.0)
+    return _float_or_array(np.where(distance <= TARGET_SIZE, 1.0, 1.0 / ((x * scale) ** 2 + 1.0)))

@@ -229,8 +229,11 @@ def test_env_without_task_state_cannot_be_snapshotted():
 # --- the batched engine -----------------------------------------------------------------------
 
 
+SWIMMER_NAVIGATE = {**SWIMMER, "task": "navigate"}
+
+
 @pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("cfg", [SWIMMER, UAV_NOISY], ids=["swimmer", "uav-noisy"])
+@pytest.mark.parametrize("cfg", [SWIMMER, SWIMMER_NAVIGATE, UAV_NOISY], ids=["swimmer", "navigate", "uav-noisy"])
 def test_batched_step_matches_gym_make(cfg, workers):
     """N envs in lock-step (5 >= 2 x workers, so two threads really share them) == N gym.make envs."""
     n, steps = 5, 40
@@ -722,4 +725,25 @@ def test_batched_rollouts_stop_at_the_episode_limit():
             env.set_task_state({**env.task_state(), "step_count": 995})
         batch = engine.rollout(start, lambda obs: np.zeros((2, engine.action_dim)), 20)
         assert batch.lengths.tolist() == [5, 5]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_swimmer_batch_step_steps_only_the_active_envs(workers):
+    """The swimmer's vectorised step_batch path on a partial batch: the others keep their state."""
+    n = 6
+    active = np.array([True, False, True, True, False, True])
+    with BatchedEnvs(SWIMMER, n, workers=workers) as engine:
+        refs = [make(SWIMMER) for _ in range(n)]
+        engine.reset(range(n))
+        for i, r in enumerate(refs):
+            r.reset(seed=i)
+        rng = np.random.default_rng(1)
+        for _ in range(10):
+            actions = rng.uniform(-1, 1, (n, engine.action_dim))
+            obs, rewards, done = engine.step(actions, active)
+            for i in np.flatnonzero(active):
+                o, r, *_ = refs[i].step(actions[i])
+                assert np.array_equal(obs[i], o) and rewards[i] == r
+        assert [e.step_count for e in engine.envs] == [10 if a else 0 for a in active]
+        assert not obs[~active].any() and not done.any()
 
