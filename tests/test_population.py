@@ -747,3 +747,26 @@ def test_swimmer_batch_step_steps_only_the_active_envs(workers):
         assert [e.step_count for e in engine.envs] == [10 if a else 0 for a in active]
         assert not obs[~active].any() and not done.any()
 
+
+@pytest.mark.parametrize("name", ["es", "uav_mlp_grpo"])
+def test_ros_policy_node_deploys_population_runs(population_runs, ros_context, name):
+    """A GRPO or ES run deploys like a PPO run: the ROS policy node acts as the exported policy does."""
+    from policies.checkpoint import find_policy_dir
+
+    from conftest import capturing_policy_node
+
+    run, _ = population_runs[name]
+    robot = "uav" if name.startswith("uav") else "swimmer"
+    node, published = capturing_policy_node(ros_context, run, robot=robot)
+    env = envs.make_from_config(read_meta(find_policy_dir(run)).env).unwrapped
+    obs, _ = env.reset(seed=3)
+    policy = load_policy(find_policy_dir(run))
+    try:
+        for topic, msg in node.adapter.encode_state(env, node.get_clock().now().nanoseconds).items():
+            node._make_callback(topic)(msg)
+        assert len(published) == 1, node.last_reject
+        action = node.adapter.decode_command(published[0]) if robot == "uav" else published[0]
+        np.testing.assert_allclose(action, policy.act(obs), atol=1e-4)
+    finally:
+        node.destroy_node()
+
