@@ -6,9 +6,10 @@ benchmarks/results/population.{md,json} and population_curves.png.
 - throughput (first, alone on the machine): env-steps/s for NCAP on the 6-link swimmer of raw
   ``mj_step`` on one core, MuJoCo's multi-threaded open-loop ``rollout`` (physics only), the
   gymnasium env stepped alone, SB3 PPO's rollout collection (the tuned NCAP config: 4 envs in a
-  DummyVecEnv, and the same in a SubprocVecEnv), and the batched engine (N envs, one policy call
-  per step with Gaussian sampling, 1 and 2 worker threads). Each rate is the median of
-  ``REPEATS`` interleaved measurements in this one process;
+  DummyVecEnv, and the same in a SubprocVecEnv; and 32 envs in a DummyVecEnv, SB3's fastest here),
+  and the batched engine (N envs, one policy call per step with Gaussian sampling, 1 and 2 worker
+  threads). Every probe drives the body (random controls or the policy). Each rate is the median
+  of ``REPEATS`` interleaved measurements in this one process;
 - train: PPO, GRPO and ES through the real CLI at equal env-step budgets (PPO's budget; the
   population methods never exceed it), 3 seeds each, on 6-link ``swim`` with NCAP and with the
   MLP, and on UAV hover (cf2, 3 m/s gusts) with the MLP. Runs go to ``benchmarks/.work/population``
@@ -77,17 +78,26 @@ def _swimmer():
     return gym.make("embodied/Swimmer-v0")
 
 
+def _swimming_controls(control_steps: int, nu: int, seed: int = 0) -> np.ndarray:
+    """Random controls held for a control step: a swimming body's physics costs ~45% more than one at rest
+    (the joints meet their limits), so every probe drives the body, as the policies do."""
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, (control_steps, nu))
+
+
 def raw_mj_step_rate(steps: int) -> float:
     """Physics steps/s of ``mj_step`` on one core (the env does 15 per control step)."""
     import mujoco
 
     env = _swimmer()
     env.reset(seed=0)
-    m, d = env.unwrapped.model, env.unwrapped.data
+    m, d, skip = env.unwrapped.model, env.unwrapped.data, env.unwrapped.frame_skip
+    controls = _swimming_controls(steps // skip, m.nu)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        mujoco.mj_step(m, d)
-    return steps / (time.perf_counter() - t0)
+    for ctrl in controls:
+        d.ctrl[:] = ctrl
+        for _ in range(skip):
+            mujoco.mj_step(m, d)
+    return len(controls) * skip / (time.perf_counter() - t0)
 
 
 def mujoco_rollout_rate(n_envs: int, control_steps: int) -> float:
@@ -104,7 +114,7 @@ def mujoco_rollout_rate(n_envs: int, control_steps: int) -> float:
         mujoco.mj_getState(m, d, state[i], spec)
     nthread = os.cpu_count() or 1
     datas = [mujoco.MjData(m) for _ in range(nthread)]
-    control = np.zeros((n_envs, control_steps * skip, m.nu))
+    control = np.stack([np.repeat(_swimming_controls(control_steps, m.nu, seed=i), skip, axis=0) for i in range(n_envs)])
     with rollout.Rollout(nthread=nthread) as r:
         t0 = time.perf_counter()
         r.rollout([m] * n_envs, datas, state, control, nstep=control_steps * skip)
@@ -114,9 +124,9 @@ def mujoco_rollout_rate(n_envs: int, control_steps: int) -> float:
 def env_step_rate(steps: int) -> float:
     env = _swimmer()
     env.reset(seed=0)
-    action = np.zeros(env.action_space.shape)
+    controls = _swimming_controls(steps, env.action_space.shape[0])
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for action in controls:
         _, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             env.reset()
@@ -229,7 +239,9 @@ def section_throughput(out: dict, quick: bool) -> None:
     sb3_tuned = max(v["steps_per_s"] for k, v in rates.items() if k.startswith("SB3") and "x4" in k)
     sb3_any = max(v["steps_per_s"] for k, v in rates.items() if k.startswith("SB3"))
     engine_best = max(v["steps_per_s"] for k, v in rates.items() if k.startswith("batched"))
+    ceiling = next(v["steps_per_s"] for k, v in rates.items() if k.startswith("mujoco.rollout"))
     out["throughput"] = {"rates": rates, "repeats": REPEATS, "speedup_vs_sb3_tuned": engine_best / sb3_tuned,
+                         "engine_share_of_physics_ceiling": engine_best / ceiling,
                          "speedup_vs_sb3_widest": engine_best / sb3_any, "physics_substeps_per_control_step": 15}
 
 
@@ -372,9 +384,11 @@ def write_markdown(out: dict, path: Path) -> None:
             L.append(f"| {name} | {v['steps_per_s']:,.0f} | {per_control:,.0f} | {share} | {v['samples']} |")
         L += ["", f"Batched engine / SB3 collection: **{tp['speedup_vs_sb3_tuned']:.1f}x** against the tuned 4-env "
               f"config, **{tp['speedup_vs_sb3_widest']:.1f}x** against SB3 with 32 envs. The open-loop "
-              "`mujoco.rollout` row is the physics ceiling on this machine: a closed-loop policy must return to Python "
-              "between control steps, which `rollout` cannot do, so the engine steps the envs on worker threads "
-              "(MuJoCo releases the GIL inside `mj_step`).", ""]
+              "`mujoco.rollout` row is the physics ceiling on this machine (C threads, no policy, no Python): the "
+              f"engine reaches **{100 * tp['engine_share_of_physics_ceiling']:.0f}%** of it. A closed-loop policy "
+              "must return to Python between control steps, which `rollout` cannot do, so the engine steps the "
+              "envs on worker threads (MuJoCo releases the GIL inside `mj_step`); the swimmer computes its "
+              "observations and rewards for the whole batch at once (`SwimmerEnv.step_batch`).", ""]
     train = out.get("train")
     if train:
         L += ["## PPO vs GRPO vs ES at equal env steps", "", "![curves](population_curves.png)", "",
