@@ -385,7 +385,8 @@ def write_markdown(out: dict, path: Path) -> None:
         L += ["", f"Batched engine / SB3 collection: **{tp['speedup_vs_sb3_tuned']:.1f}x** against the tuned 4-env "
               f"config, **{tp['speedup_vs_sb3_widest']:.1f}x** against SB3 with 32 envs. The open-loop "
               "`mujoco.rollout` row is the physics ceiling on this machine (C threads, no policy, no Python): the "
-              f"engine reaches **{100 * tp['engine_share_of_physics_ceiling']:.0f}%** of it. A closed-loop policy "
+              f"engine reaches **{100 * tp.get('engine_share_of_physics_ceiling', float('nan')):.0f}%** of it. "
+              "A closed-loop policy "
               "must return to Python between control steps, which `rollout` cannot do, so the engine steps the "
               "envs on worker threads (MuJoCo releases the GIL inside `mj_step`); the swimmer computes its "
               "observations and rewards for the whole batch at once (`SwimmerEnv.step_batch`).", ""]
@@ -405,6 +406,14 @@ def write_markdown(out: dict, path: Path) -> None:
         L += ["", "Final return: mean ± std over seeds of each seed's 10-episode deterministic evaluation. The "
               "population methods stop before a batch would exceed the budget, so they use at most PPO's steps. "
               "Train time includes the periodic evaluations; two runs shared the two cores.", ""]
+        for setting, (label, _, _, _) in SETTINGS.items():
+            if all(f"{setting}:{m}" in train for m in METHODS):
+                ppo = train[f"{setting}:ppo"]
+                parts = [f"{m.upper()} {100 * train[f'{setting}:{m}']['return']['mean'] / ppo['return']['mean']:.0f}% of "
+                         f"PPO's return in {train[f'{setting}:{m}']['train_time_s']['mean'] / ppo['train_time_s']['mean']:.2f}x "
+                         "its wall clock" for m in METHODS[1:]]
+                L.append(f"- {label}: " + "; ".join(parts) + ".")
+        L.append("")
     abl = out.get("ablations")
     if abl:
         L += ["## GRPO ablations (NCAP, 6-link swim, equal env steps)", "",
