@@ -1,12 +1,17 @@
 """Many env instances stepped in lock-step, with the policy evaluated once per step for the batch.
 
 Population methods (GRPO, ES) need thousands of short rollouts from chosen start states. SB3's
-collection steps 4 envs one by one and runs actor and critic per step; here N envs advance
-together, one batched policy call per control step, and the envs' ``step`` calls are split over
-worker threads. MuJoCo releases the GIL inside ``mj_step``, so the physics of one chunk runs
-while another chunk's Python runs: on 2 cores this roughly doubles the physics throughput
-(measured in ``benchmarks/population.py``). Each env is the project's own env class, so rewards,
-terminations and observations are exactly those of ``gym.make`` (checked by the tests).
+collection steps a few envs one by one and runs actor and critic per step; here N envs advance
+together, one batched policy call per control step, and the envs' physics is split over worker
+threads (MuJoCo releases the GIL inside ``mj_step``, so one chunk integrates while another runs
+Python). An env class may step a whole batch itself (``step_batch``: the swimmer integrates per
+env and computes observations and rewards for the batch in a few numpy operations); others are
+stepped one ``step()`` call at a time. Each env is the project's own env class, so rewards,
+terminations and observations are exactly those of ``gym.make`` (checked by the tests); the
+speed, against SB3 and the physics ceiling, is measured in ``benchmarks/population.py``.
+
+MuJoCo's multi-threaded ``rollout`` runs open-loop control sequences only; no project policy is
+open-loop between control steps, so it serves as the benchmark's physics ceiling here.
 """
 
 from __future__ import annotations
