@@ -25,6 +25,7 @@ SWIMMER_GYM = "embodied/SwimmerGym-v5"
 UAV = "embodied/UAV-v0"  # task chosen by the ``task`` kwarg (default hover)
 UAV_HOVER = "embodied/UAVHover-v0"
 UAV_WAYPOINTS = "embodied/UAVWaypoints-v0"
+KITCHEN = "embodied/Kitchen-v0"  # task (or task sequence) chosen by the ``task`` kwarg
 
 if SWIMMER not in registry:
     register(SWIMMER, entry_point="envs.swimmer:SwimmerEnv", max_episode_steps=1000)
@@ -38,6 +39,9 @@ if UAV not in registry:
     register(UAV, entry_point="envs.uav:UAVEnv")
     register(UAV_HOVER, entry_point="envs.uav:UAVEnv", kwargs={"task": "hover"})
     register(UAV_WAYPOINTS, entry_point="envs.uav:UAVEnv", kwargs={"task": "waypoints"})
+if KITCHEN not in registry:
+    # Timed by the env itself (steps_per_task x the number of tasks in the sequence), so no TimeLimit.
+    register(KITCHEN, entry_point="envs.kitchen:KitchenEnv")
 
 
 ENV_CONFIG_KEYS = ("name", "id")  # an env config's own keys; every other key is an env kwarg

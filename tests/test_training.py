@@ -197,7 +197,7 @@ def test_bad_algo_values_are_user_errors(tmp_path):
 
 
 def test_config_groups_present():
-    assert ENVS == ["swimmer", "swimmer_gym", "swimmer_navigate", "uav_hover", "uav_waypoints"]
+    assert ENVS == ["kitchen", "swimmer", "swimmer_gym", "swimmer_navigate", "uav_hover", "uav_waypoints"]
     assert POLICIES == ["mlp", "ncap", "pid"]
 
 

@@ -1,0 +1,192 @@
+"""Demonstration datasets: the on-disk format, an atomic resumable writer and a validating reader.
+
+## Format (``embodied-demos``, version 1)
+A dataset is a directory::
+
+    manifest.json                 format, version, env config, cameras, per-key shapes and dtypes
+    episodes/<task>/<k:05d>.npz   one compressed NumPy archive per demonstration
+    episodes/<task>/<k:05d>-a<j>.npz   its j-th semantic augmentation (agents/augment.py)
+
+Each episode archive holds, for T control steps:
+
+- ``actions`` (T, A) float32: what the expert commanded (absolute joint targets for the kitchen);
+- ``obs/<key>`` (T + 1, ...): every observation key, the first at reset and one after each step
+  (``proprio``, ``object_state``, and one uint8 ``(H, W, 3)`` image per camera);
+- ``qpos`` (T + 1, nq) float64: the simulator's positions at each observation, so a demonstration
+  can be re-rendered (semantic augmentation, new cameras) without running the expert again;
+- ``rewards`` (T,) float32, ``success`` (T,) bool (the env's ``is_success`` after each step);
+- scalars ``seed``, ``task``, ``instruction``, ``paraphrase``, ``expert_noise``, ``augmentation``
+  (0: as recorded; k > 0: the k-th re-rendering) and ``episode_success``.
+
+## Why not Minari
+Minari (0.5.4) is the gymnasium ecosystem's format, but it writes whole datasets as uncompressed
+HDF5 or Arrow: 350 kitchen demonstrations with two 96x96 cameras would be ~3 GB, and a crash in
+the middle of a write leaves no usable file. Per-episode compressed archives are written to a
+temporary name and renamed, so collection resumes after an interruption by skipping what is on
+disk, and a reader never sees half an episode. Every array is a plain NumPy array, so converting
+to Minari or LeRobot later is a loop over :func:`read_episodes`.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from policies.checkpoint import atomic_write
+
+FORMAT = "embodied-demos"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+EPISODES = "episodes"
+SCALARS = ("seed", "task", "instruction", "paraphrase", "expert_noise", "augmentation", "episode_success")
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, from another format or version, or does not match its manifest."""
+
+
+@dataclass
+class Episode:
+    actions: np.ndarray
+    obs: dict[str, np.ndarray]
+    qpos: np.ndarray
+    rewards: np.ndarray
+    success: np.ndarray
+    seed: int
+    task: str
+    instruction: str
+    paraphrase: int
+    expert_noise: float = 0.0
+    augmentation: int = 0
+
+    @property
+    def episode_success(self) -> bool:
+        return bool(self.success[-1]) if len(self.success) else False
+
+    @property
+    def length(self) -> int:
+        return len(self.actions)
+
+
+def episode_spec(obs_space, action_dim: int, nq: int) -> dict:
+    """Shapes and dtypes per key, from the env's Dict observation space: what the manifest promises."""
+    keys = {f"obs/{k}": {"shape": list(space.shape), "dtype": str(space.dtype)} for k, space in obs_space.spaces.items()}
+    return {"actions": {"shape": [action_dim], "dtype": "float32"}, "qpos": {"shape": [nq], "dtype": "float64"}, **keys}
+
+
+class DatasetWriter:
+    """Creates (or reopens, to resume) a dataset directory for one env config."""
+
+    def __init__(self, root: str | Path, env_config: Mapping, spec: dict, cameras: list[str]):
+        self.root = Path(root)
+        manifest = {"format": FORMAT, "version": FORMAT_VERSION, "env": dict(env_config), "cameras": list(cameras),
+                    "spec": spec}
+        existing = self.root / MANIFEST
+        if existing.is_file():
+            old = read_manifest(self.root)
+            for key in ("env", "cameras", "spec"):
+                if old[key] != manifest[key]:
+                    raise DatasetError(f"{self.root} was collected with another {key} ({old[key]!r}); "
+                                       "choose another output directory to start a new dataset")
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write(existing, lambda p: Path(p).write_text(json.dumps(manifest, indent=1)))
+        self.spec = spec
+
+    def path(self, task: str, name: int | str) -> Path:
+        """``episodes/<task>/<name>.npz``; an int name is the episode index, zero-padded."""
+        return self.root / EPISODES / task / (f"{name:05d}.npz" if isinstance(name, int) else f"{name}.npz")
+
+    def has(self, task: str, name: int | str) -> bool:
+        return self.path(task, name).is_file()
+
+    def read(self, task: str, name: int | str) -> Episode:
+        return read_episode(self.path(task, name), self.spec)
+
+    def write(self, task: str, name: int | str, episode: Episode) -> Path:
+        _check_episode(episode, self.spec, f"episode {task}/{name}")
+        arrays = {"actions": episode.actions.astype(np.float32), "qpos": episode.qpos,
+                  "rewards": episode.rewards.astype(np.float32), "success": episode.success.astype(bool)}
+        arrays.update({f"obs/{k}": v for k, v in episode.obs.items()})
+        arrays.update({"seed": np.int64(episode.seed), "task": np.str_(episode.task),
+                       "instruction": np.str_(episode.instruction), "paraphrase": np.int64(episode.paraphrase),
+                       "expert_noise": np.float64(episode.expert_noise), "augmentation": np.int64(episode.augmentation),
+                       "episode_success": np.bool_(episode.episode_success)})
+        path = self.path(task, name)
+
+        def save(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, save)
+        return path
+
+
+def _check_episode(episode: Episode, spec: dict, where: str) -> None:
+    t = episode.length
+    if episode.rewards.shape != (t,) or episode.success.shape != (t,):
+        raise DatasetError(f"{where}: {t} actions but rewards {episode.rewards.shape} and success {episode.success.shape}")
+    arrays = {"actions": episode.actions, "qpos": episode.qpos, **{f"obs/{k}": v for k, v in episode.obs.items()}}
+    if set(arrays) != set(spec):
+        raise DatasetError(f"{where}: keys {sorted(arrays)} differ from the manifest's {sorted(spec)}")
+    for key, value in arrays.items():
+        steps = t if key == "actions" else t + 1
+        want = (steps, *spec[key]["shape"])
+        if tuple(value.shape) != want or str(value.dtype) != spec[key]["dtype"]:
+            raise DatasetError(f"{where}: {key} is {value.dtype}{list(value.shape)}, the manifest says "
+                               f"{spec[key]['dtype']}{list(want)}")
+
+
+def read_manifest(root: str | Path) -> dict:
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise DatasetError(f"{root} is not a dataset (no {MANIFEST}); collect one with python -m agents.collect")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DatasetError(f"{path} is not an {FORMAT} manifest")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise DatasetError(f"{root} is {FORMAT} version {manifest.get('version')}; this code reads version "
+                           f"{FORMAT_VERSION}")
+    return manifest
+
+
+def episode_files(root: str | Path, tasks: list[str] | None = None) -> list[Path]:
+    base = Path(root) / EPISODES
+    files = sorted(base.glob("*/*.npz"))
+    return [f for f in files if tasks is None or f.parent.name in tasks]
+
+
+def read_episode(path: Path, spec: dict) -> Episode:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DatasetError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+    missing = [k for k in ("actions", "qpos", "rewards", "success", *SCALARS) if k not in data]
+    if missing:
+        raise DatasetError(f"{path} lacks {', '.join(missing)}")
+    episode = Episode(
+        actions=data["actions"], obs={k[4:]: v for k, v in data.items() if k.startswith("obs/")},
+        qpos=data["qpos"], rewards=data["rewards"], success=data["success"], seed=int(data["seed"]), task=str(data["task"]),
+        instruction=str(data["instruction"]), paraphrase=int(data["paraphrase"]),
+        expert_noise=float(data["expert_noise"]), augmentation=int(data["augmentation"]),
+    )
+    _check_episode(episode, spec, str(path))
+    return episode
+
+
+def read_episodes(root: str | Path, tasks: list[str] | None = None) -> Iterator[Episode]:
+    """Every episode of a dataset (optionally some tasks), validated against the manifest."""
+    manifest = read_manifest(root)
+    for path in episode_files(root, tasks):
+        yield read_episode(path, manifest["spec"])

@@ -1,0 +1,200 @@
+"""Kitchen scripted experts and demonstration collection; regenerates benchmarks/results/kitchen_experts.{md,json}.
+
+    python benchmarks/kitchen_experts.py [--episodes 100] [--quick] [--only experts,speed,collect]
+
+- experts: each task's scripted expert over ``--episodes`` randomised episodes (seeds 10000+i,
+  state-only observations: the expert reads the simulator state, so cameras change nothing) at
+  every level: success rate, and episode length of the successful ones;
+- speed: env steps/s state-only and with the default two 96x96 cameras (random actions around
+  the start pose, one process);
+- collect: ``python -m agents.collect env=kitchen task=all episodes=50`` (350 demonstrations,
+  both cameras, the default two worker processes) into ``benchmarks/.work/kitchen``, timed:
+  demonstrations per minute, and the dataset's size per 50 demonstrations; then ``augment=1`` on
+  the same dataset (one re-rendered copy of each), timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import envs  # noqa: E402  (registers the env ids)
+from benchmarks.common import machine, write_json_atomic  # noqa: E402
+
+WORK = ROOT / "benchmarks" / ".work" / "kitchen"
+RESULTS = ROOT / "benchmarks" / "results"
+EVAL_SEED = 10_000
+
+
+def kitchen_config(**overrides) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="collect")
+    return {**OmegaConf.to_container(cfg.env, resolve=True), **overrides}
+
+
+LEVELS = ("L0", "L1", "L2", "L3")
+
+
+def expert_success(job: tuple[str, str, int]) -> dict:
+    from envs.kitchen_experts import make_expert
+
+    task, level, episodes = job
+    env = envs.make_from_config(kitchen_config(task=task, cameras=[], level=level))
+    expert = make_expert(env.unwrapped)
+    successes, lengths = [], []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=EVAL_SEED + i)
+        expert.reset(seed=EVAL_SEED + i)
+        done, steps, info = False, 0, {}
+        while not done:
+            obs, _, terminated, truncated, info = env.step(expert.act(obs))
+            steps += 1
+            done = terminated or truncated
+        successes.append(bool(info["is_success"]))
+        if info["is_success"]:
+            lengths.append(steps)
+    env.close()
+    return {"episodes": episodes, "success": float(np.mean(successes)), "failures": int(episodes - sum(successes)),
+            "length_mean": float(np.mean(lengths)) if lengths else None,
+            "length_max": int(max(lengths)) if lengths else None}
+
+
+def steps_per_second(cameras: list[str], steps: int) -> float:
+    env = envs.make_from_config(kitchen_config(task="microwave", cameras=cameras))
+    env.reset(seed=0)
+    start = env.unwrapped.data.qpos[:7].copy()
+    rng = np.random.default_rng(0)
+    actions = [np.r_[start + rng.normal(0, 0.05, 7), rng.uniform()] for _ in range(steps)]
+    t0 = time.perf_counter()
+    for a in actions:
+        _, _, terminated, truncated, _ = env.step(a.astype(np.float32))
+        if terminated or truncated:
+            env.reset()
+    rate = steps / (time.perf_counter() - t0)
+    env.close()
+    return rate
+
+
+def _run_collect(out: Path, episodes: int, augment: int) -> tuple[list[str], float, str]:
+    cmd = [sys.executable, "-m", "agents.collect", "task=all", f"episodes={episodes}", f"augment={augment}", f"out={out}"]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.time() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"collection failed: {proc.stderr[-2000:]}")
+    return cmd, seconds, proc.stdout.strip().splitlines()[-1]
+
+
+def collection(episodes: int) -> dict:
+    out = WORK / f"dataset_{episodes}"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd, seconds, last = _run_collect(out, episodes, 0)
+    files = list((out / "episodes").rglob("*.npz"))
+    size = sum(f.stat().st_size for f in files)
+    _, aug_seconds, aug_last = _run_collect(out, episodes, 1)  # resumes: only the re-rendered copies are new
+    augmented = [f for f in (out / "episodes").rglob("*-a1.npz")]
+    return {"command": " ".join(cmd[2:]), "demonstrations": len(files), "seconds": round(seconds, 1),
+            "demos_per_minute": 60 * len(files) / seconds, "bytes_per_50": size / len(files) * 50, "summary": last,
+            "augmented": len(augmented), "augment_seconds": round(aug_seconds, 1), "augment_summary": aug_last}
+
+
+def write_markdown(out: dict, path: Path) -> None:
+    m = out["machine"]
+    L = ["# Kitchen scripted experts and demonstration collection", "",
+         f"Generated by `python benchmarks/kitchen_experts.py` on {out['date']}{' (QUICK)' if out['quick'] else ''}. "
+         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, MuJoCo {m['mujoco']}.", ""]
+    if "experts" in out:
+        levels = list(out["experts"])
+        ok = all(v["success"] >= 0.9 for level in ("L0", "L1") for v in out["experts"].get(level, {}).values())
+        first = next(iter(out["experts"][levels[0]].values()))
+        L += ["## Expert success per task and level", "",
+              f"Each task's expert over {first['episodes']} randomised episodes per level (seeds {EVAL_SEED}+i). "
+              f"Target ≥ 90% on every task at L0 and at L1: **{'met' if ok else 'NOT met'}**. L0: the training "
+              "distribution; L1: object poses and lighting; L2: + textures, colours and distractors; L3: the L1 scene "
+              "with held-out instruction wording (the expert ignores language, so L3 checks the scene only).", "",
+              "| task | " + " | ".join(f"{lv} success" for lv in levels) + " | " +
+              " | ".join(f"{lv} mean length" for lv in levels) + " |", "|---" * (1 + 2 * len(levels)) + "|"]
+        for task in out["experts"][levels[0]]:
+            cells = [f"{100 * out['experts'][lv][task]['success']:.0f}%" for lv in levels]
+            lengths = [f"{out['experts'][lv][task]['length_mean']:.1f}" if out["experts"][lv][task]["length_mean"]
+                       else "-" for lv in levels]
+            L.append(f"| {task} | " + " | ".join(cells) + " | " + " | ".join(lengths) + " |")
+        L += ["", "Lengths are control steps (12.5 Hz) of the successful episodes.", ""]
+    if "speed" in out:
+        L += ["## Env steps/s (one process, 12.5 Hz control = 40 physics steps per env step)", "",
+              "| observation | env steps/s |", "|---|---|"]
+        for k, v in out["speed"].items():
+            L.append(f"| {k} | {v:,.0f} |")
+        L.append("")
+    if "collect" in out:
+        c = out["collect"]
+        ok = c["demonstrations"] >= 350 and c["seconds"] <= 1800
+        L += ["## Collection", "", f"`python -m {c['command']}`: {c['demonstrations']} demonstrations in "
+              f"{c['seconds'] / 60:.1f} min ({c['demos_per_minute']:.1f} per minute), two cameras at 96x96. Target: "
+              f"350 in ≤ 30 min — **{'met' if ok else 'NOT met'}**. Dataset size per 50 demonstrations: "
+              f"{c['bytes_per_50'] / 2**20:.1f} MiB (compressed archives).", "", f"Last line: `{c['summary']}`", "",
+              f"Semantic augmentation (`augment=1` on the same dataset: one re-rendered copy of each demonstration, "
+              f"new textures, colours, lights and distractors): {c['augmented']} copies in "
+              f"{c['augment_seconds'] / 60:.1f} min, without running the expert. Last line: `{c['augment_summary']}`", ""]
+    path.write_text("\n".join(L) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default="experts,speed,collect")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    sections = set(args.only.split(","))
+    global WORK
+    if args.quick:
+        WORK = WORK / "quick"
+        args.episodes = min(args.episodes, 5)
+        if args.out == RESULTS:
+            args.out = WORK / "results"
+    WORK.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / "kitchen_experts.json"
+    out = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    out.update({"date": dt.date.today().isoformat(), "quick": args.quick, "machine": machine()})
+    from envs.kitchen import TASKS
+
+    if "speed" in sections:  # first, while nothing else runs
+        steps = 200 if args.quick else 1000
+        out["speed"] = {"state only": steps_per_second([], steps),
+                        "scene + wrist cameras, 96x96": steps_per_second(["scene", "wrist"], steps // 5)}
+    if "experts" in sections:
+        from concurrent.futures import ProcessPoolExecutor
+
+        jobs = [(task, level, args.episodes) for level in LEVELS for task in TASKS]
+        with ProcessPoolExecutor(os.cpu_count() or 2) as pool:
+            results = list(pool.map(expert_success, jobs))
+        out["experts"] = {level: {} for level in LEVELS}
+        for (task, level, _), v in zip(jobs, results):
+            out["experts"][level][task] = v
+            print(f"  {level} {task}: {100 * v['success']:.0f}%", flush=True)
+    if "collect" in sections:
+        out["collect"] = collection(2 if args.quick else 50)
+    write_json_atomic(json_path, out)
+    write_markdown(out, args.out / "kitchen_experts.md")
+    print(f"wrote {args.out / 'kitchen_experts.md'}")
+
+
+if __name__ == "__main__":
+    main()
