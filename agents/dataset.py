@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.checkpoint import atomic_write
+from policies.checkpoint import atomic_write, load_versioned_json
 
 FORMAT = "embodied-demos"
 FORMAT_VERSION = 1
@@ -148,16 +148,7 @@ def read_manifest(root: str | Path) -> dict:
     path = root / MANIFEST
     if not path.is_file():
         raise DatasetError(f"{root} is not a dataset (no {MANIFEST}); collect one with python -m agents.collect")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DatasetError(f"{path} is not an {FORMAT} manifest")
-    if manifest.get("version") != FORMAT_VERSION:
-        raise DatasetError(f"{root} is {FORMAT} version {manifest.get('version')}; this code reads version "
-                           f"{FORMAT_VERSION}")
-    return manifest
+    return load_versioned_json(path, FORMAT, FORMAT_VERSION, DatasetError)
 
 
 def episode_files(root: str | Path, tasks: list[str] | None = None) -> list[Path]:

@@ -109,18 +109,24 @@ def save_policy(directory: str | Path, actor: nn.Module, meta: PolicyMeta,
     atomic_write(directory / META_FILE, lambda p: Path(p).write_text(text))
 
 
+def load_versioned_json(path: Path, fmt: str, version: int, error: type[Exception]) -> dict:
+    """A JSON object whose ``format`` and ``version`` keys must be ``fmt`` and ``version``; else ``error``, one line."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f"{path} is not an {fmt} file")
+    if data.get("version") != version:
+        raise error(f"{path} has format version {data.get('version')}, this code reads {version}")
+    return data
+
+
 def read_meta(directory: str | Path) -> PolicyMeta:
     path = Path(directory) / META_FILE
     if not path.is_file():
         raise CheckpointError(f"no {META_FILE} in {directory}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an {FORMAT} file")
-    if data.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {data.get('version')}, this code reads {FORMAT_VERSION}")
+    data = load_versioned_json(path, FORMAT, FORMAT_VERSION, CheckpointError)
     data.pop("format"), data.pop("version")
     try:
         meta = PolicyMeta(**data)
