@@ -60,6 +60,14 @@ class Jobs:
         self.futures.clear()
 
 
+def compose_cfg(overrides: list[str], config_name: str = "train"):
+    """The project's Hydra config with ``overrides``, as the CLIs would compose it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
 def summary(run: Path) -> dict:
     return json.loads((run / rd.SUMMARY_FILE).read_text())
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402  (registers the env ids)
-from benchmarks.common import machine, write_json_atomic  # noqa: E402
+from benchmarks.common import compose_cfg, machine, write_json_atomic  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work" / "kitchen"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -39,11 +39,9 @@ EVAL_SEED = 10_000
 
 
 def kitchen_config(**overrides) -> dict:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="collect")
+    cfg = compose_cfg([], config_name="collect")
     return {**OmegaConf.to_container(cfg.env, resolve=True), **overrides}
 
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402,F401  (registers the env ids)
 from agents import run_dir as rd  # noqa: E402
-from benchmarks.common import Jobs, machine, mean_std, summary, write_json_atomic  # noqa: E402
+from benchmarks.common import Jobs, compose_cfg, machine, mean_std, summary, write_json_atomic  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work" / "population"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -133,13 +133,6 @@ def env_step_rate(steps: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
-
-
 def sb3_collection_rate(vec_env: str, steps: int, n_envs: int | None = None) -> float:
     """Env steps/s of SB3 PPO's ``collect_rollouts`` (timed by a callback) with the tuned NCAP config
     (4 envs unless ``n_envs``)."""
@@ -166,7 +159,7 @@ def sb3_collection_rate(vec_env: str, steps: int, n_envs: int | None = None) -> 
         def _on_step(self):
             return True
 
-    cfg = _compose(["env=swimmer", "policy=ncap", "algo=ppo", f"algo.vec_env={vec_env}",
+    cfg = compose_cfg(["env=swimmer", "policy=ncap", "algo=ppo", f"algo.vec_env={vec_env}",
                     *([f"algo.n_envs={n_envs}"] if n_envs else [])])
     torch.set_num_threads(1)
     probe = make_env(cfg.env)
@@ -190,7 +183,7 @@ def engine_rate(n_envs: int, workers: int, horizon: int) -> dict:
     from agents.population import GaussianPolicy
     from policies.registry import build_actor
 
-    cfg = _compose(["env=swimmer", "policy=ncap", "algo=grpo"])
+    cfg = compose_cfg(["env=swimmer", "policy=ncap", "algo=grpo"])
     torch.set_num_threads(1)
     with BatchedEnvs(dict(cfg.env), n_envs, workers=workers) as engine:
         actor = build_actor("ncap", actor_config(cfg.policy, engine.envs[0]))

@@ -37,12 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
 from agents import run_dir as rd  # noqa: E402
 from agents.builders import actor_config, env_signature, make_env, observation_layout  # noqa: E402
 from agents.rollout import EVAL_SEED_BASE, run_episodes  # noqa: E402
-from benchmarks.common import Jobs, machine, mean_std, summary, write_json_atomic  # noqa: E402
+from benchmarks.common import Jobs, compose_cfg, machine, mean_std, summary, write_json_atomic  # noqa: E402
 from policies.checkpoint import InferencePolicy, PolicyMeta, load_policy  # noqa: E402
 from policies.registry import build_actor  # noqa: E402
 
@@ -66,11 +65,6 @@ def curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- evaluation helpers -------------------------------------------------------------------
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
-
-
 def evaluate_run(run: Path, env_cfg: dict, episodes: int, seed: int = 0) -> list[float]:
     env = make_env(env_cfg)
     obs_dim, action_dim, _, _ = env_signature(env)

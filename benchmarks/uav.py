@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import envs  # noqa: E402,F401  (registers the env ids)
 from agents.builders import env_signature, make_env  # noqa: E402
 from agents.rollout import EVAL_SEED_BASE  # noqa: E402
-from benchmarks.common import Jobs, machine, mean_std, summary, write_json_atomic  # noqa: E402
+from benchmarks.common import Jobs, compose_cfg, machine, mean_std, summary, write_json_atomic  # noqa: E402
 from envs.quadrotor_model import PRESETS, quadrotor_mjcf  # noqa: E402
 from policies.checkpoint import load_policy  # noqa: E402
 from policies.numpy_inference import numpy_policy  # noqa: E402
@@ -94,7 +94,6 @@ def section_throughput(out: dict, quick: bool) -> None:
     import torch
 
     from agents.sb3_trainer import train_sb3
-    from benchmarks.swimmer_ncap import compose_cfg
 
     torch.set_num_threads(1)
     res = {}
@@ -171,7 +170,6 @@ def env_config(task: str, gust: float, vehicle: str = "cf2", base: dict | None =
     """``base`` (a run's env) or the task's composed env config, on ``vehicle`` in ``gust`` m/s gusts."""
     from omegaconf import OmegaConf
 
-    from benchmarks.swimmer_ncap import compose_cfg
 
     cfg = dict(base) if base else OmegaConf.to_container(compose_cfg([f"env=uav_{task}"]).env, resolve=True)
     return {**cfg, "vehicle": vehicle, "gust_speed": gust}
