@@ -337,3 +337,28 @@ def test_node_stops_on_sigint_while_sim_time_is_frozen(ncap_run, ros_env, tmp_pa
         if proc.poll() is None:
             proc.kill()
     assert "Traceback" not in log.read_text()
+
+
+SIGNAL_INSIDE_CONTEXT_LOCK = """
+import os, signal, sys, time
+import rclpy
+from embodied_ros.process import init_with_shutdown_on_signals
+context = init_with_shutdown_on_signals()
+with context._lock:  # where Context.ok() is when the executor checks it between two waits
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)  # the handler has run by now, inside the lock
+deadline = time.monotonic() + 10
+while context.ok() and time.monotonic() < deadline:
+    time.sleep(0.01)
+sys.exit(0 if not context.ok() else 3)
+"""
+
+
+def test_sigint_landing_inside_the_context_lock_still_shuts_down(ros_env):
+    """rclpy's Context.ok() holds a plain Lock; a shutdown run inside the signal handler would deadlock there.
+
+    The CI once saw a lock-step policy node ignore SIGINT until the launcher escalated to SIGTERM.
+    """
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_INSIDE_CONTEXT_LOCK], env=ros_env, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]

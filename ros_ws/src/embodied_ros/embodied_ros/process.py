@@ -12,6 +12,7 @@ import gc
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 import rclpy
@@ -31,6 +32,11 @@ def init_with_shutdown_on_signals(argv=None):
     any blocked wait (e.g. a sim-time timer while /clock has stopped) and chain to them; handlers
     installed after init would replace rclpy's and leave such a wait blocked forever. Installing
     them explicitly also undoes an inherited SIG_IGN (children of ``cmd &`` in a script).
+
+    The shutdown itself runs on a short-lived thread, not in the handler: Python runs handlers
+    between two bytecodes of the main thread, and ``Context.ok()`` (which the executor calls on
+    every spin) holds the context's non-reentrant lock; ``try_shutdown`` from a handler that
+    lands inside it would wait for that lock forever and the node would ignore SIGINT.
     """
     context = rclpy.get_default_context()
 
@@ -38,7 +44,7 @@ def init_with_shutdown_on_signals(argv=None):
         # A second SIGINT/SIGTERM gets the default action: a node stuck in shutdown still dies.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        context.try_shutdown()
+        threading.Thread(target=context.try_shutdown, name="signal-shutdown", daemon=True).start()
 
     signal.signal(signal.SIGINT, shutdown)
     signal.signal(signal.SIGTERM, shutdown)
