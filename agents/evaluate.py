@@ -23,7 +23,7 @@ from agents.builders import actor_config, env_signature, make_env, observation_l
 from agents.errors import UserError, report_user_errors
 from agents.overrides import require_ints, run_hydra_cli
 from agents.rollout import EVAL_SEED_BASE, run_episodes
-from policies.checkpoint import InferencePolicy, PolicyMeta, load_policy
+from policies.checkpoint import CheckpointError, InferencePolicy, PolicyMeta, load_policy
 from policies.pid import CascadedPID, pid_for_env
 from policies.registry import build_actor
 
@@ -108,13 +108,53 @@ def pid_policy(cfg: DictConfig) -> tuple[CascadedPID, dict]:
 
 
 def validate(cfg: DictConfig) -> None:
-    require_ints(cfg, ["episodes"], minimum=1)
+    require_ints(cfg, ["episodes", "workers"], minimum=1)
     require_ints(cfg, ["seed"], minimum=0)
+
+
+def evaluate_chunk_policy(cfg: DictConfig, policy_dir: Path) -> dict:
+    """Success rates of a kitchen MT-ACT run, per task and overall, at ``level``."""
+    from agents.kitchen_eval import evaluate_success
+    from envs.kitchen_variation import LEVELS
+    from policies.mtact import load_mtact
+
+    if cfg.level not in LEVELS:
+        raise UserError(f"level must be one of {', '.join(LEVELS)}, not {cfg.level!r}")
+    try:
+        _, meta = load_mtact(policy_dir)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    options = dict(meta.get("inference", {}))
+    if cfg.schedule:
+        options["schedule"] = str(cfg.schedule)
+    tasks = list(cfg.tasks) if cfg.tasks else list(meta["tasks"])
+    unknown = [t for t in tasks if t not in meta["tasks"]]
+    if unknown:
+        raise UserError(f"the policy was not trained on {', '.join(unknown)} (has: {', '.join(meta['tasks'])})")
+    env_cfg = dict(meta["env"])
+    for key in _cli_env_keys():
+        env_cfg[key] = cfg.env.get(key)
+    video = None
+    if cfg.video:
+        video = Path(cfg.video_path or Path(cfg.run) / "episode.mp4")
+    report = evaluate_success(env_cfg, tasks, int(cfg.episodes), level=str(cfg.level), seed=int(cfg.seed),
+                              policy_dir=policy_dir, policy_options=options, workers=int(cfg.workers), video=video)
+    for line in report.lines():
+        print(line, flush=True)
+    lo, hi = report.interval()
+    return {"env": env_cfg.get("name"), "policy": "mtact", "run": str(cfg.run), "level": report.level,
+            "schedule": options.get("schedule"), "video": str(video) if video else None, **report.to_dict(),
+            "ci95_low": lo, "ci95_high": hi}
 
 
 def evaluate(cfg: DictConfig) -> dict:
     validate(cfg)
     if cfg.run:
+        from policies.mtact import is_mtact_dir
+
+        run = Path(cfg.run).expanduser()
+        if run.is_dir() and (run / rd.CHECKPOINTS).is_dir() and is_mtact_dir(resolve_checkpoint(run, cfg.checkpoint)):
+            return evaluate_chunk_policy(cfg, resolve_checkpoint(run, cfg.checkpoint))
         policy, env_cfg = policy_from_run(cfg)
     elif cfg.policy.kind == "pid":
         policy, env_cfg = pid_policy(cfg)
@@ -152,6 +192,10 @@ def evaluate(cfg: DictConfig) -> dict:
 @report_user_errors
 def main(cfg: DictConfig) -> dict:
     summary = evaluate(cfg)
+    if "success_rate" in summary:  # a kitchen chunk policy
+        print(json.dumps(summary, default=str))
+        print(rd.summary_line(summary, ["success_rate", "ci95_low", "ci95_high", "episodes", "level"]), flush=True)
+        return summary
     metrics = {k: v for k, v in summary.items() if k not in ("returns", "return_mean", "return_std")}
     print(json.dumps(metrics, default=str))
     print(rd.summary_line(summary, ["return_mean", "return_std"]), flush=True)

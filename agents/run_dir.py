@@ -52,6 +52,24 @@ class MetricsLog:
         self.path = Path(path)
         self.fields: list[str] | None = None
 
+    def resume(self, up_to_steps: int) -> None:
+        """Keep appending to an existing file (a resumed run) under its own header.
+
+        Rows logged after the checkpoint the run resumes from are dropped: they are redone.
+        """
+        if not self.path.is_file():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            return
+        self.fields = rows[0]
+        column = self.fields.index("steps")
+        kept = [rows[0], *(r for r in rows[1:] if r and float(r[column]) <= up_to_steps)]
+        if len(kept) < len(rows):
+            text = "".join(",".join(r) + "\n" for r in kept)  # the values are numbers: no quoting needed
+            atomic_write_text(self.path, text)
+
     def append(self, row: dict[str, Any]) -> None:
         if self.fields is None:
             self.fields = list(row)

@@ -21,7 +21,7 @@ from agents.overrides import require_ints, run_hydra_cli
 
 SB3_ALGOS = ("ppo", "sac")
 POPULATION_ALGOS = {"grpo": ("agents.grpo", "GRPOTrainer"), "es": ("agents.es", "ESTrainer")}
-SUMMARY_KEYS = ["return_mean", "return_std", "steps", "params", "train_time_s", "run_dir"]
+SUMMARY_KEYS = ["return_mean", "return_std", "success_rate", "val_l1", "steps", "params", "train_time_s", "run_dir"]
 BENCHMARK_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "swimmer_ncap.json"
 
 
@@ -39,6 +39,12 @@ def reference_curves(cfg: DictConfig) -> dict:
 
 def validate(cfg: DictConfig) -> None:
     require_ints(cfg, ["seed"], minimum=0)
+    if cfg.algo.name == "bc":
+        require_ints(cfg, ["algo.total_steps", "algo.batch_size", "algo.eval_every", "algo.demos_per_task", "threads",
+                           "algo.eval_workers"], minimum=1)
+        require_ints(cfg, ["algo.augmentations", "algo.eval_episodes", "algo.final_eval_episodes", "algo.log_every",
+                           "algo.warmup_steps", "algo.image_shift"], minimum=0)
+        return
     require_ints(cfg, ["algo.total_timesteps", "algo.eval_every", "threads", "algo.eval_episodes",
                        "algo.final_eval_episodes"], minimum=1)
     require_ints(cfg, ["algo.checkpoint_every"], minimum=0)
@@ -52,6 +58,8 @@ def validate(cfg: DictConfig) -> None:
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train as configured into ``run_dir``; returns the summary (also written to summary.json)."""
     validate(cfg)
+    if cfg.policy.kind == "mtact" and cfg.algo.name != "bc":
+        raise UserError("policy mtact is trained by behaviour cloning: algo=bc dataset=<dir>")
     if cfg.policy.kind == "pid":
         raise UserError("policy pid is a scripted controller with nothing to train; evaluate it with "
                         f"python -m agents.evaluate env={cfg.env.name} policy=pid")
@@ -62,17 +70,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         from agents.sb3_trainer import train_sb3
 
         summary = train_sb3(cfg, run_dir, loggers)
+    elif cfg.algo.name == "bc":
+        from agents.bc import BCTrainer
+
+        summary = BCTrainer(cfg, run_dir, loggers).train()
     elif cfg.algo.name in POPULATION_ALGOS:
         import importlib
 
         module, cls = POPULATION_ALGOS[cfg.algo.name]
         summary = getattr(importlib.import_module(module), cls)(cfg, run_dir, loggers).train()
     else:
-        raise UserError(f"algo {cfg.algo.name!r} has no trainer (have: {', '.join([*SB3_ALGOS, *POPULATION_ALGOS])})")
+        raise UserError(f"algo {cfg.algo.name!r} has no trainer (have: {', '.join([*SB3_ALGOS, *POPULATION_ALGOS, 'bc'])})")
     summary["run_dir"] = str(run_dir)
     rd.write_summary(run_dir, summary)
     title = f"{cfg.policy.kind} + {cfg.algo.name} on {cfg.env.name} (seed {cfg.seed})"
-    rd.plot_learning_curve(run_dir, title, reference_curves(cfg))
+    if cfg.algo.name != "bc":  # BC plots losses and success itself (agents/bc.py)
+        rd.plot_learning_curve(run_dir, title, reference_curves(cfg))
     for logger in loggers:
         logger.finish(summary)
     return summary

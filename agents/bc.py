@@ -1,0 +1,332 @@
+"""``algo=bc``: behaviour cloning of an action-chunking policy (MT-ACT) from a demonstration dataset.
+
+``python -m agents.train env=kitchen policy=mtact algo=bc dataset=<dir>``
+
+- Samples: chunk windows over the selected demonstrations (``agents/bc_data.py``), images
+  augmented by random shift and colour jitter (``agents/image_augment.py``).
+- Optimiser: AdamW, weight decay 1e-4 and gradient clipping at 10 as ACT/RoboAgent; their
+  learning rate (1e-5 for 2000 epochs on a GPU) is far too slow for a CPU budget of a couple of
+  hours, so the default is 1e-4 with a linear warm-up and a cosine decay, and the backbone has
+  its own rate (``algo.backbone_learning_rate``).
+- Every ``eval_every`` steps: the validation L1 (held-out demonstrations, no augmentation, z = 0)
+  and closed-loop success on every task (``eval_episodes`` each, L0), a deployable checkpoint
+  ``checkpoints/last`` with the optimiser state beside it; ``metrics.csv`` and the loggers get
+  the row. Rerunning the same command with ``hydra.run.dir=<this run>`` resumes from ``last``.
+- The end: ``checkpoints/final`` and a final closed-loop evaluation (``final_eval_episodes``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from agents import run_dir as rd
+from agents.bc_data import Selection, load_windows, select_files
+from agents.dataset import DatasetError, read_manifest
+from agents.errors import UserError
+from agents.image_augment import augment_images
+from agents.kitchen_eval import SuccessReport, evaluate_success
+from policies.checkpoint import CheckpointError
+from policies.mtact import MTACT, MTACTConfig, load_mtact, save_mtact
+from policies.mtact_inference import LanguageVectors
+
+log = logging.getLogger(__name__)
+LAST = "last"
+TRAINER_STATE = "trainer_state.pt"
+CURVE_FILE = "training_curve.png"
+
+
+def policy_options(algo: DictConfig) -> dict:
+    """How the trained chunks are executed in closed loop (also written into the checkpoint)."""
+    return {"schedule": str(algo.schedule), "ensemble_m": float(algo.ensemble_m),
+            "execute_steps": int(algo.execute_steps)}
+
+
+def model_config(cfg: DictConfig, manifest: dict, tasks: list[str]) -> MTACTConfig:
+    """The policy's YAML switches plus what the dataset dictates (cameras, sizes, language width)."""
+    switches = OmegaConf.to_container(cfg.policy.actor, resolve=True)
+    spec = manifest["spec"]
+    cameras = [] if cfg.policy.get("state_only", False) else list(manifest["cameras"])
+    if not cameras and not cfg.policy.get("state_only", False):
+        raise UserError(f"dataset {cfg.dataset} has no camera images; use policy.state_only=true")
+    image_size = spec[f"obs/{cameras[0]}"]["shape"][0] if cameras else manifest["env"].get("image_size", 96)
+    lang_dim = 384 if switches.get("language", "minilm") == "minilm" else len(tasks)
+    try:
+        return MTACTConfig.from_dict({
+            **switches, "cameras": tuple(cameras), "image_size": int(image_size),
+            "proprio_dim": spec["obs/proprio"]["shape"][0], "object_dim": spec["obs/object_state"]["shape"][0],
+            "action_dim": spec["actions"]["shape"][0], "lang_dim": lang_dim,
+        })
+    except (TypeError, ValueError, KeyError) as e:
+        raise UserError(f"bad policy config: {e}") from None
+
+
+class BCTrainer:
+    def __init__(self, cfg: DictConfig, run_dir: Path, loggers: list):
+        self.cfg, self.run_dir, self.loggers = cfg, Path(run_dir), loggers
+        algo = cfg.algo
+        if cfg.policy.kind != "mtact":
+            raise UserError(f"algo=bc trains action-chunking policies (policy=mtact), not policy={cfg.policy.kind}")
+        if not cfg.get("dataset"):
+            raise UserError("algo=bc needs dataset=<directory> (collect one with python -m agents.collect)")
+        root = Path(str(cfg.dataset)).expanduser()
+        try:
+            manifest = read_manifest(root)
+            if cfg.env.name != manifest["env"].get("name"):
+                raise UserError(f"dataset {root} was collected on env {manifest['env'].get('name')!r}, "
+                                f"not {cfg.env.name!r}")
+            sel = Selection(int(algo.demos_per_task), int(algo.augmentations), float(algo.val_fraction),
+                            bool(algo.successful_only), list(algo.tasks) if algo.get("tasks") else None)
+            train_files, val_files = select_files(root, sel)
+            self.tasks = sorted({f.parent.name for f in train_files})
+            self.config = model_config(cfg, manifest, self.tasks)
+            language = LanguageVectors(self.config.language, self.tasks)
+            started = time.time()
+            self.train_data = load_windows(train_files, manifest["spec"], list(self.config.cameras),
+                                           self.config.chunk, language)
+            self.val_data = (load_windows(val_files, manifest["spec"], list(self.config.cameras), self.config.chunk,
+                                          language) if val_files else None)
+        except DatasetError as e:
+            raise UserError(str(e)) from None
+        log.info("dataset %s: %d train episodes (%d frames), %d validation episodes, loaded in %.0f s", root,
+                 len(train_files), len(self.train_data), len(val_files), time.time() - started)
+        self.dataset_root = root
+        # Closed-loop evaluation uses the env the demonstrations came from (cameras, image size).
+        self.env_cfg = dict(manifest["env"])
+        self.n_train_episodes, self.n_val_episodes = len(train_files), len(val_files)
+        torch.set_num_threads(int(cfg.threads))
+        torch.manual_seed(int(cfg.seed))
+        self.rng = np.random.default_rng(int(cfg.seed))
+        self.generator = torch.Generator().manual_seed(int(cfg.seed))
+        self.model = MTACT(self.config)
+        self.model.set_normalization(self.train_data.stats())
+        backbone = [p for n, p in self.model.named_parameters() if n.startswith("backbone.")]
+        rest = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.")]
+        groups = [{"params": rest, "lr": float(algo.learning_rate)}]
+        if backbone:
+            groups.append({"params": backbone, "lr": float(algo.backbone_learning_rate)})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=float(algo.weight_decay))
+        total, warmup = int(algo.total_steps), int(algo.warmup_steps)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1 + math.cos(math.pi * progress)) if algo.lr_schedule == "cosine" else 1.0
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.step = 0
+        self.train_s = 0.0
+        self.metrics = rd.MetricsLog(self.run_dir / rd.METRICS_FILE)
+
+    # --- pieces -----------------------------------------------------------------------------
+    def inputs(self, batch: dict, augment: bool) -> dict:
+        images = batch.get("images")
+        if images is not None:
+            images = images.permute(0, 1, 4, 2, 3).float().div_(255.0)
+            if augment:
+                a = self.cfg.algo
+                images = augment_images(images, int(a.image_shift), float(a.color_jitter), float(a.color_jitter),
+                                        float(a.color_jitter), self.generator)
+        return {"images": images, "proprio": batch["proprio"], "object_state": batch["object_state"],
+                "lang": batch["lang"], "actions": batch["actions"], "pad": batch["pad"]}
+
+    def validation_l1(self, max_frames: int = 4096) -> float:
+        if self.val_data is None:
+            return math.nan
+        frames = np.linspace(0, len(self.val_data) - 1, min(max_frames, len(self.val_data))).astype(int)
+        self.model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(frames), 256):
+                x = self.inputs(self.val_data.batch(frames[i:i + 256]), augment=False)
+                pred = self.model.predict_chunk(x["images"], x["proprio"], x["object_state"], x["lang"])
+                target = self.model.normalize_actions(x["actions"])
+                err = (self.model.normalize_actions(pred) - target).abs().mean(-1)
+                keep = ~x["pad"]
+                total += float(err[keep].sum())
+                count += int(keep.sum())
+        self.model.train()
+        return total / max(count, 1)
+
+    def meta(self) -> dict:
+        return {
+            "tasks": self.tasks, "env": self.env_cfg, "dataset": str(self.dataset_root), "steps": self.step,
+            "action_low": self._action_bounds()[0], "action_high": self._action_bounds()[1],
+            "inference": policy_options(self.cfg.algo),
+        }
+
+    def _action_bounds(self) -> tuple[list[float], list[float]]:
+        if not hasattr(self, "_bounds"):
+            from agents.builders import make_env
+
+            env = make_env({**self.env_cfg, "cameras": []})
+            self._bounds = (env.action_space.low.tolist(), env.action_space.high.tolist())
+            env.close()
+        return self._bounds
+
+    def save(self, name: str, with_state: bool) -> Path:
+        def write(tmp: Path) -> None:
+            save_mtact(tmp, self.model, self.meta())
+            if with_state:
+                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                            "step": self.step, "train_s": self.train_s, "rng": self.rng.bit_generator.state,
+                            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()},
+                           tmp / TRAINER_STATE)
+
+        return rd.write_checkpoint(self.run_dir, name, write)
+
+    def try_resume(self) -> bool:
+        """Continue from ``checkpoints/last`` when this run directory already holds one."""
+        last = rd.checkpoint_dir(self.run_dir, LAST)
+        state_file = last / TRAINER_STATE
+        if not state_file.is_file():
+            return False
+        try:
+            model, _ = load_mtact(last)
+            self.model.load_state_dict(model.state_dict())
+            state = torch.load(state_file, weights_only=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (CheckpointError, RuntimeError, KeyError, ValueError, OSError) as e:
+            raise UserError(f"cannot resume from {last}: {' '.join(str(e).split())[:200]} (a changed config? "
+                            "start a new run directory)") from None
+        self.step, self.train_s = int(state["step"]), float(state["train_s"])
+        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.metrics.resume(self.step)
+        log.info("resumed from %s at step %d", last, self.step)
+        return True
+
+    def closed_loop(self, policy_dir: Path, episodes: int) -> SuccessReport:
+        return evaluate_success(self.env_cfg, self.tasks, episodes, level="L0", seed=int(self.cfg.seed),
+                                  policy_dir=policy_dir, policy_options=policy_options(self.cfg.algo),
+                                  workers=int(self.cfg.algo.eval_workers))
+
+    def record(self, losses: dict, episodes: int) -> dict:
+        started = time.time()
+        val = self.validation_l1()
+        policy_dir = self.save(LAST, with_state=True)
+        report = self.closed_loop(policy_dir, episodes) if episodes > 0 else None
+        row = {
+            "steps": self.step,
+            "train_s": round(self.train_s, 1),
+            "lr": self.scheduler.get_last_lr()[0],
+            **{f"train_{k}": v for k, v in losses.items()},
+            "val_l1": val,
+            "eval_success": report.mean_success if report else math.nan,
+            **{f"eval_success_{t}": (report.rate(t) if report else math.nan) for t in self.tasks},
+            "eval_s": round(time.time() - started, 1),
+        }
+        self.metrics.append(row)
+        for logger in self.loggers:
+            logger.log_metrics(row, self.step)
+        log.info("step %d: loss %.4f l1 %.4f kl %.4f | val l1 %.4f | success %.2f (%.0f s of evaluation)", self.step,
+                 losses.get("loss", math.nan), losses.get("l1", math.nan), losses.get("kl", math.nan), val,
+                 row["eval_success"], row["eval_s"])
+        return row
+
+    # --- the loop ---------------------------------------------------------------------------
+    def train(self) -> dict:
+        algo = self.cfg.algo
+        total, batch_size = int(algo.total_steps), int(algo.batch_size)
+        eval_every, log_every = int(algo.eval_every), int(algo.log_every)
+        budget = float(algo.time_budget_s)
+        params = self.model.parameter_count()
+        resumed = self.try_resume()
+        log.info("training mtact (%d parameters) on %d tasks, %d steps of batch %d%s", params, len(self.tasks), total,
+                 batch_size, f", resuming at {self.step}" if resumed else "")
+        self.model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        stopped_by = "steps"
+        while self.step < total:
+            if budget and self.train_s >= budget:
+                stopped_by = "time_budget_s"
+                break
+            t0 = time.time()
+            x = self.inputs(self.train_data.sample(batch_size, self.rng), augment=True)
+            losses = self.model.loss(**x)
+            self.optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(algo.max_grad_norm))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            self.train_s += time.time() - t0
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            if not np.isfinite(values["loss"]):
+                raise UserError(f"the loss became {values['loss']} at step {self.step}; lower algo.learning_rate")
+            if self.step % eval_every == 0 or self.step == total:
+                self.record({k: v / n for k, v in sums.items()},
+                            int(algo.eval_episodes) if self.step < total else 0)
+                sums, n = {}, 0
+            elif log_every and self.step % log_every == 0:
+                log.info("step %d: loss %.4f (%.0f ms/step)", self.step, sums["loss"] / n, 1e3 * self.train_s / self.step)
+        if n:
+            self.record({k: v / n for k, v in sums.items()}, 0)
+        final_dir = self.save(rd.FINAL, with_state=False)
+        report = evaluate_success(self.env_cfg, self.tasks, int(algo.final_eval_episodes), level="L0",
+                                  seed=int(self.cfg.seed), policy_dir=final_dir,
+                                  policy_options=policy_options(algo), workers=int(algo.eval_workers))
+        for line in report.lines():
+            log.info(line)
+        self.plot()
+        lo, hi = report.interval()
+        return {
+            "success_rate": report.mean_success,
+            "success_ci95": [lo, hi],
+            "success_per_task": {t: report.rate(t) for t in self.tasks},
+            "eval_episodes_per_task": int(algo.final_eval_episodes),
+            "val_l1": self.validation_l1(),
+            "steps": self.step,
+            "stopped_by": stopped_by,
+            "params": params,
+            "train_time_s": round(self.train_s, 1),
+            "ms_per_step": round(1e3 * self.train_s / max(self.step, 1), 1),
+            "train_episodes": self.n_train_episodes,
+            "train_frames": len(self.train_data),
+            "env": self.cfg.env.name,
+            "policy": self.cfg.policy.kind,
+            "algo": "bc",
+            "seed": int(self.cfg.seed),
+        }
+
+    def plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = rd.read_metrics(self.run_dir / rd.METRICS_FILE)
+        if not rows:
+            return
+        steps = [r["steps"] for r in rows]
+        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
+        a.plot(steps, [r.get("train_l1", math.nan) for r in rows], label="train L1 (augmented)")
+        a.plot(steps, [r["val_l1"] for r in rows], label="validation L1")
+        a.set_yscale("log")
+        a.set_xlabel("gradient steps")
+        a.legend(fontsize=8)
+        b.plot(steps, [r["eval_success"] for r in rows], marker="o")
+        b.set_ylim(-0.02, 1.02)
+        b.set_xlabel("gradient steps")
+        b.set_ylabel("closed-loop success (L0)")
+        for ax in (a, b):
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"{self.cfg.policy.kind} + bc on {self.cfg.env.name} (seed {self.cfg.seed})")
+        fig.tight_layout()
+        from policies.checkpoint import atomic_write
+
+        atomic_write(self.run_dir / CURVE_FILE, lambda tmp: fig.savefig(tmp, format="png"))
+        plt.close(fig)

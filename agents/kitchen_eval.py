@@ -1,0 +1,160 @@
+"""Closed-loop success of a kitchen policy: per task and overall, with 95% confidence intervals.
+
+Each task is run in its own episodes (the env config with ``task=<name>`` and the chosen
+variation ``level``); seeds are ``EVAL_SEED_BASE + seed + 1000 * task index + episode``, so
+every task and level sees the same start states whichever policy is evaluated. With
+``workers > 1`` the episodes are spread over processes that each load the policy from its
+checkpoint directory (rendering and inference are both CPU-bound and single-threaded).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agents.rollout import EVAL_SEED_BASE, write_video
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial rate: sane at 0 % and 100 %, unlike the normal one."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class SuccessReport:
+    level: str
+    episodes: dict[str, list[bool]] = field(default_factory=dict)  # task -> success per episode
+    lengths: dict[str, list[int]] = field(default_factory=dict)
+
+    def rate(self, task: str) -> float:
+        return float(np.mean(self.episodes[task]))
+
+    @property
+    def mean_success(self) -> float:
+        """The mean over tasks of each task's success rate (every task weighs the same)."""
+        return float(np.mean([self.rate(t) for t in self.episodes]))
+
+    def interval(self, task: str | None = None) -> tuple[float, float]:
+        """95 % interval of one task's rate, or of the pooled rate over all episodes."""
+        outcomes = self.episodes[task] if task else [s for v in self.episodes.values() for s in v]
+        return wilson_interval(int(np.sum(outcomes)), len(outcomes))
+
+    def to_dict(self) -> dict:
+        per_task = {t: {"success_rate": self.rate(t), "ci95": list(self.interval(t)), "episodes": len(v),
+                        "mean_length": float(np.mean(self.lengths[t]))} for t, v in self.episodes.items()}
+        return {"level": self.level, "success_rate": self.mean_success, "ci95": list(self.interval()),
+                "episodes": sum(len(v) for v in self.episodes.values()), "tasks": per_task}
+
+    def lines(self) -> list[str]:
+        out = [f"level {self.level}: task success rates (95% Wilson interval)"]
+        for t in self.episodes:
+            lo, hi = self.interval(t)
+            out.append(f"  {t:<14} {self.rate(t):6.1%}  [{lo:.1%}, {hi:.1%}]  n={len(self.episodes[t])}")
+        lo, hi = self.interval()
+        out.append(f"  {'overall':<14} {self.mean_success:6.1%}  [{lo:.1%}, {hi:.1%}]  "
+                   f"n={sum(len(v) for v in self.episodes.values())}")
+        return out
+
+
+def episode_seed(seed: int, task_index: int, episode: int) -> int:
+    return EVAL_SEED_BASE + seed + 1000 * task_index + episode
+
+
+def run_episode(env, policy, seed: int, frames: list | None = None) -> tuple[bool, int]:
+    """One episode; success is the env's ``is_success`` (every task of the episode done)."""
+    obs, info = env.reset(seed=seed)
+    policy.reset()
+    steps, done = 0, False
+    while not done:
+        action = policy.act(obs, info["instruction"], info["task"])
+        obs, _, terminated, truncated, info = env.step(action)
+        steps += 1
+        done = terminated or truncated
+        if frames is not None:
+            frames.append(env.render())
+    return bool(info.get("is_success", False)), steps
+
+
+def _run_jobs(policy, env_cfg: dict, level: str, jobs: list[tuple[str, int, int]],
+              video: str | None = None) -> list[tuple[str, int, bool, int]]:
+    from agents.builders import make_env
+
+    out, envs_by_task = [], {}
+    try:
+        for n, (task, task_index, episode) in enumerate(jobs):
+            if task not in envs_by_task:
+                render = "rgb_array" if video and n == 0 else None
+                envs_by_task[task] = make_env({**env_cfg, "task": task, "level": level}, render_mode=render)
+            frames = [] if video and n == 0 else None
+            success, steps = run_episode(envs_by_task[task], policy, episode_seed(0, task_index, episode), frames)
+            if frames is not None:
+                write_video(frames, video, fps=int(envs_by_task[task].metadata.get("render_fps", 12)))
+            out.append((task, episode, success, steps))
+    finally:
+        for env in envs_by_task.values():
+            env.close()
+    return out
+
+
+def _worker(args) -> list[tuple[str, int, bool, int]]:
+    policy_dir, options, env_cfg, level, jobs = args
+    import torch
+
+    from policies.mtact_inference import load_mtact_policy
+
+    torch.set_num_threads(1)
+    return _run_jobs(load_mtact_policy(policy_dir, **options), env_cfg, level, jobs)
+
+
+def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str = "L0", seed: int = 0,
+                     policy=None, policy_dir: str | Path | None = None, policy_options: dict | None = None,
+                     workers: int = 1, video: str | Path | None = None,
+                     progress: Callable[[str], None] | None = None) -> SuccessReport:
+    """Success of ``policy`` (in-process) or of the checkpoint in ``policy_dir`` (``workers`` processes)."""
+    jobs = [(task, i, seed + ep) for i, task in enumerate(tasks) for ep in range(episodes)]
+    env_cfg = dict(env_cfg)
+    results: list[tuple[str, int, bool, int]] = []
+    if workers <= 1 or policy_dir is None:
+        if policy is None:
+            from policies.mtact_inference import load_mtact_policy
+
+            policy = load_mtact_policy(policy_dir, **(policy_options or {}))
+        results = _run_jobs(policy, env_cfg, level, jobs, str(video) if video else None)
+    else:
+        chunks = [jobs[w::workers] for w in range(workers)]
+        ctx = mp.get_context("forkserver")
+        env = {**os.environ}
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        try:
+            with ctx.Pool(workers) as pool:
+                args = [(str(policy_dir), policy_options or {}, env_cfg, level, c) for c in chunks if c]
+                for part in pool.imap_unordered(_worker, args):
+                    results += part
+                    if progress:
+                        progress(f"{len(results)}/{len(jobs)} episodes")
+        finally:
+            os.environ.clear()
+            os.environ.update(env)
+        if video:  # one more episode (the first one again), in-process, to film it
+            from policies.mtact_inference import load_mtact_policy
+
+            _run_jobs(load_mtact_policy(policy_dir, **(policy_options or {})), env_cfg, level, jobs[:1], str(video))
+    report = SuccessReport(level=level)
+    for task in tasks:
+        mine = sorted((r for r in results if r[0] == task), key=lambda r: r[1])
+        report.episodes[task] = [r[2] for r in mine]
+        report.lengths[task] = [r[3] for r in mine]
+    return report
