@@ -4,6 +4,10 @@ A standard ROS 2 Python launch file (``ros2 launch launch/robot.py run:=runs/...
 ``launch_ros`` have no PyPI wheels, so the node list is plain data (ARGUMENTS and nodes()) that the project
 launcher runs without them: ``robot-launch launch/robot.py run:=runs/... [--dry-run]``. Both start the same
 processes with the same parameters.
+
+``robot:=kitchen`` runs the Franka kitchen arm; ``task``, ``level`` and ``cameras`` choose its simulated scene.
+No policy for its Dict observation (images, proprio, object state) loads in the policy node yet, so without
+``run`` it starts the sim alone: the arm holds still until something publishes on ``commands``.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import time
 from pathlib import Path
 
 PACKAGE = "embodied_ros"
-ROBOTS = ("swimmer", "uav")
+ROBOTS = ("swimmer", "uav", "kitchen")
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 # The policy's state topics per robot and the launch argument that remaps each for a real robot.
-STATE_TOPICS = {"swimmer": {"joint_states": "state_topic"}, "uav": {"odom": "odom_topic", "imu": "imu_topic"}}
+STATE_TOPICS = {"swimmer": {"joint_states": "state_topic"}, "uav": {"odom": "odom_topic", "imu": "imu_topic"},
+                "kitchen": {"joint_states": "state_topic"}}
+SCENE_ARGUMENTS = ("task", "level", "cameras")  # the kitchen sim's; see ARGUMENTS
+KITCHEN_CAMERAS = "scene,wrist"  # the kitchen env's default cameras
 # What record:=true records per robot (topic, type); the recorder's own defaults are the swimmer's.
 RECORDED = {
     "uav": [
@@ -26,12 +33,19 @@ RECORDED = {
         ("commands", "std_msgs/msg/Float64MultiArray"),
         ("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray"),
     ],
+    "kitchen": [  # and <camera>/image_raw (sensor_msgs/msg/Image) per camera
+        ("joint_states", "sensor_msgs/msg/JointState"),
+        ("object_state", "std_msgs/msg/Float64MultiArray"),
+        ("instruction", "std_msgs/msg/String"),
+        ("commands", "std_msgs/msg/Float64MultiArray"),
+        ("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray"),
+    ],
 }
 
 # name: (default, description); every value is a string, as on the launch command line.
 ARGUMENTS = {
     "robot": ("swimmer", f"robot to run, one of: {', '.join(ROBOTS)}"),
-    "run": ("", "run directory with the trained policy (required: the policy node needs it)"),
+    "run": ("", "run directory with the trained policy (required, except for the kitchen: empty runs its sim alone)"),
     "rate": ("0", "control rate in Hz; 0 = the robot's native control rate"),
     "use_sim": ("true", "true: start the MuJoCo sim robot node; false: a real robot provides the topics"),
     "real_time": ("true", "false: lock-step sim as fast as the policy answers, publishing /clock; nodes use sim time"),
@@ -42,11 +56,16 @@ ARGUMENTS = {
     "enabled": ("true", "true: policy output is enabled at start; false: it starts disabled"),
     "log_level": ("info", f"log level of all nodes, one of: {', '.join(LOG_LEVELS)}"),
     "realtime_priority": ("0", "SCHED_FIFO priority (1-99) for the sim and policy nodes; 0 = normal scheduling"),
-    "state_topic": ("joint_states", "swimmer: topic the policy reads the robot state from (e.g. /joint_states)"),
+    "state_topic": ("joint_states", "swimmer, kitchen: topic the policy reads joint states from (e.g. /joint_states)"),
     "odom_topic": ("odom", "uav: topic of the vehicle's nav_msgs/Odometry (twist in the body frame)"),
     "imu_topic": ("imu", "uav: topic of the vehicle's sensor_msgs/Imu (gyro in the body frame)"),
     "command_topic": ("commands", "topic the policy commands (e.g. /forward_effort_controller/commands)"),
     "command_scale": ("1.0", "factor on the commands (swimmer: env units, 5e-4 for N·m; uav: newtons per rotor)"),
+    "task": ("", "kitchen sim: task or comma-separated sequence (microwave, kettle, ...); empty = the run's, "
+                 "else microwave"),
+    "level": ("", "kitchen sim: generalisation level L0-L3; empty = the run's, else L0"),
+    "cameras": ("", "kitchen sim without run: comma-separated cameras (scene, wrist, left_cap, right_cap), 'none' for "
+                    "state-only; empty = scene,wrist"),
 }
 
 _TRUE = ("true", "1", "yes", "on")
@@ -98,9 +117,11 @@ def _choice(args: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _run_dir(args: dict[str, str]) -> str:
-    """Absolute, so that the nodes do not depend on the directory they are started from."""
+def _run_dir(args: dict[str, str], robot: str) -> str:
+    """Absolute, so that the nodes do not depend on the directory they are started from ("" for a kitchen sim alone)."""
     if not args["run"].strip():
+        if robot == "kitchen":
+            return ""
         raise ValueError("launch argument run:=<run directory> is required (the trained policy to run)")
     return str(Path(args["run"]).expanduser().absolute())
 
@@ -116,7 +137,7 @@ def nodes(args: dict[str, str]) -> list[dict]:
     ``args`` maps every name in ARGUMENTS to its string value. Raises ValueError (one line) on a bad value.
     """
     robot = _choice(args, "robot", ROBOTS)
-    run_dir = _run_dir(args)
+    run_dir = _run_dir(args, robot)
     rate = _rate(args)
     use_sim = _bool(args, "use_sim")
     real_time = _bool(args, "real_time")
@@ -130,6 +151,16 @@ def nodes(args: dict[str, str]) -> list[dict]:
     if not use_sim and not real_time:
         raise ValueError("launch argument real_time:=false needs use_sim:=true (a real robot runs in real time)")
     sim_time = use_sim and not real_time  # lock-step sim publishes /clock
+    scene = {name: args[name].strip() for name in SCENE_ARGUMENTS if args[name].strip()}
+    if scene and robot != "kitchen":
+        raise ValueError(f"launch arguments {', '.join(scene)} choose the kitchen's scene; robot:={robot} takes none")
+    if scene and not use_sim:
+        raise ValueError(f"launch arguments {', '.join(scene)} choose the simulated kitchen; they need use_sim:=true")
+    if "cameras" in scene and run_dir:
+        raise ValueError(
+            "launch argument cameras needs run empty: the run's policy sees the cameras it was trained with")
+    if not run_dir and not use_sim:
+        raise ValueError("robot:=kitchen without run:= starts only the sim robot, which needs use_sim:=true")
 
     def node(executable: str, name: str, parameters: dict) -> dict:
         return {
@@ -146,26 +177,35 @@ def nodes(args: dict[str, str]) -> list[dict]:
     if record:  # first, so that it is subscribed by the time the robot starts publishing
         recorded = {"output_dir": _bag_dir(args, robot)}
         if robot in RECORDED:
-            recorded["topics"] = [topic for topic, _ in RECORDED[robot]]
-            recorded["types"] = [type_name for _, type_name in RECORDED[robot]]
+            topics = list(RECORDED[robot])
+            if robot == "kitchen":
+                cameras = scene.get("cameras", KITCHEN_CAMERAS)
+                cameras = [] if cameras.lower() == "none" else [c.strip() for c in cameras.split(",")]
+                topics += [(f"{cam}/image_raw", "sensor_msgs/msg/Image") for cam in cameras]
+            recorded["topics"] = [topic for topic, _ in topics]
+            recorded["types"] = [type_name for _, type_name in topics]
         specs.append(node("recorder", "recorder", recorded))
     if use_sim:
         specs.append(node("sim_robot", "sim", {"run_dir": run_dir, "rate": rate, "real_time": real_time, "seed": seed,
-                                                "realtime_priority": priority,
-                                                "await_subscribers": 1 + int(record)}))  # policy (+ recorder)
-    policy = node("policy_node", "policy", {"run_dir": run_dir, "rate": rate, "enabled": enabled,
-                                              "command_scale": _float(args, "command_scale"),
-                                              "realtime_priority": priority})
+                                                "realtime_priority": priority, **scene,
+                                                # policy (+ recorder)
+                                                "await_subscribers": int(bool(run_dir)) + int(record)}))
+    own = set(STATE_TOPICS[robot].values())
     for other, topics in STATE_TOPICS.items():
         for name, arg in topics.items():
-            if other != robot and args[arg] != name:
+            if other != robot and arg not in own and args[arg] != name:
                 raise ValueError(f"launch argument {arg} remaps the {other}'s {name}; robot:={robot} reads "
                                  f"{', '.join(STATE_TOPICS[robot].values())}")
     remaps = [(name, args[arg]) for name, arg in [*STATE_TOPICS[robot].items(), ("commands", "command_topic")]
               if args[arg] != name]
+    if remaps and use_sim:
+        raise ValueError("state_topic/command_topic remap a real robot's topics; they need use_sim:=false")
+    if not run_dir:  # the kitchen sim alone
+        return specs
+    policy = node("policy_node", "policy", {"run_dir": run_dir, "rate": rate, "enabled": enabled,
+                                              "command_scale": _float(args, "command_scale"),
+                                              "realtime_priority": priority})
     if remaps:
-        if use_sim:
-            raise ValueError("state_topic/command_topic remap a real robot's topics; they need use_sim:=false")
         policy["remappings"] = remaps
     specs.append(policy)
     return specs

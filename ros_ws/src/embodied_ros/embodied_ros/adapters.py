@@ -8,10 +8,14 @@ ros2_control's forward_command_controller expects). An adapter knows, for one ro
 - how to rebuild the env's observation from the latest valid messages, by handing the physical
   state to the env's own observation function (no second copy of the observation code);
 - how the simulated robot encodes its state into the same messages (so sim and real robot share
-  one contract), and which command is safe (zero torque for the swimmer, motors off for the UAV);
-- how env actions map to the robot's command units and back (identity for the swimmer, newtons
-  per rotor for the UAV), and what the policy node last sent, for observations that contain the
-  previous action (:meth:`RobotAdapter.commanded`).
+  one contract), and which command is safe (zero torque for the swimmer, motors off for the UAV,
+  hold here for the kitchen arm);
+- how env actions map to the robot's command units and back (identity for the swimmer and the
+  kitchen arm, newtons per rotor for the UAV), and what the policy node last sent, for
+  observations that contain the previous action (:meth:`RobotAdapter.commanded`).
+
+Observations are flat vectors (``obs_dim`` long) except the kitchen's, which is the env's Dict of
+proprioception, object state and camera images (``obs_dim`` is None there).
 
 Adapters depend on ``envs`` but not on rclpy's executor, so they are unit-testable in-process.
 """
@@ -25,9 +29,12 @@ import mujoco
 import numpy as np
 from geometry_msgs.msg import PointStamped, PoseStamped
 from nav_msgs.msg import Odometry, Path
-from sensor_msgs.msg import Imu, JointState
+from sensor_msgs.msg import Image, Imu, JointState
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 
 import envs
+from envs.kitchen import FRAME_SKIP, OBJECT_STATE_SIZE, PHYSICS_TIMESTEP, proprio_from_joints
+from envs.kitchen_model import ARM_JOINTS, FINGER_ACTUATORS, FINGER_JOINTS, FINGER_TRAVEL
 from envs.uav import action_from_thrust, thrust_from_action, uav_observation
 
 
@@ -90,6 +97,11 @@ def joint_state_arrays(msg: JointState, names: list[str]) -> tuple[np.ndarray, n
 class Topic:
     name: str  # relative to the robot's namespace
     type: type
+    # Part of each state sample: stamped like the trigger (within half a period). Off for context
+    # that changes rarely or carries no header (a goal, an instruction): the latest one is used.
+    synced: bool = True
+    # Published once per change with transient-local (latched) QoS, so a late subscriber still gets it.
+    latched: bool = False
 
 
 class RobotAdapter:
@@ -98,8 +110,8 @@ class RobotAdapter:
     Attributes: ``robot``, ``trigger`` (the topic whose arrival completes a state sample),
     ``topics`` (what the policy subscribes to), ``published_topics`` (what the sim publishes, in
     publishing order), ``task``, ``control_dt``, ``command_size``, ``action_low``/``action_high``
-    (env action bounds), ``obs_dim``, ``layout``. Methods: ``encode_state``, ``validate``,
-    ``observation``, ``safe_command`` and the defaults below.
+    (env action bounds), ``obs_dim`` (None for a Dict observation), ``layout``. Methods:
+    ``encode_state``, ``validate``, ``observation``, ``safe_command`` and the defaults below.
     """
 
     hold_until_command = False  # sim: keep the initial state until the first command arrives
@@ -109,8 +121,19 @@ class RobotAdapter:
         """The env config at another control rate (Hz); the sim's ``rate`` parameter."""
         raise NotImplementedError
 
-    def safe_command(self) -> np.ndarray:
+    @staticmethod
+    def sim_env_config(env_config: dict) -> dict:
+        """The config of the env the sim robot steps (the same env, unless the adapter renders itself)."""
+        return dict(env_config)
+
+    def safe_command(self, env=None) -> np.ndarray | None:
+        """The command that makes the robot safe; ``env``: the simulated robot, where the command depends
+        on its state. None: nothing is known yet to make a command from (send none)."""
         raise NotImplementedError
+
+    def zero_observation(self):
+        """An observation of the right shapes and types, to warm up inference."""
+        return np.zeros(self.obs_dim)
 
     def encode_command(self, action: np.ndarray) -> np.ndarray:
         """Env action units -> the robot's command units (before the node's ``command_scale``)."""
@@ -174,7 +197,7 @@ class SwimmerAdapter(RobotAdapter):
         self._base0 = env.model.body("head").pos[:2] + env.model.jnt_pos[rootz.id][:2]
         self.topics = [Topic("joint_states", JointState)]  # what the policy subscribes to
         if self.task == "navigate":
-            self.topics.append(Topic("goal", PointStamped))
+            self.topics.append(Topic("goal", PointStamped, synced=False))
         self.published_topics = [*self.topics, Topic("odom", Odometry)]  # what the robot publishes, in order
 
     @property
@@ -185,7 +208,7 @@ class SwimmerAdapter(RobotAdapter):
     def with_rate(env_config: dict, rate: float) -> dict:
         return {**env_config, "control_timestep": 1.0 / rate}
 
-    def safe_command(self) -> np.ndarray:
+    def safe_command(self, env=None) -> np.ndarray:
         return np.zeros(self.command_size)
 
     # --- robot side: state -> messages ---------------------------------------------------
@@ -321,7 +344,7 @@ class UAVAdapter(RobotAdapter):
         self.last_action = np.zeros(self.command_size)  # a fresh env's, hover thrust
         self.topics = [Topic("odom", Odometry), Topic("imu", Imu)]
         if self.task == "waypoints":
-            self.topics.append(Topic("goal", Path))
+            self.topics.append(Topic("goal", Path, synced=False))
         # The goal and the gyro before the odometry that completes the sample.
         self.published_topics = [*self.topics[2:], Topic("imu", Imu), Topic("odom", Odometry)]
 
@@ -334,7 +357,7 @@ class UAVAdapter(RobotAdapter):
         return {**env_config, "control_hz": rate}
 
     # --- commands ------------------------------------------------------------------------
-    def safe_command(self) -> np.ndarray:
+    def safe_command(self, env=None) -> np.ndarray:
         """Motors off: action -1 is 0 N on every rotor."""
         return -np.ones(self.command_size)
 
@@ -465,7 +488,210 @@ class UAVAdapter(RobotAdapter):
         return {"position": pos.tolist(), "velocity": vel.tolist()}
 
 
-ADAPTERS = {"swimmer": SwimmerAdapter, "uav": UAVAdapter}
+class KitchenAdapter(RobotAdapter):
+    """The Franka arm of the kitchen: joint states, camera images, object state and instruction in;
+    joint position targets out.
+
+    State topics (what a Franka stack publishes; the sim publishes them in this order, so
+    ``joint_states``, the trigger, completes a sample):
+
+    - ``instruction`` (std_msgs/String): the current task's words. Latched (transient-local QoS):
+      published at each episode start and whenever the current task changes (a task sequence),
+      so a policy that starts late still gets it. No header: the latest one is used, and the
+      policy node keeps it across its ``~/reset``. :attr:`instruction` holds the one that went
+      with the last observation.
+    - ``object_state`` (std_msgs/Float64MultiArray, 17 values in the env's order, see
+      ``envs/kitchen.py``): on a real robot it comes from perception. It has no header, so it
+      cannot be matched to a sample or aged: the latest one is used, as a goal is. An image
+      policy that does not read it builds the adapter with ``object_state=False``; then it is
+      not subscribed to and the observation has no ``object_state`` entry.
+    - ``<camera>/image_raw`` (sensor_msgs/Image, rgb8, the trained size; rows may be padded
+      (``step``), as the message allows) per camera of the env config, stamped like the joint
+      states, ``frame_id`` ``<camera>_camera_optical_frame``.
+    - ``joint_states`` (sensor_msgs/JointState): the 7 arm joints and the 2 finger joints (m), named
+      as in the kitchen MJCF, positions and velocities; other joints may be listed too.
+
+    The observation is the env's own Dict (proprio with the gripper opening of
+    :func:`envs.kitchen.proprio_from_joints`, object_state, one ``uint8 (H, W, 3)`` image per
+    camera). The command is ``std_msgs/Float64MultiArray``: 7 joint position targets (rad) and
+    the gripper command in [0, 1] (0 closed, 1 open), what ros2_control's forward position
+    controller takes. The safe command holds the arm where it is (see :meth:`safe_command`).
+    """
+
+    robot = "kitchen"
+    trigger = "joint_states"  # published last by the sim: its arrival completes a sample
+    hold_until_command = True  # the arm stays still until the policy speaks
+    ENV_IDS = (envs.KITCHEN,)
+    ENCODING = "rgb8"
+    MAX_INSTRUCTION_CHARS = 1000
+
+    def __init__(self, env_config: dict, object_state: bool = True):
+        if env_config.get("id", envs.KITCHEN) not in self.ENV_IDS:
+            raise ValueError(
+                f"the kitchen adapter serves the Franka kitchen env (env=kitchen), not {env_config.get('id')}")
+        self.env_config = dict(env_config)
+        # Never reset or stepped: it renders nothing and opens no GL context.
+        self._env = envs.make_from_config({"id": envs.KITCHEN, **env_config}).unwrapped
+        env = self._env
+        self.task = ",".join(env.tasks)
+        self.control_dt = float(env.dt)
+        self.cameras = tuple(env.cameras)
+        self.image_shape = tuple(env.image_shape)
+        self.joint_names = [*ARM_JOINTS, *FINGER_JOINTS]
+        self.command_size = int(env.action_space.shape[0])
+        self.action_low = env.action_space.low.astype(np.float64)
+        self.action_high = env.action_space.high.astype(np.float64)
+        self.obs_dim = None  # a Dict observation, not a vector
+        self.uses_object_state = bool(object_state)
+        self.layout = {name: list(space.shape) for name, space in env.observation_space.spaces.items()
+                       if name != "object_state" or self.uses_object_state}
+        self.instruction = ""
+        self._positions: np.ndarray | None = None  # the last valid joint_states, arm then fingers
+        self._gripper: float | None = None  # the last gripper command sent
+        self.image_topics = {cam: f"{cam}/image_raw" for cam in self.cameras}
+        images = [Topic(name, Image) for name in self.image_topics.values()]
+        objects = Topic("object_state", Float64MultiArray, synced=False)
+        instruction = Topic("instruction", String, synced=False, latched=True)
+        self.topics = [Topic("joint_states", JointState), *images, *([objects] if object_state else []), instruction]
+        self.published_topics = [instruction, objects, *images, Topic("joint_states", JointState)]
+
+    @property
+    def env(self):
+        return self._env
+
+    @staticmethod
+    def with_rate(env_config: dict, rate: float) -> dict:
+        native = 1.0 / (PHYSICS_TIMESTEP * FRAME_SKIP)
+        if not math.isclose(rate, native):
+            raise ValueError(f"the kitchen acts at a fixed {native:g} Hz (the benchmark's {FRAME_SKIP} physics steps "
+                             f"of {PHYSICS_TIMESTEP * 1e3:g} ms), not {rate:g} Hz: use rate:=0")
+        return dict(env_config)
+
+    @staticmethod
+    def sim_env_config(env_config: dict) -> dict:
+        """No cameras in the stepped env: :meth:`encode_state` renders each published frame once."""
+        return {**env_config, "cameras": []}
+
+    # --- commands ------------------------------------------------------------------------
+    def safe_command(self, env=None) -> np.ndarray | None:
+        """Hold here: the arm's current joint angles, and the gripper's last command (a grasp keeps squeezing).
+
+        From ``env`` (the sim) its state and finger targets; otherwise the last valid
+        ``joint_states`` and the last command sent (the measured opening before any). None
+        before any joint state: nothing to hold yet, and a position controller keeps its target.
+        """
+        if env is not None:
+            arm = env.data.qpos[env.layout["arm"]]
+            gripper = np.mean([env.data.actuator(name).ctrl[0] for name in FINGER_ACTUATORS]) / FINGER_TRAVEL
+        elif self._positions is not None:
+            arm = self._positions[:7]
+            gripper = self._gripper if self._gripper is not None else proprio_from_joints(arm, self._positions[7:])[7]
+        else:
+            return None
+        return np.clip(np.r_[arm, gripper], self.action_low, self.action_high)
+
+    def commanded(self, action: np.ndarray) -> None:
+        self._gripper = float(np.clip(action[7], self.action_low[7], self.action_high[7]))
+
+    def reset(self) -> None:
+        self._gripper = None
+
+    # --- robot side: state -> messages ---------------------------------------------------
+    def encode_state(self, env, stamp: int, frame_prefix: str = "") -> dict[str, object]:
+        """Messages for the current state of a kitchen env, its camera frames rendered now."""
+        out = {"instruction": String(data=env.instruction)}
+        objects = Float64MultiArray(data=env.object_state().tolist())
+        size = OBJECT_STATE_SIZE
+        objects.layout.dim = [MultiArrayDimension(label="object_state", size=size, stride=size)]
+        out["object_state"] = objects
+        for cam, image in env.render_cameras(self.cameras).items():
+            msg = Image()
+            set_stamp(msg.header, stamp, f"{frame_prefix}{cam}_camera_optical_frame")
+            msg.height, msg.width = int(image.shape[0]), int(image.shape[1])
+            msg.encoding = self.ENCODING
+            msg.step = 3 * msg.width
+            msg.data = image.tobytes()
+            out[self.image_topics[cam]] = msg
+        model = env.model
+        ids = [model.joint(name).id for name in self.joint_names]
+        js = JointState()
+        set_stamp(js.header, stamp, "")
+        js.name = list(self.joint_names)
+        js.position = env.data.qpos[model.jnt_qposadr[ids]].tolist()
+        js.velocity = env.data.qvel[model.jnt_dofadr[ids]].tolist()
+        out["joint_states"] = js  # last: it completes the sample
+        return out
+
+    # --- policy side: messages -> observation ---------------------------------------------
+    def validate(self, topic: str, msg, now_ns: int, max_age_ns: int) -> int:
+        """Check one message on arrival; returns its stamp (ns; arrival time for header-less ones) or raises."""
+        if topic == "instruction":
+            self._instruction(msg)
+            return now_ns
+        if topic == "object_state":
+            self._object_state(msg)
+            return now_ns
+        ns = stamp_ns(msg.header.stamp)
+        check_stamp(ns, now_ns, max_age_ns, topic)
+        if topic == "joint_states":
+            positions, _ = joint_state_arrays(msg, self.joint_names)
+            self._positions = positions  # for the hold-here safe command
+        elif topic in self.image_topics.values():
+            self._image(topic, msg)
+        return ns
+
+    def _instruction(self, msg: String) -> str:
+        text = msg.data
+        if not text.strip():
+            raise InvalidMessage("instruction: empty text")
+        if len(text) > self.MAX_INSTRUCTION_CHARS:
+            raise InvalidMessage(f"instruction: {len(text)} characters (limit {self.MAX_INSTRUCTION_CHARS})")
+        return text
+
+    def _object_state(self, msg: Float64MultiArray) -> np.ndarray:
+        if len(msg.data) != OBJECT_STATE_SIZE:
+            raise InvalidMessage(
+                f"object_state: {len(msg.data)} values (need {OBJECT_STATE_SIZE}, see envs/kitchen.py)")
+        return _finite(msg.data, "object_state")
+
+    def _image(self, topic: str, msg: Image) -> np.ndarray:
+        """The ``uint8 (H, W, 3)`` array of a valid image message (row padding dropped)."""
+        h, w = self.image_shape
+        if msg.encoding != self.ENCODING:
+            raise InvalidMessage(f"{topic}: encoding {msg.encoding!r} (need {self.ENCODING})")
+        if (msg.height, msg.width) != (h, w):
+            raise InvalidMessage(f"{topic}: {msg.height}x{msg.width} image (the env config's is {h}x{w})")
+        if msg.step < 3 * w:
+            raise InvalidMessage(
+                f"{topic}: step {msg.step} is shorter than a row of {w} {self.ENCODING} pixels ({3 * w})")
+        if len(msg.data) != msg.step * h:
+            raise InvalidMessage(f"{topic}: {len(msg.data)} bytes of data (need step x height = {msg.step * h})")
+        if not msg.header.frame_id:
+            raise InvalidMessage(f"{topic}: header.frame_id is empty")
+        rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(h, msg.step)
+        return rows[:, : 3 * w].reshape(h, w, 3).copy()
+
+    def observation(self, msgs: dict[str, object], step: int) -> dict[str, np.ndarray]:
+        """The env's Dict observation for validated messages (``step`` is unused: no clock in it)."""
+        positions, _ = joint_state_arrays(msgs["joint_states"], self.joint_names)
+        obs = {"proprio": proprio_from_joints(positions[:7], positions[7:])}
+        if self.uses_object_state:
+            obs["object_state"] = self._object_state(msgs["object_state"])
+        for cam, topic in self.image_topics.items():
+            obs[cam] = self._image(topic, msgs[topic])
+        self.instruction = self._instruction(msgs["instruction"])
+        return obs
+
+    def zero_observation(self) -> dict[str, np.ndarray]:
+        spaces = self._env.observation_space.spaces
+        return {name: np.zeros(spaces[name].shape, dtype=spaces[name].dtype) for name in self.layout}
+
+    def summary(self, env) -> dict:
+        return {"proprio": env.proprio().tolist(), "task": env.current_task,
+                "tasks_completed": int(np.sum(env.task_state()["done"]))}
+
+
+ADAPTERS = {"swimmer": SwimmerAdapter, "uav": UAVAdapter, "kitchen": KitchenAdapter}
 
 
 def adapter_class(robot: str) -> type[RobotAdapter]:
@@ -474,12 +700,12 @@ def adapter_class(robot: str) -> type[RobotAdapter]:
     return ADAPTERS[robot]
 
 
-def make_adapter(robot: str, env_config: dict):
-    """The adapter for ``robot``, built for the env the policy was trained on."""
+def make_adapter(robot: str, env_config: dict, **options):
+    """The adapter for ``robot``, built for the env the policy was trained on (``options``: the adapter's own)."""
     adapter = adapter_class(robot)
     name = str(env_config.get("name") or "")
     if name and not name.startswith(robot):
         other = next((r for r in ADAPTERS if name.startswith(r)), None)
         hint = f" (use robot:={other})" if other else ""
         raise ValueError(f"the policy was trained on env '{name}', not on a {robot}{hint}")
-    return adapter(env_config)
+    return adapter(env_config, **options)

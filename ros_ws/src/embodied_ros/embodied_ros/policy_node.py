@@ -8,10 +8,11 @@ tells the adapter every command it sent, so observations that hold the previous 
 UAV's) see what the robot was actually told.
 
 Timing. With ``trigger:=state`` (default) each state sample (the adapter's trigger topic, e.g.
-``joint_states`` or the UAV's ``odom``, with the other state topics of the same stamp; a goal
-may be older) is answered at once, so the robot's state stream sets the control rate and
-state->command latency is only transport plus inference. With ``trigger:=timer`` a timer at
-``rate`` acts on the latest fresh state. Either way a ``rate`` timer runs the watchdog.
+``joint_states`` or the UAV's ``odom``, with the other state topics of the same stamp; context
+topics such as a goal or the kitchen's instruction may be older) is answered at once, so the
+robot's state stream sets the control rate and state->command latency is only transport plus
+inference. With ``trigger:=timer`` a timer at ``rate`` acts on the latest fresh state. Either way
+a ``rate`` timer runs the watchdog.
 
 Safety. Commands are clamped to the env's action bounds times ``action_limit`` (the robot's safe
 command is sent as its adapter defines it, never clamped); every state message is validated
@@ -19,7 +20,13 @@ command is sent as its adapter defines it, never clamped); every state message i
 valid state arrives for ``watchdog_periods`` periods the node publishes the robot's safe command
 every period and reports it; ``~/enable`` (SetBool) takes effect on the next tick (disabling
 sends one safe command, then silence); ``~/reset`` (Trigger) restarts the policy clock and the
-adapter's memory of the last command. Diagnostics go to ``/diagnostics`` once a second.
+adapter's memory of the last command (latched context, such as an instruction, is kept).
+Diagnostics go to ``/diagnostics`` once a second.
+
+Observations are what the adapter's ``observation`` returns: a vector for the swimmer and the
+UAV; for the kitchen the env's Dict (images, proprio, object state), with the task's words in
+``adapter.instruction``. Only vector policies load here so far: a Dict-observation policy loader
+(MT-ACT) goes where the node refuses ``obs_dim is None``, and its forward takes the Dict.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import numpy as np
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
@@ -70,6 +77,9 @@ class PolicyNode(Node):
             meta = read_meta(directory)
             self.adapter = make_adapter(p["robot"], meta.env)
             a = self.adapter
+            if a.obs_dim is None:  # a Dict observation: a Dict-observation policy loader plugs in here
+                raise StartupError(f"robot {a.robot}: its observation is a Dict ({', '.join(a.layout)}), and no policy "
+                                   "loader for Dict observations exists yet (only vector policies run here)")
             self.policy = load_policy(directory, a.obs_dim, a.command_size, a.layout)
         except (CheckpointError, ValueError) as e:
             raise StartupError(str(e)) from None
@@ -95,7 +105,6 @@ class PolicyNode(Node):
         self.low = self.adapter.action_low * p["action_limit"]
         self.high = self.adapter.action_high * p["action_limit"]
         self.command_scale = p["command_scale"]
-        self.safe = self.adapter.safe_command()
 
         # Latest valid message per topic, its stamp, and the clock origin of the policy.
         self.latest: dict[str, object] = {}
@@ -122,10 +131,12 @@ class PolicyNode(Node):
         qos = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
                          history=qos_profile_sensor_data.history)
         reliable = QoSProfile(depth=10)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)  # gets what was said before
         self.pub = self.create_publisher(Float64MultiArray, "commands", reliable)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
         self.subs = [
-            self.create_subscription(t.type, t.name, self._make_callback(t.name), qos if p["best_effort"] else reliable)
+            self.create_subscription(t.type, t.name, self._make_callback(t.name),
+                                     latched if t.latched else qos if p["best_effort"] else reliable)
             for t in self.adapter.topics
         ]
         self.create_service(SetBool, "~/enable", self._on_enable)
@@ -134,7 +145,7 @@ class PolicyNode(Node):
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         # One thread is enough for these tiny networks and avoids pool wake-up jitter.
         torch.set_num_threads(1)
-        self.forward(np.zeros(self.adapter.obs_dim))  # warm up: the first call allocates
+        self.forward(self.adapter.zero_observation())  # warm up: the first call allocates
         self.get_logger().info(
             f"policy {meta.kind} from {directory} driving {self.adapter.robot} at {self.rate:.1f} Hz "
             f"(trigger={self.trigger}, {self.backend} inference, output {'enabled' if self.enabled else 'disabled'})"
@@ -196,13 +207,13 @@ class PolicyNode(Node):
             self.get_logger().warning(f"rejected state message ({self.rejected} so far): {reason}")
 
     def _synchronised(self) -> bool:
-        """All state topics present, sharing the trigger's stamp within half a period, and new."""
+        """All state topics present, the synced ones sharing the trigger's stamp within half a period, and new."""
         stamp = self.stamps.get(self.adapter.trigger)
         if stamp is None or stamp <= self.last_processed:
             return False
         return all(
             t.name in self.stamps and abs(self.stamps[t.name] - stamp) <= self.period_ns // 2
-            for t in self.adapter.topics if t.name != "goal"
+            for t in self.adapter.topics if t.synced
         ) and all(t.name in self.latest for t in self.adapter.topics)
 
     # --- control -------------------------------------------------------------------------
@@ -216,7 +227,7 @@ class PolicyNode(Node):
         step = int(round((stamp - self.clock_origin) / (self.adapter.control_dt * 1e9)))
         start = time.perf_counter()
         try:
-            obs = self.adapter.observation(self.latest, step)
+            obs = self.adapter.observation(self.latest, step)  # a Dict for the kitchen
         except InvalidMessage as e:
             self._reject(str(e))
             return
@@ -228,12 +239,17 @@ class PolicyNode(Node):
             self._publish(action)
         else:
             self._reject("policy produced a non-finite action; sent the safe command")
-            self._publish(self.safe, safe=True)
+            self._publish(self.adapter.safe_command(), safe=True)
         self.ticks += 1
         self.state_to_command_s.append(time.perf_counter() - received)
 
-    def _publish(self, action: np.ndarray, safe: bool = False) -> None:
-        """Clamp (unless it is the safe command), convert to the robot's units, send, tell the adapter."""
+    def _publish(self, action: np.ndarray | None, safe: bool = False) -> None:
+        """Clamp (unless it is the safe command), convert to the robot's units, send, tell the adapter.
+
+        A safe command of None (the kitchen arm's hold-here before any joint state) sends nothing.
+        """
+        if action is None:
+            return
         action = np.asarray(action, dtype=np.float64)
         if not safe:
             action = np.clip(action, self.low, self.high)
@@ -251,7 +267,7 @@ class PolicyNode(Node):
         self._last_timer_wall = now
         if self.pending_safe:
             self.pending_safe = False
-            self._publish(self.safe, safe=True)
+            self._publish(self.adapter.safe_command(), safe=True)
         stale = self.last_valid_wall is None or now - self.last_valid_wall > self.watchdog_ns
         if stale and self.last_valid_wall is not None and not self.watchdog_tripped:
             self.watchdog_tripped = True
@@ -264,7 +280,7 @@ class PolicyNode(Node):
             self.get_logger().info("watchdog: state is back; resuming the policy")
         if self.watchdog_tripped:
             if self.enabled:
-                self._publish(self.safe, safe=True)
+                self._publish(self.adapter.safe_command(), safe=True)
             return
         if self.trigger == "timer":
             self._act(time.perf_counter())
@@ -283,8 +299,10 @@ class PolicyNode(Node):
     def _on_reset(self, request, response):
         self.clock_origin = None
         self.last_processed = 0
-        self.latest.clear()
-        self.stamps.clear()
+        latched = {t.name for t in self.adapter.topics if t.latched}  # said once per episode: keep it
+        for name in [name for name in self.latest if name not in latched]:
+            del self.latest[name]
+            self.stamps.pop(name, None)
         self.adapter.reset()
         response.success = True
         response.message = "policy clock reset"

@@ -7,9 +7,11 @@ lock-step, as fast as the policy answers, and publishes ``/clock`` so nodes with
 ``use_sim_time`` follow simulated time. ``~/reset`` (std_srvs/Trigger) starts a new episode.
 A robot that cannot wait passively (the UAV, in the air at its initial state) is held there until
 the first command of the episode arrives, as a real vehicle waits on the pad until armed; in
-lock-step the held state keeps its stamp, so the policy answers it once. An episode that ends
-(the UAV crashed or left the flight volume) is logged and the physics runs on; ``~/reset``
-starts the next.
+lock-step the held state keeps its stamp, so the policy answers it once; the kitchen arm likewise
+stays still until the policy speaks. An episode that ends (the UAV crashed or left the flight
+volume, the kitchen's tasks are done) is logged and the physics runs on; ``~/reset`` starts the
+next. Latched topics (the kitchen's ``instruction``) go out at each episode start and whenever
+they change. ``task``, ``level`` and ``cameras`` choose the kitchen's scene.
 
 The physics loop runs on the main thread with its own deadline timing and serves ROS callbacks
 (commands, reset) while it waits for the next tick. The node measures what a robot would feel: for every state it
@@ -29,7 +31,7 @@ import gymnasium as gym
 import numpy as np
 import rclpy
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
+from rclpy.qos import DurabilityPolicy, QoSProfile
 from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
@@ -44,7 +46,11 @@ from policies.checkpoint import CheckpointError, atomic_write, find_policy_dir, 
 DEFAULT_ENVS = {
     "swimmer": {"name": "swimmer", "id": envs.SWIMMER, "task": "swim", "n_links": 6},
     "uav": {"name": "uav_hover", "id": envs.UAV, "task": "hover", "vehicle": "cf2"},
+    # configs/env/kitchen.yaml's scene
+    "kitchen": {"name": "kitchen", "id": envs.KITCHEN, "task": "microwave", "paraphrase": None, "level": "L0",
+                "cameras": ["scene", "wrist"], "image_size": 96},
 }
+SCENE_PARAMETERS = ("task", "level", "cameras")  # the kitchen's; empty = the run's (or the default) env
 DIVERGED = (swimmer.SimulationDiverged, uav.SimulationDiverged)
 
 
@@ -60,16 +66,39 @@ def env_config_for(robot: str, run_dir: str) -> dict:
     return dict(DEFAULT_ENVS[robot])
 
 
+def scene_overrides(robot: str, params: dict) -> dict:
+    """The env config keys set by the kitchen's ``task``, ``level`` and ``cameras`` parameters.
+
+    ``task`` may name a sequence (``kettle,light_switch``); ``cameras:=none`` is state-only. A run's
+    policy sees the cameras it was trained with, so ``cameras`` needs the default env.
+    """
+    given = {name: params[name].strip() for name in SCENE_PARAMETERS if params[name].strip()}
+    if given and robot != "kitchen":
+        raise StartupError(f"parameters {', '.join(given)} choose the kitchen's scene; robot {robot} takes none")
+    if "cameras" in given and params["run_dir"]:
+        raise StartupError(
+            "parameter cameras needs run_dir empty: the run's policy sees the cameras it was trained with")
+    out = {}
+    if "task" in given:
+        tasks = [t.strip() for t in given["task"].split(",")]
+        out["task"] = tasks[0] if len(tasks) == 1 else tasks
+    if "level" in given:
+        out["level"] = given["level"]
+    if "cameras" in given:
+        out["cameras"] = [] if given["cameras"].lower() == "none" else [c.strip() for c in given["cameras"].split(",")]
+    return out
+
+
 class SimRobotNode(Node):
     def __init__(self, **kwargs):
         super().__init__("sim", **kwargs)
         p = self._declare_parameters()
-        env_cfg = env_config_for(p["robot"], p["run_dir"])
+        env_cfg = {**env_config_for(p["robot"], p["run_dir"]), **scene_overrides(p["robot"], p)}
         try:
             if p["rate"] > 0:
                 env_cfg = adapter_class(p["robot"]).with_rate(env_cfg, p["rate"])
             self.adapter = make_adapter(p["robot"], env_cfg)
-            self.env = envs.make_from_config(env_cfg).unwrapped
+            self.env = envs.make_from_config(self.adapter.sim_env_config(env_cfg)).unwrapped
         except (ValueError, TypeError, gym.error.Error) as e:
             raise StartupError(f"cannot build the {p['robot']} sim: {e}") from None
         self.dt = float(self.env.dt)
@@ -86,7 +115,7 @@ class SimRobotNode(Node):
         self.await_timeout = p["await_timeout"]
 
         # Callbacks run on the loop's own thread (see _serve_until): no locking needed.
-        self.command = self.adapter.safe_command()
+        self.command = self.adapter.safe_command(self.env)
         self.holding = False  # the state is held until the episode's first command
         self.first_command_after_state: float | None = None  # set: the last state has been answered
         self.commands_received = 0
@@ -106,7 +135,11 @@ class SimRobotNode(Node):
         self.state_published_at: float | None = None
 
         qos = QoSProfile(depth=100)  # deep enough that a recorder stalling briefly loses nothing
-        self.pubs = {t.name: self.create_publisher(t.type, t.name, qos) for t in self.adapter.published_topics}
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.pubs = {t.name: self.create_publisher(t.type, t.name, latched if t.latched else qos)
+                     for t in self.adapter.published_topics}
+        self.latched = {t.name for t in self.adapter.published_topics if t.latched}
+        self.latched_sent: dict[str, object] = {}  # what each latched topic last said this episode
         self.clock_pub = None if self.real_time else self.create_publisher(Clock, "/clock", qos)
         self.create_subscription(Float64MultiArray, "commands", self._on_command, QoSProfile(depth=1))
         self.create_service(Trigger, "~/reset", self._on_reset)
@@ -128,7 +161,11 @@ class SimRobotNode(Node):
             "warmup_ticks": (0, "ticks after the first command left out of the statistics"),
             "stop_after_ticks": (0, "exit after this many counted ticks (benchmarks); 0 = run until stopped"),
             "realtime_priority": (0, "SCHED_FIFO priority of the node's threads (1-99; needs CAP_SYS_NICE); 0 = off"),
-            "frame_prefix": ("", "prefix of the odom/base_link frame ids"),
+            "frame_prefix": ("", "prefix of the frame ids (odom/base_link, camera frames)"),
+            "task": ("", "kitchen: task, or a comma-separated sequence; empty = the run's (else microwave)"),
+            "level": ("", "kitchen: generalisation level L0-L3; empty = the run's (else L0)"),
+            "cameras": ("", "kitchen without run_dir: comma-separated cameras, 'none' = state-only; "
+                            "empty = scene,wrist"),
             "await_subscribers": (0, "before the first step, wait until each state topic has this many subscribers "
                                      "(the policy, a recorder), so nothing is lost to DDS discovery; 0 = don't wait"),
             "await_timeout": (10.0, "seconds to wait for those subscribers before starting anyway (with a warning)"),
@@ -163,9 +200,10 @@ class SimRobotNode(Node):
     def _reset_env(self) -> None:
         self.env.reset(seed=self.seed + self.resets)
         self.resets += 1
-        self.command = self.adapter.safe_command()
+        self.command = self.adapter.safe_command(self.env)
         self.holding = self.adapter.hold_until_command
         self.episode_end = ""
+        self.latched_sent.clear()  # a new episode says its latched topics again
 
     def _stamp(self) -> int:
         if self.real_time:
@@ -183,6 +221,10 @@ class SimRobotNode(Node):
         self.first_command_after_state = None
         self.state_sampled_at = sampled
         for topic, msg in msgs.items():  # in the adapter's order; the trigger completes the sample
+            if topic in self.latched:
+                if self.latched_sent.get(topic) == msg:
+                    continue
+                self.latched_sent[topic] = msg
             self.pubs[topic].publish(msg)
             if topic == self.adapter.trigger:
                 self.state_published_at = time.perf_counter()
