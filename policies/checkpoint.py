@@ -149,6 +149,17 @@ def retarget_ncap(actor_config: dict, layout: dict, n_joints: int) -> dict:
     return cfg.to_dict()
 
 
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``directory/policy.safetensors``; CheckpointError (one line) if missing or unreadable."""
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"no {WEIGHTS_FILE} in {directory}")
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights} is corrupt or truncated ({str(e).splitlines()[0][:200]})") from None
+
+
 def find_policy_dir(path: str | Path, checkpoint: str = "final") -> Path:
     """A policy directory from either itself or a run directory (``checkpoints/<checkpoint>``)."""
     path = Path(path).expanduser()
@@ -167,13 +178,7 @@ def load_policy(directory: str | Path, obs_dim: int | None = None, action_dim: i
     """Load a deployable policy; with ``layout`` a shared NCAP is rewired to a new body length."""
     directory = Path(directory)
     meta = read_meta(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"no {WEIGHTS_FILE} in {directory}")
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{weights} is corrupt or truncated ({e})") from None
+    tensors = read_weights(directory)
 
     if meta.kind == "ncap" and layout is not None and action_dim is not None:
         try:
@@ -205,6 +210,6 @@ def load_policy(directory: str | Path, obs_dim: int | None = None, action_dim: i
         actor.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise CheckpointError(f"weights in {weights} do not match its config: {first[1].strip() if len(first) > 1 else first[0]}") from None
+        raise CheckpointError(f"weights in {directory / WEIGHTS_FILE} do not match its config: {first[1].strip() if len(first) > 1 else first[0]}") from None
     actor.eval()
     return InferencePolicy(actor, meta, tensors.get("obs_mean"), tensors.get("obs_var"))

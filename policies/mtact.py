@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from policies.checkpoint import CheckpointError, atomic_write, load_versioned_json
+from policies.checkpoint import CheckpointError, atomic_write, load_versioned_json, read_weights
 
 FORMAT = "embodied-mtact"
 FORMAT_VERSION = 1
@@ -443,10 +442,9 @@ def _mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def load_mtact(directory: str | Path) -> tuple[MTACT, dict]:
-    """-> (model in eval mode, the meta passed to ``save_mtact``); CheckpointError (one line) on any defect."""
-    directory = Path(directory)
-    meta_path, weights = directory / META_FILE, directory / WEIGHTS_FILE
+def read_mtact_meta(directory: str | Path) -> tuple[MTACTConfig, dict]:
+    """-> (model config, meta) from ``policy.json`` alone: what a node checks before it loads any weights."""
+    meta_path = Path(directory) / META_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"no {META_FILE} in {directory}")
     data = load_versioned_json(meta_path, FORMAT, FORMAT_VERSION, CheckpointError)
@@ -455,15 +453,19 @@ def load_mtact(directory: str | Path) -> tuple[MTACT, dict]:
     if not isinstance(data.get("config"), dict):
         raise CheckpointError(f"{meta_path} has no MT-ACT config")
     try:
-        model = MTACT(MTACTConfig.from_dict(data["config"]))
+        config = MTACTConfig.from_dict(data["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{meta_path} has a bad MT-ACT config: {e}") from None
-    if not weights.is_file():
-        raise CheckpointError(f"no {WEIGHTS_FILE} in {directory}")
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{weights} is corrupt or truncated ({str(e).splitlines()[0][:200]})") from None
+    return config, {k: v for k, v in data.items() if k not in ("format", "version", "kind", "config")}
+
+
+def load_mtact(directory: str | Path) -> tuple[MTACT, dict]:
+    """-> (model in eval mode, the meta passed to ``save_mtact``); CheckpointError (one line) on any defect."""
+    directory = Path(directory)
+    weights = directory / WEIGHTS_FILE
+    config, meta = read_mtact_meta(directory)
+    model = MTACT(config)
+    tensors = read_weights(directory)
     problem = _mismatch(model, tensors)
     if problem is None:
         try:
@@ -472,5 +474,4 @@ def load_mtact(directory: str | Path) -> tuple[MTACT, dict]:
             problem = str(e).strip().splitlines()[-1].strip()[:200]
     if problem:
         raise CheckpointError(f"weights in {weights} do not match the config in {META_FILE}: {problem}")
-    meta = {k: v for k, v in data.items() if k not in ("format", "version", "kind", "config")}
     return model.eval(), meta

@@ -1,0 +1,228 @@
+"""MT-ACT and its baselines on the kitchen; regenerates benchmarks/results/kitchen_mtact.{md,json}.
+
+    python benchmarks/kitchen_mtact.py [--variants mtact,bc_single,...] [--seeds 0,1] [--episodes 50]
+                                       [--levels L0,L1,L2,L3] [--budget 7200] [--only train,eval,latency]
+
+- train: each variant x seed through ``python -m agents.train env=kitchen algo=bc dataset=...``,
+  one at a time (training uses both cores), stopped by ``--budget`` seconds of training (the
+  issue's 2-hour limit by default) or its step count, whichever comes first;
+- eval: ``python -m agents.evaluate run=<run> level=L episodes=N workers=2`` for every run and
+  level (per-task success with Wilson 95% intervals; episode seeds 10000 + 1000 * task + i, the
+  same for every variant);
+- latency: one chunk query of the trained MT-ACT on one thread (median and p90 of 200), and the
+  cost per 12.5 Hz control step with temporal ensembling (a query every step) and with
+  executing 20 steps per chunk.
+
+Variants (every one on the same dataset, ``--dataset``, collected by benchmarks/kitchen_experts.py):
+``mtact`` (images, MiniLM, CVAE, chunk 20, one semantic augmentation per demonstration),
+``bc_single`` (the same network predicting one action, no CVAE), ``onehot`` (task id instead of
+language), ``no_aug`` (no semantic augmentation), ``state_only`` (object state instead of
+images), ``quirk`` (the ACT decoder bug), ``demos10``/``demos25`` (fewer demonstrations per task).
+Runs and evaluations are cached under benchmarks/.work/kitchen_mtact, so an interrupted
+benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import Jobs, machine, summary, write_json_atomic  # noqa: E402
+
+WORK = ROOT / "benchmarks" / ".work" / "kitchen_mtact"
+RESULTS = ROOT / "benchmarks" / "results"
+DATASET = ROOT / "benchmarks" / ".work" / "kitchen" / "dataset_50"
+MODEL = ["policy.actor.hidden=128", "policy.actor.ffn=512"]  # CPU scale: see the results' notes
+VARIANTS = {
+    "mtact": ["policy=mtact", "algo.augmentations=1"],
+    "bc_single": ["policy=bc_single", "algo.augmentations=1"],
+    "onehot": ["policy=mtact", "algo.augmentations=1", "policy.actor.language=onehot"],
+    "no_aug": ["policy=mtact", "algo.augmentations=0"],
+    "state_only": ["policy=mtact", "algo.augmentations=0", "policy.state_only=true"],
+    "quirk": ["policy=mtact", "algo.augmentations=1", "policy.actor.decoder_quirk=true"],
+    "demos10": ["policy=mtact", "algo.augmentations=1", "algo.demos_per_task=10"],
+    "demos25": ["policy=mtact", "algo.augmentations=1", "algo.demos_per_task=25"],
+}
+
+
+def train_all(args, jobs: Jobs) -> dict[str, Path]:
+    runs = {}
+    for variant in args.variants:
+        for seed in args.seeds:
+            name = f"{variant}_s{seed}"
+            overrides = ["env=kitchen", "algo=bc", f"dataset={args.dataset}", *MODEL, *VARIANTS[variant],
+                         f"seed={seed}", f"algo.time_budget_s={args.budget}", f"algo.total_steps={args.steps}",
+                         f"algo.eval_every={args.eval_every}", "algo.eval_episodes=2", "algo.final_eval_episodes=5"]
+            runs[name] = jobs.submit(name, overrides)
+            jobs.wait_for(name)  # one at a time: a run uses both cores
+    return runs
+
+
+def evaluate(run: Path, level: str, episodes: int) -> dict:
+    cache = run / f"eval_{level}_{episodes}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "agents.evaluate", f"run={run}", f"level={level}",
+                           f"episodes={episodes}", "workers=2"], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"evaluating {run} at {level} failed:\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-2])
+    result["eval_s"] = round(time.time() - t0, 1)
+    write_json_atomic(cache, result)
+    print(f"  {run.name} {level}: {100 * result['success_rate']:.1f}% ({result['eval_s']:.0f} s)", flush=True)
+    return result
+
+
+def latency(run: Path) -> dict:
+    import torch
+
+    from policies.mtact_inference import load_mtact_policy
+
+    torch.set_num_threads(1)
+    policy = load_mtact_policy(run / "checkpoints" / "final")
+    cfg = policy.config
+    rng = np.random.default_rng(0)
+    obs = {"proprio": rng.normal(size=cfg.proprio_dim).astype(np.float32),
+           "object_state": rng.normal(size=cfg.object_dim).astype(np.float32),
+           **{c: rng.integers(0, 255, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}}
+    instruction = "open the microwave door"
+    for _ in range(10):
+        policy.query(obs, instruction, "microwave")
+    times = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        policy.query(obs, instruction, "microwave")
+        times.append(time.perf_counter() - t0)
+    per_step = {}
+    for schedule, n in (("ensemble", None), ("execute", cfg.chunk)):
+        p = load_mtact_policy(run / "checkpoints" / "final", schedule=schedule, execute_steps=n)
+        p.reset()
+        t0 = time.perf_counter()
+        for _ in range(200):
+            p.act(obs, instruction, "microwave")
+        per_step[schedule] = 1e3 * (time.perf_counter() - t0) / 200
+    ms = 1e3 * np.asarray(times)
+    return {"query_ms_median": float(np.median(ms)), "query_ms_p90": float(np.percentile(ms, 90)),
+            "per_step_ms_ensemble": per_step["ensemble"], "per_step_ms_execute20": per_step["execute"],
+            "threads": 1, "params": policy.model.parameter_count(), "cameras": list(cfg.cameras),
+            "image_size": cfg.image_size}
+
+
+def aggregate(out: dict) -> dict:
+    """Per variant and level: mean over seeds of the mean-over-tasks success, and the seeds' spread."""
+    table = {}
+    for variant in out["variants"]:
+        table[variant] = {}
+        for level in out["levels"]:
+            rates = [out["eval"][f"{variant}_s{s}"][level]["success_rate"] for s in out["seeds"]
+                     if level in out["eval"].get(f"{variant}_s{s}", {})]
+            if rates:
+                table[variant][level] = {"mean": float(np.mean(rates)), "std": float(np.std(rates)), "seeds": len(rates)}
+    return table
+
+
+def write_markdown(out: dict, path: Path) -> None:
+    m = out["machine"]
+    lines = [
+        "# MT-ACT on the kitchen (benchmarks/kitchen_mtact.py)", "",
+        f"Date {out['date']}; {m['cpu']}, {m['cores']} cores; torch {m['torch']}, MuJoCo {m['mujoco']}. "
+        f"Dataset `{out['dataset']}`; seeds {out['seeds']}; {out['episodes']} evaluation episodes per task and level "
+        f"(seeds 10000 + 1000 * task + i); training stopped after {out['budget']} s of training or {out['steps']} "
+        "gradient steps, whichever came first.", "",
+        "## Mean success over the 7 tasks (mean ± std over training seeds)", "",
+        "| variant | " + " | ".join(out["levels"]) + " | train s | steps | params |",
+        "|---|" + "---|" * (len(out["levels"]) + 3),
+    ]
+    for variant, levels in out["table"].items():
+        runs = [out["runs"][f"{variant}_s{s}"] for s in out["seeds"] if f"{variant}_s{s}" in out["runs"]]
+        cells = [f"{100 * levels[lv]['mean']:.1f} ± {100 * levels[lv]['std']:.1f}" if lv in levels else "—"
+                 for lv in out["levels"]]
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {np.mean([r['train_time_s'] for r in runs]):.0f} | "
+                     f"{np.mean([r['steps'] for r in runs]):.0f} | {runs[0]['params'] if runs else '—'} |")
+    lines += ["", "## Per task at L0 (first seed; 95% Wilson interval)", ""]
+    tasks = None
+    for name, levels in out["eval"].items():
+        if "L0" not in levels:
+            continue
+        per = levels["L0"]["tasks"]
+        if tasks is None:
+            tasks = list(per)
+            lines += ["| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        lines.append(f"| {name} | " + " | ".join(
+            f"{100 * per[t]['success_rate']:.0f} [{100 * per[t]['ci95'][0]:.0f}, {100 * per[t]['ci95'][1]:.0f}]"
+            for t in tasks) + " |")
+    if out.get("latency"):
+        lat = out["latency"]
+        lines += ["", "## Inference on one CPU thread", "",
+                  f"MT-ACT ({lat['params']} parameters, cameras {lat['cameras']} at {lat['image_size']} px): one chunk "
+                  f"query {lat['query_ms_median']:.1f} ms median, {lat['query_ms_p90']:.1f} ms p90; per control step "
+                  f"{lat['per_step_ms_ensemble']:.1f} ms with temporal ensembling (a query every step), "
+                  f"{lat['per_step_ms_execute20']:.1f} ms executing 20 steps per chunk. The controller's period at "
+                  "12.5 Hz is 80 ms."]
+    lines += ["", "## Notes", "", *out.get("notes", [])]
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--levels", default="L0,L1,L2,L3")
+    parser.add_argument("--budget", type=float, default=7200.0, help="seconds of training per run")
+    parser.add_argument("--steps", type=int, default=20000, help="gradient steps per run (if the budget allows)")
+    parser.add_argument("--eval-every", type=int, default=2000)
+    parser.add_argument("--dataset", type=Path, default=DATASET)
+    parser.add_argument("--only", default="train,eval,latency")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    args.variants = args.variants.split(",")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    levels = args.levels.split(",")
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variants {unknown}; have {list(VARIANTS)}")
+    sections = set(args.only.split(","))
+    WORK.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / "kitchen_mtact.json"
+    out = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    out.update({"date": dt.date.today().isoformat(), "machine": machine(), "dataset": str(args.dataset),
+                "seeds": args.seeds, "episodes": args.episodes, "levels": levels, "variants": args.variants,
+                "budget": args.budget, "steps": args.steps})
+    out.setdefault("eval", {})
+    out.setdefault("runs", {})
+    jobs = Jobs(WORK, 1)
+    names = [f"{v}_s{s}" for v in args.variants for s in args.seeds]
+    if "train" in sections:
+        train_all(args, jobs)
+    for name in names:
+        if (WORK / name / "summary.json").is_file():
+            out["runs"][name] = summary(WORK / name)
+    if "eval" in sections:
+        for name in names:
+            if name in out["runs"]:
+                for level in levels:
+                    out["eval"].setdefault(name, {})[level] = evaluate(WORK / name, level, args.episodes)
+    if "latency" in sections and (WORK / f"mtact_s{args.seeds[0]}" / "checkpoints" / "final").is_dir():
+        out["latency"] = latency(WORK / f"mtact_s{args.seeds[0]}")
+    out["table"] = aggregate(out)
+    write_json_atomic(json_path, out)
+    write_markdown(out, args.out / "kitchen_mtact.md")
+    print(f"wrote {args.out / 'kitchen_mtact.md'}")
+
+
+if __name__ == "__main__":
+    main()
