@@ -90,3 +90,18 @@ def draw_paraphrase(tasks, held_out: bool, rng) -> int:
     common = sorted(set.intersection(*pools))
     return int(rng.choice(common))
 
+
+
+def _words(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+_TASK_OF = {_words(text): task for task, options in INSTRUCTIONS.items() for text in options}
+
+
+def task_of(text: str) -> str | None:
+    """The task whose wording ``text`` is (case and spacing ignored); None for words not in the lists.
+
+    Lets a deployed policy that needs a task id (the one-hot baseline) follow the instruction topic.
+    """
+    return _TASK_OF.get(_words(text))

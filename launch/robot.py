@@ -5,9 +5,10 @@ A standard ROS 2 Python launch file (``ros2 launch launch/robot.py run:=runs/...
 launcher runs without them: ``robot-launch launch/robot.py run:=runs/... [--dry-run]``. Both start the same
 processes with the same parameters.
 
-``robot:=kitchen`` runs the Franka kitchen arm; ``task``, ``level`` and ``cameras`` choose its simulated scene.
-No policy for its Dict observation (images, proprio, object state) loads in the policy node yet, so without
-``run`` it starts the sim alone: the arm holds still until something publishes on ``commands``.
+``robot:=kitchen`` runs the Franka kitchen arm with an MT-ACT run (``algo=bc``); ``task`` and ``level`` choose its
+simulated scene, ``chunk_schedule`` and ``execute_steps`` how the policy executes its action chunks. Without ``run``
+it starts the sim alone (``cameras`` then chooses its cameras): the arm holds still until something publishes on
+``commands``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 STATE_TOPICS = {"swimmer": {"joint_states": "state_topic"}, "uav": {"odom": "odom_topic", "imu": "imu_topic"},
                 "kitchen": {"joint_states": "state_topic"}}
 SCENE_ARGUMENTS = ("task", "level", "cameras")  # the kitchen sim's; see ARGUMENTS
+CHUNK_ARGUMENTS = {"chunk_schedule": "", "execute_steps": "0"}  # the kitchen's MT-ACT policy's, with their defaults
+CHUNK_SCHEDULES = ("ensemble", "execute")
 KITCHEN_CAMERAS = "scene,wrist"  # the kitchen env's default cameras
 # What record:=true records per robot (topic, type); the recorder's own defaults are the swimmer's.
 RECORDED = {
@@ -66,6 +69,9 @@ ARGUMENTS = {
     "level": ("", "kitchen sim: generalisation level L0-L3; empty = the run's, else L0"),
     "cameras": ("", "kitchen sim without run: comma-separated cameras (scene, wrist, left_cap, right_cap), 'none' for "
                     "state-only; empty = scene,wrist"),
+    "chunk_schedule": ("", "kitchen MT-ACT: ensemble (query every step, temporal ensembling) or execute "
+                           "(execute_steps actions per query); empty = as trained"),
+    "execute_steps": ("0", "kitchen MT-ACT with chunk_schedule:=execute: actions per query; 0 = as trained"),
 }
 
 _TRUE = ("true", "1", "yes", "on")
@@ -161,6 +167,13 @@ def nodes(args: dict[str, str]) -> list[dict]:
             "launch argument cameras needs run empty: the run's policy sees the cameras it was trained with")
     if not run_dir and not use_sim:
         raise ValueError("robot:=kitchen without run:= starts only the sim robot, which needs use_sim:=true")
+    chunking = {name: args[name].strip() for name, default in CHUNK_ARGUMENTS.items() if args[name].strip() != default}
+    if chunking and (robot != "kitchen" or not run_dir):
+        raise ValueError(f"launch arguments {', '.join(chunking)} choose how the kitchen's MT-ACT policy executes its "
+                         f"chunks; they need robot:=kitchen and run:=<run>")
+    if chunking.get("chunk_schedule", "ensemble") not in CHUNK_SCHEDULES:
+        raise ValueError(f"launch argument chunk_schedule:={args['chunk_schedule']!r} is not one of: "
+                         f"{', '.join(CHUNK_SCHEDULES)}")
 
     def node(executable: str, name: str, parameters: dict) -> dict:
         return {
@@ -205,6 +218,9 @@ def nodes(args: dict[str, str]) -> list[dict]:
     policy = node("policy_node", "policy", {"run_dir": run_dir, "rate": rate, "enabled": enabled,
                                               "command_scale": _float(args, "command_scale"),
                                               "realtime_priority": priority})
+    if robot == "kitchen":
+        policy["parameters"][0].update(chunk_schedule=args["chunk_schedule"].strip(),
+                                       execute_steps=_int(args, "execute_steps"))
     if remaps:
         policy["remappings"] = remaps
     specs.append(policy)

@@ -15,11 +15,15 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 import envs  # noqa: F401  (registers the embodied/ env ids; sets MUJOCO_GL before mujoco loads)
+
+if TYPE_CHECKING:
+    from agents.dataset import Episode
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "configs"
@@ -186,6 +190,82 @@ def check_quietly(fn, *args, allowed: tuple[str, ...] = ("infinity",), **kwargs)
         fn(*args, **kwargs)
     unexpected = [str(w.message) for w in caught if not any(k in str(w.message) for k in allowed)]
     assert not unexpected, unexpected
+
+
+# --- synthetic kitchen demonstrations and a tiny MT-ACT (tests/test_bc.py, tests/test_ros_mtact.py) -----------
+
+SIZE = 32  # pixels: the synthetic datasets' images (the smallest the backbone takes)
+# Overrides that make an MT-ACT run tiny: a few thousand parameters, chunks of 5, two demonstrations per task.
+TINY_MTACT = ["policy.actor.hidden=32", "policy.actor.ffn=64", "policy.actor.heads=2", "policy.actor.enc_layers=1",
+              "policy.actor.dec_layers=2", "policy.actor.cvae_layers=1", "policy.actor.backbone_width=8",
+              "policy.actor.chunk=5", "algo.batch_size=8", "algo.warmup_steps=2", "algo.log_every=0",
+              "algo.eval_workers=1", "algo.demos_per_task=2", "algo.val_fraction=0.5"]
+
+
+def fake_episode(task: str, t: int, seed: int, success: bool = True, cameras=("scene", "wrist"), aug: int = 0) -> Episode:
+    """A kitchen-shaped demonstration whose action at step i is (i, seed, ...) so windows are checkable."""
+    import numpy as np
+
+    from agents.dataset import Episode
+
+    rng = np.random.default_rng(seed)
+    actions = np.zeros((t, 8), np.float32)
+    actions[:, 0] = np.arange(t)
+    actions[:, 1] = seed
+    obs = {"proprio": rng.normal(size=(t + 1, 8)).astype(np.float32),
+           "object_state": rng.normal(size=(t + 1, 17)).astype(np.float32)}
+    for c in cameras:
+        obs[c] = rng.integers(0, 255, (t + 1, SIZE, SIZE, 3), dtype=np.uint8)
+    return Episode(actions=actions, obs=obs, qpos=np.zeros((t + 1, 3)), rewards=np.zeros(t, np.float32),
+                   success=np.arange(t) == t - 1 if success else np.zeros(t, bool), seed=seed, task=task,
+                   instruction=f"do the {task.replace('_', ' ')}", paraphrase=0, augmentation=aug)
+
+
+def fake_spec(cameras=("scene", "wrist")) -> dict:
+    import numpy as np
+    from gymnasium import spaces
+
+    from agents.dataset import episode_spec
+
+    obs = {"proprio": spaces.Box(-np.inf, np.inf, (8,), np.float32),
+           "object_state": spaces.Box(-np.inf, np.inf, (17,), np.float32),
+           **{c: spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8) for c in cameras}}
+    return episode_spec(spaces.Dict(obs), 8, 3)
+
+
+def write_fake_dataset(root: Path, tasks: dict[str, int], augment: int = 0, failures: dict | None = None) -> Path:
+    from agents.dataset import DatasetWriter
+
+    env = {"name": "kitchen", "id": "embodied/Kitchen-v0", "cameras": ["scene", "wrist"], "image_size": SIZE,
+           "level": "L0", "paraphrase": None, "reset_noise": 0.02, "steps_per_task": 8, "terminate_on_success": True}
+    writer = DatasetWriter(root, env, fake_spec(), ["scene", "wrist"])
+    for task, n in tasks.items():
+        for k in range(n):
+            ok = k not in (failures or {}).get(task, ())
+            writer.write(task, k, fake_episode(task, 5 + k, seed=100 * len(task) + k, success=ok))
+            for j in range(1, augment + 1):
+                writer.write(task, f"{k:05d}-a{j}", fake_episode(task, 5 + k, seed=100 * len(task) + k, success=ok, aug=j))
+    return root
+
+
+GL_PROBE = "import mujoco; m = mujoco.MjModel.from_xml_string('<mujoco/>'); r = mujoco.Renderer(m, 32, 32); r.close()"
+
+
+@pytest.fixture(scope="session")
+def gl_available() -> None:
+    """Rendering works (probed in a child, so a broken GL cannot crash the test process): skipped without GL on a
+    developer machine, failing when ``CI`` is set (CI must render: install libosmesa6)."""
+    env = cli_env()
+    try:
+        proc = subprocess.run([sys.executable, "-c", GL_PROBE], env=env, capture_output=True, text=True, timeout=60)
+        ok, why = proc.returncode == 0, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    except subprocess.TimeoutExpired:
+        ok, why = False, "GL probe timed out"
+    if not ok:
+        msg = f"no working GL backend (MUJOCO_GL={env['MUJOCO_GL']}): {why}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{msg}; CI must render (install libosmesa6)")
+        pytest.skip(msg)
 
 
 def capturing_policy_node(ros_context, run, **params):

@@ -12,51 +12,11 @@ import pytest
 import torch
 
 from agents.bc_data import ChunkWindows, Selection, load_windows, select_files
-from agents.dataset import DatasetError, DatasetWriter, Episode, episode_spec, read_manifest
+from agents.dataset import DatasetError, read_manifest
 from agents.image_augment import augment_images, color_jitter, random_shift
 from agents.kitchen_eval import SuccessReport, wilson_interval
 
-from conftest import assert_one_line_error
-
-SIZE = 32  # pixels: the synthetic datasets' images (the smallest the backbone takes)
-
-
-def fake_episode(task: str, t: int, seed: int, success: bool = True, cameras=("scene", "wrist"), aug: int = 0) -> Episode:
-    """A kitchen-shaped demonstration whose action at step i is (i, seed, ...) so windows are checkable."""
-    rng = np.random.default_rng(seed)
-    actions = np.zeros((t, 8), np.float32)
-    actions[:, 0] = np.arange(t)
-    actions[:, 1] = seed
-    obs = {"proprio": rng.normal(size=(t + 1, 8)).astype(np.float32),
-           "object_state": rng.normal(size=(t + 1, 17)).astype(np.float32)}
-    for c in cameras:
-        obs[c] = rng.integers(0, 255, (t + 1, SIZE, SIZE, 3), dtype=np.uint8)
-    return Episode(actions=actions, obs=obs, qpos=np.zeros((t + 1, 3)), rewards=np.zeros(t, np.float32),
-                   success=np.arange(t) == t - 1 if success else np.zeros(t, bool), seed=seed, task=task,
-                   instruction=f"do the {task.replace('_', ' ')}", paraphrase=0, augmentation=aug)
-
-
-def fake_spec(cameras=("scene", "wrist")) -> dict:
-    from gymnasium import spaces
-
-    obs = {"proprio": spaces.Box(-np.inf, np.inf, (8,), np.float32),
-           "object_state": spaces.Box(-np.inf, np.inf, (17,), np.float32),
-           **{c: spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8) for c in cameras}}
-    return episode_spec(spaces.Dict(obs), 8, 3)
-
-
-def write_fake_dataset(root: Path, tasks: dict[str, int], augment: int = 0, failures: dict | None = None) -> Path:
-    env = {"name": "kitchen", "id": "embodied/Kitchen-v0", "cameras": ["scene", "wrist"], "image_size": SIZE,
-           "level": "L0", "paraphrase": None, "reset_noise": 0.02, "steps_per_task": 8, "terminate_on_success": True}
-    writer = DatasetWriter(root, env, fake_spec(), ["scene", "wrist"])
-    for task, n in tasks.items():
-        for k in range(n):
-            ok = k not in (failures or {}).get(task, ())
-            writer.write(task, k, fake_episode(task, 5 + k, seed=100 * len(task) + k, success=ok))
-            for j in range(1, augment + 1):
-                writer.write(task, f"{k:05d}-a{j}", fake_episode(task, 5 + k, seed=100 * len(task) + k, success=ok, aug=j))
-    return root
-
+from conftest import SIZE, TINY_MTACT, assert_one_line_error, fake_episode, write_fake_dataset
 
 # --- chunk windows ----------------------------------------------------------------------------------
 
@@ -165,12 +125,6 @@ def test_success_report_averages_tasks_equally():
 
 
 # --- the CLI ----------------------------------------------------------------------------------------
-
-TINY_MTACT = ["policy.actor.hidden=32", "policy.actor.ffn=64", "policy.actor.heads=2", "policy.actor.enc_layers=1",
-              "policy.actor.dec_layers=2", "policy.actor.cvae_layers=1", "policy.actor.backbone_width=8",
-              "policy.actor.chunk=5", "algo.batch_size=8", "algo.warmup_steps=2", "algo.log_every=0",
-              "algo.eval_workers=1", "algo.demos_per_task=2", "algo.val_fraction=0.5"]
-
 
 @pytest.fixture(scope="module")
 def fake_dataset(tmp_path_factory) -> Path:

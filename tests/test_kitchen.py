@@ -8,10 +8,6 @@ subprocess (skipped on a developer machine without GL, failing when ``CI`` is se
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -33,26 +29,9 @@ from envs.kitchen_instructions import INSTRUCTIONS
 from envs.kitchen_model import ARM_JOINTS
 from envs.snapshot import restore_snapshot, take_snapshot
 
-from conftest import CONFIG_DIR, check_quietly, cli_env
+from conftest import CONFIG_DIR, check_quietly
 
 KNOWN_CHECK_WARNINGS = ("infinity", "symmetric and normalized")  # unbounded state Boxes; joint-angle action box
-GL_PROBE = "import mujoco; m = mujoco.MjModel.from_xml_string('<mujoco/>'); r = mujoco.Renderer(m, 32, 32); r.close()"
-
-
-@pytest.fixture(scope="module")
-def gl_available() -> None:
-    env = cli_env()
-    env.setdefault("MUJOCO_GL", "osmesa")
-    try:
-        proc = subprocess.run([sys.executable, "-c", GL_PROBE], env=env, capture_output=True, text=True, timeout=60)
-        ok, why = proc.returncode == 0, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-    except subprocess.TimeoutExpired:
-        ok, why = False, "GL probe timed out"
-    if not ok:
-        msg = f"no working GL backend (MUJOCO_GL={env['MUJOCO_GL']}): {why}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{msg}; CI must render (install libosmesa6)")
-        pytest.skip(msg)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -36,29 +35,13 @@ from envs.kitchen_instructions import INSTRUCTIONS, instruction
 from policies.checkpoint import PolicyMeta, save_policy
 from policies.mlp import MLPActor, MLPConfig
 
-from conftest import REPO, capturing_policy_node, cli_env
+from conftest import REPO, capturing_policy_node
 
 T0 = 1_700_000_000_123_456_789  # an arbitrary wall-clock stamp, ns
 DT_NS = 80_000_000  # the kitchen's 80 ms control step (12.5 Hz)
 MAX_AGE = 200_000_000
 ENV = {"name": "kitchen", "id": envs.KITCHEN, "task": "microwave", "paraphrase": 1, "cameras": ["scene", "wrist"],
        "image_size": 96}
-GL_PROBE = "import mujoco; m = mujoco.MjModel.from_xml_string('<mujoco/>'); r = mujoco.Renderer(m, 32, 32); r.close()"
-
-
-@pytest.fixture(scope="module")
-def gl_available() -> None:
-    env = cli_env()
-    try:
-        proc = subprocess.run([sys.executable, "-c", GL_PROBE], env=env, capture_output=True, text=True, timeout=60)
-        ok, why = proc.returncode == 0, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-    except subprocess.TimeoutExpired:
-        ok, why = False, "GL probe timed out"
-    if not ok:
-        msg = f"no working GL backend (MUJOCO_GL={env['MUJOCO_GL']}): {why}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{msg}; CI must render (install libosmesa6)")
-        pytest.skip(msg)
 
 
 @pytest.fixture(scope="module")
@@ -318,22 +301,23 @@ def _vector_policy(directory: Path, env_config: dict, obs_dim: int, action_dim: 
     return directory
 
 
-def test_policy_node_refuses_a_dict_observation_policy(ros_context, tmp_path):
+def test_policy_node_refuses_a_flat_policy_for_the_kitchen(ros_context, tmp_path):
     from embodied_ros.policy_node import PolicyNode
     from embodied_ros.process import StartupError
 
     run = _vector_policy(tmp_path / "kitchen", ENV, 25, 8)
     with pytest.raises(StartupError, match=r"robot kitchen: its observation is a Dict \(object_state, proprio, scene, "
-                                           r"wrist\), and no policy loader for Dict observations exists yet"):
+                                           r"wrist\) for an MT-ACT policy, and .* holds a flat mlp policy$") as e:
         PolicyNode(context=ros_context, parameter_overrides=[rclpy.parameter.Parameter("run_dir", value=str(run)),
                                                              rclpy.parameter.Parameter("robot", value="kitchen")])
+    assert "\n" not in str(e.value)
 
 
 def test_policy_node_carries_the_dict_observation_and_the_instruction(ros_context, tmp_path, adapter, camera_env):
-    """What a Dict policy will see in the node: the env's observation and the instruction; hold-here on the watchdog.
+    """What a Dict policy sees in the node: the env's observation and the instruction; hold-here on the watchdog.
 
-    No Dict policy loads yet (see the test above), so the node is built for a tiny vector policy and then
-    given the kitchen adapter and a recording forward: where the MT-ACT loader will put them.
+    The node is built for a tiny vector policy and then given the kitchen adapter and a recording forward, so
+    this checks the node's Dict path without any model (tests/test_ros_mtact.py runs a real MT-ACT).
     """
     swimmer = {"name": "swimmer", "id": envs.SWIMMER, "task": "swim", "n_links": 6}
     run = _vector_policy(tmp_path / "swimmer", swimmer, SwimmerAdapter(swimmer).obs_dim, 5)
@@ -341,6 +325,7 @@ def test_policy_node_carries_the_dict_observation_and_the_instruction(ros_contex
     kitchen = KitchenAdapter(ENV)
     seen = []
     node.adapter, node.low, node.high = kitchen, kitchen.action_low, kitchen.action_high
+    node.latched = {t.name for t in kitchen.topics if t.latched}
     node.period_ns = int(kitchen.control_dt * 1e9)
     node.watchdog_ns = 2 * node.period_ns
     node.forward = lambda obs: seen.append((obs, kitchen.instruction)) or np.full(8, 10.0)  # beyond every bound
@@ -470,7 +455,7 @@ def _launch_nodes(**overrides):
 
 
 def test_launch_file_runs_the_kitchen():
-    """robot:=kitchen without run starts the sim alone (no Dict policy loads yet); scene arguments reach it."""
+    """robot:=kitchen without run starts the sim alone; scene arguments reach it; chunk arguments reach the policy."""
     (sim,) = _launch_nodes(robot="kitchen", task="kettle,light_switch", level="L2", cameras="wrist")
     params = sim["parameters"][0]
     assert sim["name"] == "sim" and params["robot"] == "kitchen" and params["run_dir"] == ""
@@ -484,6 +469,13 @@ def test_launch_file_runs_the_kitchen():
     assert recorder["parameters"][0]["types"][-1] == "sensor_msgs/msg/Image"
     sim, policy = _launch_nodes(robot="kitchen", run="/r", task="kettle")
     assert policy["name"] == "policy" and sim["parameters"][0]["await_subscribers"] == 1
+    assert (policy["parameters"][0]["chunk_schedule"], policy["parameters"][0]["execute_steps"]) == ("", 0)
+    _, policy = _launch_nodes(robot="kitchen", run="/r", chunk_schedule="execute", execute_steps="5")
+    assert (policy["parameters"][0]["chunk_schedule"], policy["parameters"][0]["execute_steps"]) == ("execute", 5)
+    with pytest.raises(ValueError, match="chunk_schedule:='chunky' is not one of: ensemble, execute"):
+        _launch_nodes(robot="kitchen", run="/r", chunk_schedule="chunky")
+    with pytest.raises(ValueError, match="arguments execute_steps choose how the kitchen's MT-ACT .* need robot:=kitchen"):
+        _launch_nodes(robot="swimmer", run="/r", execute_steps="3")
     with pytest.raises(ValueError, match="launch arguments task, level choose the kitchen's scene; robot:=uav"):
         _launch_nodes(robot="uav", run="/r", task="kettle", level="L1")
     with pytest.raises(ValueError, match="cameras needs run empty"):

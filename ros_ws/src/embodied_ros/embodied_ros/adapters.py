@@ -115,6 +115,7 @@ class RobotAdapter:
     """
 
     hold_until_command = False  # sim: keep the initial state until the first command arrives
+    dict_observation = False  # True: a Dict observation (images...), for chunking (MT-ACT) policies, not vectors
 
     @staticmethod
     def with_rate(env_config: dict, rate: float) -> dict:
@@ -521,6 +522,7 @@ class KitchenAdapter(RobotAdapter):
     robot = "kitchen"
     trigger = "joint_states"  # published last by the sim: its arrival completes a sample
     hold_until_command = True  # the arm stays still until the policy speaks
+    dict_observation = True
     ENV_IDS = (envs.KITCHEN,)
     ENCODING = "rgb8"
     MAX_INSTRUCTION_CHARS = 1000

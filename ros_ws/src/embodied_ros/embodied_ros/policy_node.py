@@ -24,9 +24,12 @@ adapter's memory of the last command (latched context, such as an instruction, i
 Diagnostics go to ``/diagnostics`` once a second.
 
 Observations are what the adapter's ``observation`` returns: a vector for the swimmer and the
-UAV; for the kitchen the env's Dict (images, proprio, object state), with the task's words in
-``adapter.instruction``. Only vector policies load here so far: a Dict-observation policy loader
-(MT-ACT) goes where the node refuses ``obs_dim is None``, and its forward takes the Dict.
+UAV, run by a flat policy (NumPy or torch); for the kitchen the env's Dict (images, proprio, object
+state), with the task's words in ``adapter.instruction``, run by an MT-ACT run in torch
+(:mod:`embodied_ros.chunked_policy`). MT-ACT predicts chunks of actions, and its chunk scheduler
+starts afresh at every episode boundary the node sees: ``~/reset``, re-enabling, the watchdog's
+recovery and each message on a latched topic (the kitchen's ``instruction``, said at every episode
+start and task change).
 """
 
 from __future__ import annotations
@@ -44,12 +47,16 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
 from embodied_ros.adapters import InvalidMessage, make_adapter
+from embodied_ros.chunked_policy import load_chunked_policy
 from embodied_ros.params import declare_parameters
 from embodied_ros.process import StartupError, run_node, spin_until_shutdown
 from policies.checkpoint import CheckpointError, find_policy_dir, load_policy, read_meta
+from policies.mtact import is_mtact_dir
 from policies.numpy_inference import numpy_policy
 
 TRIGGERS = ("state", "timer")
+INFERENCE = ("numpy", "torch")
+CHUNK_PARAMETERS = ("chunk_schedule", "execute_steps", "task")  # MT-ACT's; flat policies take none
 LATENCY_WINDOW = 2000  # samples kept for the diagnostics percentiles
 
 
@@ -72,30 +79,14 @@ class PolicyNode(Node):
             raise StartupError(f"parameter action_limit must be in (0, 1], got {p['action_limit']}")
         if p["watchdog_periods"] < 1:
             raise StartupError(f"parameter watchdog_periods must be >= 1, got {p['watchdog_periods']}")
+        if p["inference"] not in INFERENCE:
+            raise StartupError(f"parameter inference must be 'numpy' or 'torch', got {p['inference']!r}")
+        self.chunked = None  # an MT-ACT forward: its chunk scheduler restarts at episode boundaries
         try:
             directory = find_policy_dir(p["run_dir"], p["checkpoint"])
-            meta = read_meta(directory)
-            self.adapter = make_adapter(p["robot"], meta.env)
-            a = self.adapter
-            if a.obs_dim is None:  # a Dict observation: a Dict-observation policy loader plugs in here
-                raise StartupError(f"robot {a.robot}: its observation is a Dict ({', '.join(a.layout)}), and no policy "
-                                   "loader for Dict observations exists yet (only vector policies run here)")
-            self.policy = load_policy(directory, a.obs_dim, a.command_size, a.layout)
+            kind = self._load_mtact(directory, p) if is_mtact_dir(directory) else self._load_vector(directory, p)
         except (CheckpointError, ValueError) as e:
             raise StartupError(str(e)) from None
-        if not p["deterministic"] and self.policy.meta.action_std is None:
-            raise StartupError(f"deterministic:=false needs an action std, and {directory} stores none")
-
-        self.forward, self.backend = self.policy.act, "torch"
-        if p["inference"] == "numpy":
-            fast = numpy_policy(self.policy)
-            if fast is None:
-                self.get_logger().warning(f"no NumPy forward for policy kind {meta.kind}; inference runs in torch")
-            else:
-                self.forward, self.backend = fast, "numpy"
-        elif p["inference"] != "torch":
-            raise StartupError(f"parameter inference must be 'numpy' or 'torch', got {p['inference']!r}")
-        self.action_std = None if p["deterministic"] else np.asarray(self.policy.meta.action_std)
         self.rng = np.random.default_rng(p["seed"])
         self.rate = p["rate"] if p["rate"] > 0 else 1.0 / self.adapter.control_dt
         self.period_ns = int(1e9 / self.rate)
@@ -134,10 +125,13 @@ class PolicyNode(Node):
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)  # gets what was said before
         self.pub = self.create_publisher(Float64MultiArray, "commands", reliable)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
+        # Latched topics first: when one and a state sample are ready together, the executor takes them in this
+        # order, so a new episode's instruction restarts the policy before that episode's first state is answered.
+        self.latched = {t.name for t in self.adapter.topics if t.latched}
         self.subs = [
             self.create_subscription(t.type, t.name, self._make_callback(t.name),
                                      latched if t.latched else qos if p["best_effort"] else reliable)
-            for t in self.adapter.topics
+            for t in sorted(self.adapter.topics, key=lambda t: not t.latched)
         ]
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_service(Trigger, "~/reset", self._on_reset)
@@ -145,11 +139,53 @@ class PolicyNode(Node):
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         # One thread is enough for these tiny networks and avoids pool wake-up jitter.
         torch.set_num_threads(1)
-        self.forward(self.adapter.zero_observation())  # warm up: the first call allocates
+        # Warm up: the first call allocates; MT-ACT also loads its sentence encoder now, not at the first state.
+        zero = self.adapter.zero_observation()
+        if self.chunked is not None:
+            self.chunked.warm_up(zero)
+        else:
+            self.forward(zero)
+        schedule = f", {self.chunked.schedule}" if self.chunked is not None else ""
         self.get_logger().info(
-            f"policy {meta.kind} from {directory} driving {self.adapter.robot} at {self.rate:.1f} Hz "
-            f"(trigger={self.trigger}, {self.backend} inference, output {'enabled' if self.enabled else 'disabled'})"
+            f"policy {kind} from {directory} driving {self.adapter.robot} at {self.rate:.1f} Hz "
+            f"(trigger={self.trigger}, {self.backend} inference{schedule}, "
+            f"output {'enabled' if self.enabled else 'disabled'})"
         )
+
+    def _load_vector(self, directory, p: dict) -> str:
+        """A flat policy (NCAP, MLP) for a vector observation; NumPy inference where it has a NumPy forward."""
+        meta = read_meta(directory)
+        self.adapter = a = make_adapter(p["robot"], meta.env)
+        if a.dict_observation:
+            raise StartupError(f"robot {a.robot}: its observation is a Dict ({', '.join(a.layout)}) for an MT-ACT "
+                               f"policy, and {directory} holds a flat {meta.kind} policy")
+        given = [name for name in CHUNK_PARAMETERS if p[name]]
+        if given:
+            raise StartupError(f"parameters {', '.join(given)} are for MT-ACT policies; {directory} holds a flat "
+                               f"{meta.kind} policy")
+        self.policy = load_policy(directory, a.obs_dim, a.command_size, a.layout)
+        if not p["deterministic"] and self.policy.meta.action_std is None:
+            raise StartupError(f"deterministic:=false needs an action std, and {directory} stores none")
+        self.forward, self.backend = self.policy.act, "torch"
+        if p["inference"] == "numpy":
+            fast = numpy_policy(self.policy)
+            if fast is None:
+                self.get_logger().warning(f"no NumPy forward for policy kind {meta.kind}; inference runs in torch")
+            else:
+                self.forward, self.backend = fast, "numpy"
+        self.action_std = None if p["deterministic"] else np.asarray(self.policy.meta.action_std)
+        return meta.kind
+
+    def _load_mtact(self, directory, p: dict) -> str:
+        """An MT-ACT run for a Dict observation: torch (no NumPy forward), deterministic (z = 0, no dropout)."""
+        if not p["deterministic"]:
+            raise StartupError("deterministic:=false samples around a trained Gaussian, and MT-ACT has none "
+                               "(its CVAE runs with z = 0)")
+        self.chunked, self.adapter = load_chunked_policy(directory, p["robot"], p["chunk_schedule"],
+                                                         p["execute_steps"], p["task"])
+        self.policy, self.forward, self.backend = self.chunked.policy, self.chunked, "torch"
+        self.action_std = None
+        return "mtact"
 
     def _declare_parameters(self) -> dict:
         defaults = {
@@ -167,7 +203,13 @@ class PolicyNode(Node):
             "best_effort": (False, "best-effort (sensor data) QoS for state topics"),
             "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
             "realtime_priority": (0, "SCHED_FIFO priority of the node's threads (1-99; needs CAP_SYS_NICE); 0 = off"),
-            "inference": ("numpy", "'numpy' (checked against torch at start, ~10x faster cold) or 'torch'"),
+            "inference": ("numpy", "'numpy' (checked against torch at start, ~10x faster cold) or 'torch'; "
+                                   "MT-ACT runs in torch"),
+            "chunk_schedule": ("", "MT-ACT: 'ensemble' (query every step, temporal ensembling) or 'execute' "
+                                   "(execute_steps actions per query); empty = as trained"),
+            "execute_steps": (0, "MT-ACT with chunk_schedule execute: actions per query (1..chunk); 0 = as trained"),
+            "task": ("", "one-hot MT-ACT: the task to do (microwave, kettle, ...); empty = the task whose wording the "
+                         "instruction is"),
         }
         return declare_parameters(self, defaults)
 
@@ -185,6 +227,8 @@ class PolicyNode(Node):
                 return
             self.latest[topic] = msg
             self.stamps[topic] = stamp
+            if topic in self.latched:  # said at each episode start and task change
+                self._restart_policy()
             if topic == self.adapter.trigger:
                 self.state_age_s.append((now - stamp) / 1e9)
                 self.last_valid_wall = time.monotonic_ns()
@@ -231,7 +275,12 @@ class PolicyNode(Node):
         except InvalidMessage as e:
             self._reject(str(e))
             return
-        action = self.forward(obs)
+        try:
+            action = self.forward(obs)
+        except InvalidMessage as e:  # an instruction the policy cannot follow (a one-hot MT-ACT's unknown task)
+            self._reject(str(e))
+            self._publish(self.adapter.safe_command(), safe=True)
+            return
         if self.action_std is not None:
             action = action + self.action_std * self.rng.standard_normal(action.shape)
         self.inference_s.append(time.perf_counter() - start)
@@ -277,6 +326,7 @@ class PolicyNode(Node):
             )
         elif not stale and self.watchdog_tripped:
             self.watchdog_tripped = False
+            self._restart_policy()  # chunks predicted before the gap are stale
             self.get_logger().info("watchdog: state is back; resuming the policy")
         if self.watchdog_tripped:
             if self.enabled:
@@ -290,6 +340,7 @@ class PolicyNode(Node):
             self.pending_safe = True
         if not self.enabled and request.data:
             self.clock_origin = None  # enabling starts a new episode for the policy's clock
+            self._restart_policy()
         self.enabled = bool(request.data)
         response.success = True
         response.message = f"output {'enabled' if self.enabled else 'disabled'}"
@@ -299,14 +350,19 @@ class PolicyNode(Node):
     def _on_reset(self, request, response):
         self.clock_origin = None
         self.last_processed = 0
-        latched = {t.name for t in self.adapter.topics if t.latched}  # said once per episode: keep it
-        for name in [name for name in self.latest if name not in latched]:
+        for name in [name for name in self.latest if name not in self.latched]:  # latched: said once, kept
             del self.latest[name]
             self.stamps.pop(name, None)
         self.adapter.reset()
+        self._restart_policy()
         response.success = True
-        response.message = "policy clock reset"
+        response.message = "policy clock reset" + (", chunks dropped" if self.chunked is not None else "")
         return response
+
+    def _restart_policy(self) -> None:
+        """A new episode for a stateful (chunking) policy: nothing predicted before it is executed after it."""
+        if self.chunked is not None:
+            self.chunked.reset()
 
     # --- diagnostics ---------------------------------------------------------------------
     def diagnostics(self) -> dict[str, str]:
@@ -327,6 +383,7 @@ class PolicyNode(Node):
             "state_age_ms_p50": f"{age50:.3f}", "state_age_ms_p99": f"{age99:.3f}",
             "loop_jitter_ms_p99": f"{jit99:.3f}", "loop_jitter_ms_max": f"{jitmax:.3f}",
             "rate_hz": f"{self.rate:.3f}",
+            **(self.chunked.diagnostics() if self.chunked is not None else {}),
         }
 
     def _publish_diagnostics(self) -> None:

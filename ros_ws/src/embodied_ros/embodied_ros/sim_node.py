@@ -38,10 +38,12 @@ from std_srvs.srv import Trigger
 
 import envs
 from embodied_ros.adapters import adapter_class, make_adapter
+from embodied_ros.chunked_policy import mtact_adapter
 from embodied_ros.params import declare_parameters
 from embodied_ros.process import StartupError, run_node
 from envs import swimmer, uav
 from policies.checkpoint import CheckpointError, atomic_write, find_policy_dir, read_meta
+from policies.mtact import META_FILE, is_mtact_dir, read_mtact_meta
 
 DEFAULT_ENVS = {
     "swimmer": {"name": "swimmer", "id": envs.SWIMMER, "task": "swim", "n_links": 6},
@@ -55,15 +57,34 @@ DIVERGED = (swimmer.SimulationDiverged, uav.SimulationDiverged)
 
 
 def env_config_for(robot: str, run_dir: str) -> dict:
-    """The env a run was trained on, so the sim matches the policy; the robot's default otherwise."""
+    """The env a run (flat or MT-ACT) was trained on, so the sim matches the policy; the robot's default otherwise."""
     if run_dir:
         try:
-            return dict(read_meta(find_policy_dir(run_dir)).env)
+            directory = find_policy_dir(run_dir)
+            if is_mtact_dir(directory):
+                env = read_mtact_meta(directory)[1].get("env")
+                if not isinstance(env, dict):
+                    raise CheckpointError(f"{directory / META_FILE} has no env config (the env the policy was trained on)")
+                return dict(env)
+            return dict(read_meta(directory).env)
         except CheckpointError as e:
             raise StartupError(str(e)) from None
     if robot not in DEFAULT_ENVS:
         raise StartupError(f"unknown robot {robot!r} (known: {', '.join(DEFAULT_ENVS)})")
     return dict(DEFAULT_ENVS[robot])
+
+
+def policy_topics(robot: str, run_dir: str) -> list[str] | None:
+    """The state topics the run's policy reads, when not all the robot's: an MT-ACT's cameras, its object state."""
+    if not run_dir:
+        return None
+    try:
+        directory = find_policy_dir(run_dir)
+        if not is_mtact_dir(directory):
+            return None
+        return [t.name for t in mtact_adapter(directory, robot)[2].topics]
+    except (CheckpointError, ValueError) as e:
+        raise StartupError(str(e)) from None
 
 
 def scene_overrides(robot: str, params: dict) -> dict:
@@ -101,6 +122,8 @@ class SimRobotNode(Node):
             self.env = envs.make_from_config(self.adapter.sim_env_config(env_cfg)).unwrapped
         except (ValueError, TypeError, gym.error.Error) as e:
             raise StartupError(f"cannot build the {p['robot']} sim: {e}") from None
+        # Whom to wait for (await_subscribers) on which topic: the policy may read fewer topics than the sim says.
+        self.awaited = policy_topics(p["robot"], p["run_dir"]) or [t.name for t in self.adapter.topics]
         self.dt = float(self.env.dt)
         self.real_time = p["real_time"]
         self.lockstep_timeout = p["lockstep_timeout"]
@@ -302,7 +325,7 @@ class SimRobotNode(Node):
         if self.await_subscribers <= 0:
             return
         deadline = time.perf_counter() + self.await_timeout
-        short = dict.fromkeys(t.name for t in self.adapter.topics)
+        short = dict.fromkeys(self.awaited)
         while rclpy.ok(context=self.context):
             short = {name: n for name in short if (n := self.pubs[name].get_subscription_count()) < self.await_subscribers}
             if not short or time.perf_counter() >= deadline:
