@@ -156,6 +156,8 @@ def evaluate(cfg: DictConfig) -> dict:
         if run.is_dir() and (run / rd.CHECKPOINTS).is_dir() and is_mtact_dir(resolve_checkpoint(run, cfg.checkpoint)):
             return evaluate_chunk_policy(cfg, resolve_checkpoint(run, cfg.checkpoint))
         policy, env_cfg = policy_from_run(cfg)
+    elif cfg.policy.kind == "mtact":
+        raise UserError("an untrained MT-ACT has nothing to show; train one (algo=bc dataset=<dir>) and pass run=<dir>")
     elif cfg.policy.kind == "pid":
         policy, env_cfg = pid_policy(cfg)
     else:

@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=DATASET)
     parser.add_argument("--only", default="train,eval,latency")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--note", action="append", default=[], help="a line for the results' notes (kept)")
     args = parser.parse_args()
     args.variants = args.variants.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
@@ -202,6 +203,7 @@ def main() -> None:
     out.update({"date": dt.date.today().isoformat(), "machine": machine(), "dataset": str(args.dataset),
                 "seeds": args.seeds, "episodes": args.episodes, "levels": levels, "variants": args.variants,
                 "budget": args.budget, "steps": args.steps})
+    out["notes"] = [*out.get("notes", []), *args.note]
     out.setdefault("eval", {})
     out.setdefault("runs", {})
     jobs = Jobs(WORK, 1)

@@ -200,3 +200,7 @@ def test_bc_bad_input_is_one_line(fake_dataset, run_cli, tmp_path, args, needle)
         args.append(f"dataset={fake_dataset}")
     result = run_cli("agents.train", "env=kitchen", "policy=mtact", *args)
     assert_one_line_error(result, needle)
+
+
+def test_evaluate_untrained_mtact_is_one_line(run_cli):
+    assert_one_line_error(run_cli("agents.evaluate", "env=kitchen", "policy=mtact"), "train one")
