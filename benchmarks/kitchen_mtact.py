@@ -9,7 +9,7 @@
 - eval: ``python -m agents.evaluate run=<run> level=L episodes=N workers=2`` for every run and
   level (per-task success with Wilson 95% intervals; episode seeds 10000 + 1000 * task + i, the
   same for every variant);
-- latency: one chunk query of the trained MT-ACT on one thread (median and p90 of 200), and the
+- latency: one chunk query of the first image-based variant's run on one thread (median and p90 of 200), and the
   cost per 12.5 Hz control step with temporal ensembling (a query every step) and with
   executing 20 steps per chunk.
 
@@ -165,7 +165,7 @@ def write_markdown(out: dict, path: Path) -> None:
     if out.get("latency"):
         lat = out["latency"]
         lines += ["", "## Inference on one CPU thread", "",
-                  f"MT-ACT ({lat['params']} parameters, cameras {lat['cameras']} at {lat['image_size']} px): one chunk "
+                  f"MT-ACT run `{lat['run']}` ({lat['params']} parameters, cameras {lat['cameras']} at {lat['image_size']} px): one chunk "
                   f"query {lat['query_ms_median']:.1f} ms median, {lat['query_ms_p90']:.1f} ms p90; per control step "
                   f"{lat['per_step_ms_ensemble']:.1f} ms with temporal ensembling (a query every step), "
                   f"{lat['per_step_ms_execute20']:.1f} ms executing 20 steps per chunk. The controller's period at "
@@ -218,8 +218,11 @@ def main() -> None:
             if name in out["runs"]:
                 for level in levels:
                     out["eval"].setdefault(name, {})[level] = evaluate(WORK / name, level, args.episodes)
-    if "latency" in sections and (WORK / f"mtact_s{args.seeds[0]}" / "checkpoints" / "final").is_dir():
-        out["latency"] = latency(WORK / f"mtact_s{args.seeds[0]}")
+    if "latency" in sections:  # of the first image-based variant trained
+        for name in names:
+            if not name.startswith(("state_only", "bc_single")) and (WORK / name / "checkpoints" / "final").is_dir():
+                out["latency"] = {"run": name, **latency(WORK / name)}
+                break
     out["table"] = aggregate(out)
     write_json_atomic(json_path, out)
     write_markdown(out, args.out / "kitchen_mtact.md")
