@@ -28,7 +28,9 @@ FINAL_FILES = ["model.zip", "policy.json", "policy.safetensors", "vecnormalize.p
 ENVS = sorted(p.stem for p in (CONFIG_DIR / "env").glob("*.yaml"))
 POLICIES = sorted(p.stem for p in (CONFIG_DIR / "policy").glob("*.yaml"))
 SWIMMER_ENVS = [e for e in ENVS if e.startswith("swimmer")]
-LEARNED_POLICIES = [p for p in POLICIES if p != "pid"]  # pid is a scripted controller (tests/test_uav.py)
+CHUNK_POLICIES = {"mtact": "mtact", "bc_single": "mtact"}  # config -> kind; behaviour cloning (tests/test_bc.py)
+# Flat actors trained by RL: pid is a scripted controller (tests/test_uav.py), the chunk policies learn from datasets.
+LEARNED_POLICIES = [p for p in POLICIES if p != "pid" and p not in CHUNK_POLICIES]
 NCAP_WEIGHTS = {"bneuron_osc": 1, "bneuron_prop": 1, "muscle_ipsi": 1, "muscle_contra": -1}
 
 
@@ -198,7 +200,7 @@ def test_bad_algo_values_are_user_errors(tmp_path):
 
 def test_config_groups_present():
     assert ENVS == ["kitchen", "swimmer", "swimmer_gym", "swimmer_navigate", "uav_hover", "uav_waypoints"]
-    assert POLICIES == ["mlp", "ncap", "pid"]
+    assert POLICIES == ["bc_single", "mlp", "mtact", "ncap", "pid"]
 
 
 @pytest.mark.parametrize("env_name", ENVS)
@@ -206,7 +208,7 @@ def test_config_groups_present():
 def test_compose_every_env_policy_pair(env_name, policy_name):
     cfg = compose_train([f"env={env_name}", f"policy={policy_name}"])
     assert cfg.env.name == env_name
-    assert cfg.policy.kind == policy_name
+    assert cfg.policy.kind == CHUNK_POLICIES.get(policy_name, policy_name)
     assert cfg.algo.name == "ppo"
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     tuned = CONFIG_DIR / "experiment" / "tuned" / f"{env_name}_{policy_name}_ppo.yaml"
