@@ -294,3 +294,14 @@ def assert_one_line_error(result, *needles: str) -> str:
     for needle in needles:
         assert needle.lower() in line.lower(), (needle, line)
     return line
+
+
+def launch_nodes(**overrides) -> list[dict]:
+    """The node specs ``launch/robot.py`` builds for these launch arguments (the rest at their defaults)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_robot_launch", REPO / "launch" / "robot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = {name: default for name, (default, _) in module.ARGUMENTS.items()} | overrides
+    return module.nodes(args)

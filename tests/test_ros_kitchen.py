@@ -35,7 +35,7 @@ from envs.kitchen_instructions import INSTRUCTIONS, instruction
 from policies.checkpoint import PolicyMeta, save_policy
 from policies.mlp import MLPActor, MLPConfig
 
-from conftest import REPO, capturing_policy_node
+from conftest import capturing_policy_node, launch_nodes
 
 T0 = 1_700_000_000_123_456_789  # an arbitrary wall-clock stamp, ns
 DT_NS = 80_000_000  # the kitchen's 80 ms control step (12.5 Hz)
@@ -444,50 +444,40 @@ def test_sim_node_publishes_the_arm_and_follows_a_command(ros_env, ros_context, 
 # --- launch file --------------------------------------------------------------------------------------
 
 
-def _launch_nodes(**overrides):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_robot_launch_kitchen", REPO / "launch" / "robot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    args = {name: default for name, (default, _) in module.ARGUMENTS.items()} | overrides
-    return module.nodes(args)
-
-
 def test_launch_file_runs_the_kitchen():
     """robot:=kitchen without run starts the sim alone; scene arguments reach it; chunk arguments reach the policy."""
-    (sim,) = _launch_nodes(robot="kitchen", task="kettle,light_switch", level="L2", cameras="wrist")
+    (sim,) = launch_nodes(robot="kitchen", task="kettle,light_switch", level="L2", cameras="wrist")
     params = sim["parameters"][0]
     assert sim["name"] == "sim" and params["robot"] == "kitchen" and params["run_dir"] == ""
     assert (params["task"], params["level"], params["cameras"]) == ("kettle,light_switch", "L2", "wrist")
     assert params["await_subscribers"] == 0  # no policy to wait for
-    recorder, sim = _launch_nodes(robot="kitchen", record="true", bag="b", cameras="scene,left_cap")
+    recorder, sim = launch_nodes(robot="kitchen", record="true", bag="b", cameras="scene,left_cap")
     assert sim["parameters"][0]["await_subscribers"] == 1
     topics = recorder["parameters"][0]["topics"]
     assert topics[:3] == ["joint_states", "object_state", "instruction"]
     assert topics[-2:] == ["scene/image_raw", "left_cap/image_raw"]
     assert recorder["parameters"][0]["types"][-1] == "sensor_msgs/msg/Image"
-    sim, policy = _launch_nodes(robot="kitchen", run="/r", task="kettle")
+    sim, policy = launch_nodes(robot="kitchen", run="/r", task="kettle")
     assert policy["name"] == "policy" and sim["parameters"][0]["await_subscribers"] == 1
     assert (policy["parameters"][0]["chunk_schedule"], policy["parameters"][0]["execute_steps"]) == ("", 0)
-    _, policy = _launch_nodes(robot="kitchen", run="/r", chunk_schedule="execute", execute_steps="5")
+    _, policy = launch_nodes(robot="kitchen", run="/r", chunk_schedule="execute", execute_steps="5")
     assert (policy["parameters"][0]["chunk_schedule"], policy["parameters"][0]["execute_steps"]) == ("execute", 5)
     with pytest.raises(ValueError, match="chunk_schedule:='chunky' is not one of: ensemble, execute"):
-        _launch_nodes(robot="kitchen", run="/r", chunk_schedule="chunky")
+        launch_nodes(robot="kitchen", run="/r", chunk_schedule="chunky")
     with pytest.raises(ValueError, match="arguments execute_steps choose how the kitchen's MT-ACT .* need robot:=kitchen"):
-        _launch_nodes(robot="swimmer", run="/r", execute_steps="3")
+        launch_nodes(robot="swimmer", run="/r", execute_steps="3")
     with pytest.raises(ValueError, match="launch arguments task, level choose the kitchen's scene; robot:=uav"):
-        _launch_nodes(robot="uav", run="/r", task="kettle", level="L1")
+        launch_nodes(robot="uav", run="/r", task="kettle", level="L1")
     with pytest.raises(ValueError, match="cameras needs run empty"):
-        _launch_nodes(robot="kitchen", run="/r", cameras="scene")
+        launch_nodes(robot="kitchen", run="/r", cameras="scene")
     with pytest.raises(ValueError, match="without run:= starts only the sim robot, which needs use_sim:=true"):
-        _launch_nodes(robot="kitchen", use_sim="false")
+        launch_nodes(robot="kitchen", use_sim="false")
     with pytest.raises(ValueError, match="run:=<run directory> is required"):
-        _launch_nodes(robot="swimmer")
-    (policy,) = _launch_nodes(robot="kitchen", run="/r", use_sim="false", state_topic="/franka/joint_states")
+        launch_nodes(robot="swimmer")
+    (policy,) = launch_nodes(robot="kitchen", run="/r", use_sim="false", state_topic="/franka/joint_states")
     assert policy["remappings"] == [("joint_states", "/franka/joint_states")]
     with pytest.raises(ValueError, match="odom_topic remaps the uav's odom"):
-        _launch_nodes(robot="kitchen", run="/r", use_sim="false", odom_topic="/odom")
+        launch_nodes(robot="kitchen", run="/r", use_sim="false", odom_topic="/odom")
 
 
 def test_sim_node_rejects_scene_parameters_it_cannot_honour():

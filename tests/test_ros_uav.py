@@ -31,7 +31,7 @@ from policies.checkpoint import find_policy_dir, load_policy, read_meta
 from policies.numpy_inference import numpy_policy
 from policies.pid import pid_for_env
 
-from conftest import REPO, TINY, capturing_policy_node, train_in_process
+from conftest import REPO, TINY, capturing_policy_node, launch_nodes, train_in_process
 
 T0 = 1_700_000_000_123_456_789  # an arbitrary wall-clock stamp, ns
 DT_NS = 10_000_000  # the UAV's 10 ms control step
@@ -341,31 +341,21 @@ def test_make_adapter_matches_robot_and_env():
 # --- launch file --------------------------------------------------------------------------------------
 
 
-def _launch_nodes(**overrides):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_robot_launch_uav", REPO / "launch" / "robot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    args = {name: default for name, (default, _) in module.ARGUMENTS.items()} | overrides
-    return module.nodes(args)
-
-
 def test_launch_file_runs_the_uav():
-    specs = _launch_nodes(robot="uav", run="/r", real_time="false", record="true", bag="b")
+    specs = launch_nodes(robot="uav", run="/r", real_time="false", record="true", bag="b")
     assert [s["name"] for s in specs] == ["recorder", "sim", "policy"]
     assert all(s["parameters"][0]["robot"] == "uav" and s["parameters"][0]["use_sim_time"] for s in specs)
     recorder = specs[0]["parameters"][0]
     assert recorder["topics"] == ["odom", "imu", "goal", "commands", "/diagnostics"]
     assert recorder["types"][:3] == ["nav_msgs/msg/Odometry", "sensor_msgs/msg/Imu", "nav_msgs/msg/Path"]
-    (policy,) = _launch_nodes(robot="uav", run="/r", use_sim="false", odom_topic="/mavros/local_position/odom",
+    (policy,) = launch_nodes(robot="uav", run="/r", use_sim="false", odom_topic="/mavros/local_position/odom",
                               imu_topic="/mavros/imu/data")
     assert policy["remappings"] == [("odom", "/mavros/local_position/odom"), ("imu", "/mavros/imu/data")]
     with pytest.raises(ValueError, match="state_topic remaps the swimmer's joint_states; robot:=uav reads "
                                          "odom_topic, imu_topic"):
-        _launch_nodes(robot="uav", run="/r", use_sim="false", state_topic="/joint_states")
+        launch_nodes(robot="uav", run="/r", use_sim="false", state_topic="/joint_states")
     with pytest.raises(ValueError, match="odom_topic remaps the uav's odom"):
-        _launch_nodes(robot="swimmer", run="/r", use_sim="false", odom_topic="/odom")
+        launch_nodes(robot="swimmer", run="/r", use_sim="false", odom_topic="/odom")
 
 
 # --- the nodes ----------------------------------------------------------------------------------------
