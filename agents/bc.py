@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents import run_dir as rd
 from agents.bc_data import Selection, load_windows, select_files
+from agents.builders import make_env
 from agents.dataset import DatasetError, read_manifest
 from agents.errors import UserError
 from agents.image_augment import augment_images
@@ -99,6 +100,9 @@ class BCTrainer:
         self.dataset_root = root
         # Closed-loop evaluation uses the env the demonstrations came from (cameras, image size).
         self.env_cfg = dict(manifest["env"])
+        env = make_env({**self.env_cfg, "cameras": []})  # no renderer: only the action bounds are wanted
+        self.action_low, self.action_high = env.action_space.low.tolist(), env.action_space.high.tolist()
+        env.close()
         self.n_train_episodes, self.n_val_episodes = len(train_files), len(val_files)
         torch.set_num_threads(int(cfg.threads))
         torch.manual_seed(int(cfg.seed))
@@ -146,9 +150,8 @@ class BCTrainer:
         with torch.no_grad():
             for i in range(0, len(frames), 256):
                 x = self.inputs(self.val_data.batch(frames[i:i + 256]), augment=False)
-                pred = self.model.predict_chunk(x["images"], x["proprio"], x["object_state"], x["lang"])
-                target = self.model.normalize_actions(x["actions"])
-                err = (self.model.normalize_actions(pred) - target).abs().mean(-1)
+                pred, _, _ = self.model(x["images"], x["proprio"], x["object_state"], x["lang"])  # normalised, z = 0
+                err = (pred - self.model.normalize_actions(x["actions"])).abs().mean(-1)
                 keep = ~x["pad"]
                 total += float(err[keep].sum())
                 count += int(keep.sum())
@@ -158,18 +161,9 @@ class BCTrainer:
     def meta(self) -> dict:
         return {
             "tasks": self.tasks, "env": self.env_cfg, "dataset": str(self.dataset_root), "steps": self.step,
-            "action_low": self._action_bounds()[0], "action_high": self._action_bounds()[1],
+            "action_low": self.action_low, "action_high": self.action_high,
             "inference": policy_options(self.cfg.algo),
         }
-
-    def _action_bounds(self) -> tuple[list[float], list[float]]:
-        if not hasattr(self, "_bounds"):
-            from agents.builders import make_env
-
-            env = make_env({**self.env_cfg, "cameras": []})
-            self._bounds = (env.action_space.low.tolist(), env.action_space.high.tolist())
-            env.close()
-        return self._bounds
 
     def save(self, name: str, with_state: bool) -> Path:
         def write(tmp: Path) -> None:

@@ -37,7 +37,7 @@ class Selection:
 
 def select_files(root: str | Path, sel: Selection) -> tuple[list[Path], list[Path]]:
     """(train files, validation files) of a dataset directory, per the selection rules above."""
-    manifest = read_manifest(root)
+    read_manifest(root)  # a dataset of this format and version, or DatasetError
     by_task: dict[str, dict[int, dict[int, Path]]] = {}
     for path in episode_files(root, sel.tasks):
         m = NAME.match(path.name)
@@ -75,7 +75,6 @@ def select_files(root: str | Path, sel: Selection) -> tuple[list[Path], list[Pat
                                        f"augment>={sel.augmentations} or lower algo.augmentations")
                 train.append(copies[aug])
         val += [copies[0] for copies in chosen[len(chosen) - n_val:]]
-    del manifest
     return train, val
 
 

@@ -116,12 +116,12 @@ def evaluate_chunk_policy(cfg: DictConfig, policy_dir: Path) -> dict:
     """Success rates of a kitchen MT-ACT run, per task and overall, at ``level``."""
     from agents.kitchen_eval import evaluate_success
     from envs.kitchen_variation import LEVELS
-    from policies.mtact import load_mtact
+    from policies.mtact import read_mtact_meta
 
     if cfg.level not in LEVELS:
         raise UserError(f"level must be one of {', '.join(LEVELS)}, not {cfg.level!r}")
     try:
-        _, meta = load_mtact(policy_dir)
+        _, meta = read_mtact_meta(policy_dir)  # the weights are loaded where the episodes run
     except CheckpointError as e:
         raise UserError(str(e)) from None
     options = dict(meta.get("inference", {}))
@@ -153,8 +153,10 @@ def evaluate(cfg: DictConfig) -> dict:
         from policies.mtact import is_mtact_dir
 
         run = Path(cfg.run).expanduser()
-        if run.is_dir() and (run / rd.CHECKPOINTS).is_dir() and is_mtact_dir(resolve_checkpoint(run, cfg.checkpoint)):
-            return evaluate_chunk_policy(cfg, resolve_checkpoint(run, cfg.checkpoint))
+        if run.is_dir() and (run / rd.CHECKPOINTS).is_dir():
+            checkpoint = resolve_checkpoint(run, cfg.checkpoint)
+            if is_mtact_dir(checkpoint):
+                return evaluate_chunk_policy(cfg, checkpoint)
         policy, env_cfg = policy_from_run(cfg)
     elif cfg.policy.kind == "mtact":
         raise UserError("an untrained MT-ACT has nothing to show; train one (algo=bc dataset=<dir>) and pass run=<dir>")

@@ -88,7 +88,7 @@ def run_episode(env, policy, seed: int, frames: list | None = None) -> tuple[boo
     return bool(info.get("is_success", False)), steps
 
 
-def _run_jobs(policy, env_cfg: dict, level: str, jobs: list[tuple[str, int, int]],
+def _run_jobs(policy, env_cfg: dict, level: str, seed: int, jobs: list[tuple[str, int, int]],
               video: str | None = None) -> list[tuple[str, int, bool, int]]:
     from agents.builders import make_env
 
@@ -99,7 +99,7 @@ def _run_jobs(policy, env_cfg: dict, level: str, jobs: list[tuple[str, int, int]
                 render = "rgb_array" if video and n == 0 else None
                 envs_by_task[task] = make_env({**env_cfg, "task": task, "level": level}, render_mode=render)
             frames = [] if video and n == 0 else None
-            success, steps = run_episode(envs_by_task[task], policy, episode_seed(0, task_index, episode), frames)
+            success, steps = run_episode(envs_by_task[task], policy, episode_seed(seed, task_index, episode), frames)
             if frames is not None:
                 write_video(frames, video, fps=int(envs_by_task[task].metadata.get("render_fps", 12)))
             out.append((task, episode, success, steps))
@@ -110,13 +110,13 @@ def _run_jobs(policy, env_cfg: dict, level: str, jobs: list[tuple[str, int, int]
 
 
 def _worker(args) -> list[tuple[str, int, bool, int]]:
-    policy_dir, options, env_cfg, level, jobs = args
+    policy_dir, options, env_cfg, level, seed, jobs = args
     import torch
 
     from policies.mtact_inference import load_mtact_policy
 
     torch.set_num_threads(1)
-    return _run_jobs(load_mtact_policy(policy_dir, **options), env_cfg, level, jobs)
+    return _run_jobs(load_mtact_policy(policy_dir, **options), env_cfg, level, seed, jobs)
 
 
 def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str = "L0", seed: int = 0,
@@ -124,7 +124,7 @@ def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str 
                      workers: int = 1, video: str | Path | None = None,
                      progress: Callable[[str], None] | None = None) -> SuccessReport:
     """Success of ``policy`` (in-process) or of the checkpoint in ``policy_dir`` (``workers`` processes)."""
-    jobs = [(task, i, seed + ep) for i, task in enumerate(tasks) for ep in range(episodes)]
+    jobs = [(task, i, ep) for i, task in enumerate(tasks) for ep in range(episodes)]
     env_cfg = dict(env_cfg)
     results: list[tuple[str, int, bool, int]] = []
     if workers <= 1 or policy_dir is None:
@@ -132,7 +132,7 @@ def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str 
             from policies.mtact_inference import load_mtact_policy
 
             policy = load_mtact_policy(policy_dir, **(policy_options or {}))
-        results = _run_jobs(policy, env_cfg, level, jobs, str(video) if video else None)
+        results = _run_jobs(policy, env_cfg, level, seed, jobs, str(video) if video else None)
     else:
         chunks = [jobs[w::workers] for w in range(workers)]
         ctx = mp.get_context("forkserver")
@@ -140,7 +140,7 @@ def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         try:
             with ctx.Pool(workers) as pool:
-                args = [(str(policy_dir), policy_options or {}, env_cfg, level, c) for c in chunks if c]
+                args = [(str(policy_dir), policy_options or {}, env_cfg, level, seed, c) for c in chunks if c]
                 for part in pool.imap_unordered(_worker, args):
                     results += part
                     if progress:
@@ -151,7 +151,8 @@ def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str 
         if video:  # one more episode (the first one again), in-process, to film it
             from policies.mtact_inference import load_mtact_policy
 
-            _run_jobs(load_mtact_policy(policy_dir, **(policy_options or {})), env_cfg, level, jobs[:1], str(video))
+            _run_jobs(load_mtact_policy(policy_dir, **(policy_options or {})), env_cfg, level, seed, jobs[:1],
+                      str(video))
     report = SuccessReport(level=level)
     for task in tasks:
         mine = sorted((r for r in results if r[0] == task), key=lambda r: r[1])

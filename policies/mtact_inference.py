@@ -15,31 +15,27 @@ import numpy as np
 import torch
 
 from policies.chunking import make_chunk_scheduler
+from policies.language import SentenceEncoder, one_hot_task
 from policies.mtact import MTACT, image_tensor, load_mtact
 
 SCHEDULES = ("ensemble", "execute")
 
 
 class LanguageVectors:
-    """The model's language input for an instruction (MiniLM) or a task name (one-hot), cached."""
+    """The model's language input for an instruction (MiniLM) or a task name (one-hot).
+
+    The sentence encoder keeps one embedding per instruction (``policies/language.py``), so a
+    controller asking every step costs a dictionary lookup.
+    """
 
     def __init__(self, mode: str, tasks: list[str] | None):
         self.mode = mode
         self.tasks = list(tasks or [])
-        self.cache: dict[str, np.ndarray] = {}
 
     def __call__(self, instruction: str, task: str) -> np.ndarray:
-        key = instruction if self.mode == "minilm" else task
-        if key not in self.cache:
-            if self.mode == "minilm":
-                from policies.language import SentenceEncoder
-
-                self.cache[key] = SentenceEncoder().embed(instruction)
-            else:
-                from policies.language import one_hot_task
-
-                self.cache[key] = one_hot_task(task, self.tasks)
-        return self.cache[key]
+        if self.mode == "minilm":
+            return SentenceEncoder().embed(instruction)
+        return one_hot_task(task, self.tasks)
 
 
 class MTACTPolicy:
