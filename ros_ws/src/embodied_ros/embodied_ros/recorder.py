@@ -24,6 +24,8 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, get_typestore
 
+from embodied_ros.process import init_with_shutdown_on_signals
+
 DEFAULT_TOPICS = ["joint_states", "odom", "commands", "goal", "/diagnostics"]
 DEFAULT_TYPES = [
     "sensor_msgs/msg/JointState",
@@ -135,8 +137,13 @@ class Recorder(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the recorder until SIGINT/SIGTERM; 0 after a clean close, 2 on bad configuration."""
-    rclpy.init(args=argv)
+    """Run the recorder until SIGINT/SIGTERM; 0 after a clean close, 2 on bad configuration.
+
+    SIGINT/SIGTERM shut the context down (:func:`init_with_shutdown_on_signals`) rather than raise
+    KeyboardInterrupt wherever the main thread is: raised inside ``writer.write`` it left a half
+    record in the MCAP chunk, and the closed bag failed to read back ("Truncated record").
+    """
+    init_with_shutdown_on_signals(argv)
     try:
         try:
             node = Recorder()
