@@ -4,7 +4,7 @@
                                        [--levels L0,L1,L2,L3] [--budget 7200] [--only train,eval,latency]
 
 - train: each variant x seed through ``python -m agents.train env=kitchen algo=bc dataset=...``,
-  one at a time (training uses both cores), stopped by ``--budget`` seconds of training (the
+  ``--jobs`` at a time sharing the cores, stopped by ``--budget`` seconds of training (the
   issue's 2-hour limit by default) or its step count, whichever comes first;
 - eval: ``python -m agents.evaluate run=<run> level=L episodes=N workers=2`` for every run and
   level (per-task success with Wilson 95% intervals; episode seeds 10000 + 1000 * task + i, the
@@ -27,12 +27,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -56,25 +58,28 @@ VARIANTS = {
 
 
 def train_all(args, jobs: Jobs) -> dict[str, Path]:
+    """``--jobs`` runs at once, the cores shared out (``--threads``, by default cores // jobs, each)."""
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     runs = {}
     for variant in args.variants:
         for seed in args.seeds:
             name = f"{variant}_s{seed}"
             overrides = ["env=kitchen", "algo=bc", f"dataset={args.dataset}", *MODEL, *VARIANTS[variant],
                          f"seed={seed}", f"algo.time_budget_s={args.budget}", f"algo.total_steps={args.steps}",
-                         f"algo.eval_every={args.eval_every}", "algo.eval_episodes=2", "algo.final_eval_episodes=5"]
+                         f"algo.warmup_steps={args.warmup}", f"algo.eval_every={args.eval_every}",
+                         "algo.eval_episodes=2", "algo.final_eval_episodes=5", f"threads={threads}"]
             runs[name] = jobs.submit(name, overrides)
-            jobs.wait_for(name)  # one at a time: a run uses both cores
+    jobs.wait()
     return runs
 
 
-def evaluate(run: Path, level: str, episodes: int) -> dict:
+def evaluate(run: Path, level: str, episodes: int, workers: int) -> dict:
     cache = run / f"eval_{level}_{episodes}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "agents.evaluate", f"run={run}", f"level={level}",
-                           f"episodes={episodes}", "workers=2"], cwd=ROOT, capture_output=True, text=True)
+                           f"episodes={episodes}", f"workers={workers}"], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"evaluating {run} at {level} failed:\n{proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-2])
@@ -125,11 +130,21 @@ def aggregate(out: dict) -> dict:
     for variant in out["variants"]:
         table[variant] = {}
         for level in out["levels"]:
-            rates = [out["eval"][f"{variant}_s{s}"][level]["success_rate"] for s in out["seeds"]
+            evals = [out["eval"][f"{variant}_s{s}"][level] for s in out["seeds"]
                      if level in out["eval"].get(f"{variant}_s{s}", {})]
-            if rates:
-                table[variant][level] = {"mean": float(np.mean(rates)), "std": float(np.std(rates)), "seeds": len(rates)}
+            if evals:
+                rates = [e["success_rate"] for e in evals]
+                table[variant][level] = {"mean": float(np.mean(rates)), "std": float(np.std(rates)), "seeds": len(rates),
+                                         "episodes": sum(e["episodes"] for e in evals),
+                                         "ci95": evals[0]["ci95"] if len(evals) == 1 else None}
     return table
+
+
+def cell(level: dict) -> str:
+    if level["seeds"] == 1:
+        low, high = level["ci95"]
+        return f"{100 * level['mean']:.1f} [{100 * low:.0f}, {100 * high:.0f}] ({level['episodes']})"
+    return f"{100 * level['mean']:.1f} ± {100 * level['std']:.1f} ({level['seeds']} seeds, {level['episodes']})"
 
 
 def write_markdown(out: dict, path: Path) -> None:
@@ -140,16 +155,18 @@ def write_markdown(out: dict, path: Path) -> None:
         f"Dataset `{out['dataset']}`; seeds {out['seeds']}; {out['episodes']} evaluation episodes per task and level "
         f"(seeds 10000 + 1000 * task + i); training stopped after {out['budget']} s of training or {out['steps']} "
         "gradient steps, whichever came first.", "",
-        "## Mean success over the 7 tasks (mean ± std over training seeds)", "",
-        "| variant | " + " | ".join(out["levels"]) + " | train s | steps | params |",
-        "|---|" + "---|" * (len(out["levels"]) + 3),
+        "## Mean success over the 7 tasks", "",
+        "Mean ± std over training seeds; with one seed, its pooled 95% Wilson interval in brackets; "
+        "episodes over all tasks in parentheses.", "",
+        "| variant | " + " | ".join(out["levels"]) + " | train s | steps | threads | params |",
+        "|---|" + "---|" * (len(out["levels"]) + 4),
     ]
     for variant, levels in out["table"].items():
         runs = [out["runs"][f"{variant}_s{s}"] for s in out["seeds"] if f"{variant}_s{s}" in out["runs"]]
-        cells = [f"{100 * levels[lv]['mean']:.1f} ± {100 * levels[lv]['std']:.1f}" if lv in levels else "—"
-                 for lv in out["levels"]]
+        cells = [cell(levels[lv]) if lv in levels else "—" for lv in out["levels"]]
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {np.mean([r['train_time_s'] for r in runs]):.0f} | "
-                     f"{np.mean([r['steps'] for r in runs]):.0f} | {runs[0]['params'] if runs else '—'} |")
+                     f"{np.mean([r['steps'] for r in runs]):.0f} | {runs[0].get('threads', '—') if runs else '—'} | "
+                     f"{runs[0]['params'] if runs else '—'} |")
     lines += ["", "## Per task at L0 (first seed; 95% Wilson interval)", ""]
     tasks = None
     for name, levels in out["eval"].items():
@@ -185,6 +202,10 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=7200.0, help="seconds of training per run")
     parser.add_argument("--steps", type=int, default=20000, help="gradient steps per run (if the budget allows)")
     parser.add_argument("--eval-every", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
+    parser.add_argument("--jobs", type=int, default=1, help="training runs at once")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: cores // jobs)")
+    parser.add_argument("--eval-workers", type=int, default=2, help="processes per evaluation")
     parser.add_argument("--dataset", type=Path, default=DATASET)
     parser.add_argument("--only", default="train,eval,latency")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -200,24 +221,28 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "kitchen_mtact.json"
     out = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    def union(key, new):  # an invocation adds to the table; it does not drop earlier variants
+        return list(dict.fromkeys([*out.get(key, []), *new]))
+
     out.update({"date": dt.date.today().isoformat(), "machine": machine(), "dataset": str(args.dataset),
-                "seeds": args.seeds, "episodes": args.episodes, "levels": levels, "variants": args.variants,
-                "budget": args.budget, "steps": args.steps})
+                "seeds": union("seeds", args.seeds), "episodes": args.episodes, "levels": union("levels", levels),
+                "variants": union("variants", args.variants), "budget": args.budget, "steps": args.steps})
     out["notes"] = [*out.get("notes", []), *args.note]
     out.setdefault("eval", {})
     out.setdefault("runs", {})
-    jobs = Jobs(WORK, 1)
+    jobs = Jobs(WORK, args.jobs)
     names = [f"{v}_s{s}" for v in args.variants for s in args.seeds]
     if "train" in sections:
         train_all(args, jobs)
     for name in names:
         if (WORK / name / "summary.json").is_file():
-            out["runs"][name] = summary(WORK / name)
+            threads = OmegaConf.load(WORK / name / "config.yaml").threads
+            out["runs"][name] = {**summary(WORK / name), "threads": threads}
     if "eval" in sections:
         for name in names:
             if name in out["runs"]:
                 for level in levels:
-                    out["eval"].setdefault(name, {})[level] = evaluate(WORK / name, level, args.episodes)
+                    out["eval"].setdefault(name, {})[level] = evaluate(WORK / name, level, args.episodes, args.eval_workers)
     if "latency" in sections:  # of the first image-based variant trained
         for name in names:
             if not name.startswith(("state_only", "bc_single")) and (WORK / name / "checkpoints" / "final").is_dir():

@@ -24,7 +24,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, get_typestore
 
-from embodied_ros.process import init_with_shutdown_on_signals
+from embodied_ros.process import StartupError, init_with_shutdown_on_signals
 
 DEFAULT_TOPICS = ["joint_states", "odom", "commands", "goal", "/diagnostics"]
 DEFAULT_TYPES = [
@@ -37,10 +37,6 @@ DEFAULT_TYPES = [
 # Reliable so nothing a reliable publisher sends is dropped; a deep queue so bursts survive a
 # slow write. Best-effort publishers (sensor-data QoS) do not match this profile.
 RECORD_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-
-
-class StartupError(Exception):
-    """Bad configuration found before anything was recorded (exit code 2)."""
 
 
 def partial_dir(output_dir: Path, pid: int | None = None) -> Path:

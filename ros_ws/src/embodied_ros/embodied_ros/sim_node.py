@@ -56,11 +56,20 @@ SCENE_PARAMETERS = ("task", "level", "cameras")  # the kitchen's; empty = the ru
 DIVERGED = (swimmer.SimulationDiverged, uav.SimulationDiverged)
 
 
-def env_config_for(robot: str, run_dir: str) -> dict:
-    """The env a run (flat or MT-ACT) was trained on, so the sim matches the policy; the robot's default otherwise."""
-    if run_dir:
+def run_policy_dir(run_dir: str) -> Path | None:
+    """The policy directory of the run the sim serves (looked up once), or None without a run."""
+    if not run_dir:
+        return None
+    try:
+        return find_policy_dir(run_dir)
+    except CheckpointError as e:
+        raise StartupError(str(e)) from None
+
+
+def env_config_for(robot: str, directory: Path | None) -> dict:
+    """The env a run's policy (flat or MT-ACT) was trained on, so the sim matches it; the robot's default otherwise."""
+    if directory is not None:
         try:
-            directory = find_policy_dir(run_dir)
             if is_mtact_dir(directory):
                 env = read_mtact_meta(directory)[1].get("env")
                 if not isinstance(env, dict):
@@ -74,14 +83,11 @@ def env_config_for(robot: str, run_dir: str) -> dict:
     return dict(DEFAULT_ENVS[robot])
 
 
-def policy_topics(robot: str, run_dir: str) -> list[str] | None:
+def policy_topics(robot: str, directory: Path | None) -> list[str] | None:
     """The state topics the run's policy reads, when not all the robot's: an MT-ACT's cameras, its object state."""
-    if not run_dir:
+    if directory is None or not is_mtact_dir(directory):
         return None
     try:
-        directory = find_policy_dir(run_dir)
-        if not is_mtact_dir(directory):
-            return None
         return [t.name for t in mtact_adapter(directory, robot)[2].topics]
     except (CheckpointError, ValueError) as e:
         raise StartupError(str(e)) from None
@@ -114,7 +120,8 @@ class SimRobotNode(Node):
     def __init__(self, **kwargs):
         super().__init__("sim", **kwargs)
         p = self._declare_parameters()
-        env_cfg = {**env_config_for(p["robot"], p["run_dir"]), **scene_overrides(p["robot"], p)}
+        policy_dir = run_policy_dir(p["run_dir"])
+        env_cfg = {**env_config_for(p["robot"], policy_dir), **scene_overrides(p["robot"], p)}
         try:
             if p["rate"] > 0:
                 env_cfg = adapter_class(p["robot"]).with_rate(env_cfg, p["rate"])
@@ -123,7 +130,7 @@ class SimRobotNode(Node):
         except (ValueError, TypeError, gym.error.Error) as e:
             raise StartupError(f"cannot build the {p['robot']} sim: {e}") from None
         # Whom to wait for (await_subscribers) on which topic: the policy may read fewer topics than the sim says.
-        self.awaited = policy_topics(p["robot"], p["run_dir"]) or [t.name for t in self.adapter.topics]
+        self.awaited = policy_topics(p["robot"], policy_dir) or [t.name for t in self.adapter.topics]
         self.dt = float(self.env.dt)
         self.real_time = p["real_time"]
         self.lockstep_timeout = p["lockstep_timeout"]
