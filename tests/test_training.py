@@ -245,6 +245,18 @@ def test_tuned_experiment_applied_for_swimmer_ncap():
     assert gym_ncap.algo.sb3.gamma == pytest.approx(gym_tuned.algo.sb3.gamma)
 
 
+@pytest.mark.parametrize("policy_name", ["mtact", "bc_single"])
+def test_tuned_experiment_sets_top_level_keys_and_the_command_line_still_wins(policy_name):
+    """A tuned file's ``threads`` once lost to train.yaml's own default (``_self_`` came last)."""
+    tuned = OmegaConf.load(CONFIG_DIR / "experiment" / "tuned" / f"kitchen_{policy_name}_bc.yaml")
+    assert tuned.threads != OmegaConf.load(CONFIG_DIR / "train.yaml").threads
+    cfg = compose_train(["env=kitchen", f"policy={policy_name}", "algo=bc"])
+    assert cfg.threads == tuned.threads
+    assert cfg.policy.actor.hidden == tuned.policy.actor.hidden
+    assert cfg.algo.total_steps == tuned.algo.total_steps
+    assert compose_train(["env=kitchen", f"policy={policy_name}", "algo=bc", "threads=1"]).threads == 1
+
+
 def test_command_line_overrides_win_over_tuned_files():
     cfg = compose_train(["env=swimmer", "policy=ncap", "algo.sb3.n_steps=128", "policy.log_std_init=-1.0"])
     assert cfg.algo.sb3.n_steps == 128
