@@ -108,7 +108,7 @@ def pid_policy(cfg: DictConfig) -> tuple[CascadedPID, dict]:
 
 
 def validate(cfg: DictConfig) -> None:
-    require_ints(cfg, ["episodes", "workers"], minimum=1)
+    require_ints(cfg, ["episodes", "workers", "threads"], minimum=1)
     require_ints(cfg, ["seed"], minimum=0)
 
 
@@ -149,6 +149,7 @@ def evaluate_chunk_policy(cfg: DictConfig, policy_dir: Path) -> dict:
 
 def evaluate(cfg: DictConfig) -> dict:
     validate(cfg)
+    torch.set_num_threads(int(cfg.threads))  # worker processes set one thread each themselves
     if cfg.run:
         from policies.mtact import is_mtact_dir
 

@@ -133,7 +133,7 @@ def test_bad_seed_train(run_cli, tmp_path, value):
     assert_one_line_error(result, "seed")
 
 
-@pytest.mark.parametrize("args", [["seed=abc"], ["episodes=0"], ["episodes=two"]])
+@pytest.mark.parametrize("args", [["seed=abc"], ["episodes=0"], ["episodes=two"], ["threads=0"]])
 def test_bad_ints_evaluate(run_cli, args):
     result = run_cli("agents.evaluate", "env=swimmer", "policy=ncap", *args)
     assert_one_line_error(result, args[0].split("=")[0])
