@@ -187,7 +187,7 @@ def write_markdown(out: dict, path: Path) -> None:
                   f"{lat['per_step_ms_ensemble']:.1f} ms with temporal ensembling (a query every step), "
                   f"{lat['per_step_ms_execute20']:.1f} ms executing 20 steps per chunk. The controller's period at "
                   "12.5 Hz is 80 ms."]
-    lines += ["", "## Notes", "", *out.get("notes", [])]
+    lines += ["", "## Notes", "", *(f"- {note}" for note in out.get("notes", []))]
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
@@ -226,7 +226,9 @@ def main() -> None:
 
     out.update({"date": dt.date.today().isoformat(), "machine": machine(), "dataset": str(args.dataset),
                 "seeds": union("seeds", args.seeds), "episodes": args.episodes, "levels": union("levels", levels),
-                "variants": union("variants", args.variants), "budget": args.budget, "steps": args.steps})
+                "variants": union("variants", args.variants)})
+    if "train" in sections:  # an evaluation-only invocation keeps the training limits on record
+        out.update({"budget": args.budget, "steps": args.steps})
     out["notes"] = [*out.get("notes", []), *args.note]
     out.setdefault("eval", {})
     out.setdefault("runs", {})
