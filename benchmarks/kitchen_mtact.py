@@ -6,7 +6,7 @@
 - train: each variant x seed through ``python -m agents.train env=kitchen algo=bc dataset=...``,
   ``--jobs`` at a time sharing the cores, stopped by ``--budget`` seconds of training (the
   issue's 2-hour limit by default) or its step count, whichever comes first;
-- eval: ``python -m agents.evaluate run=<run> level=L episodes=N workers=2`` for every run and
+- eval: ``python -m agents.evaluate run=<run> level=L episodes=N workers=W`` (``--eval-workers``) for every run and
   level (per-task success with Wilson 95% intervals; episode seeds 10000 + 1000 * task + i, the
   same for every variant);
 - latency: one chunk query of the first image-based variant's run on one thread (median and p90 of 200), and the
@@ -221,6 +221,7 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "kitchen_mtact.json"
     out = json.loads(json_path.read_text()) if json_path.is_file() else {}
+
     def union(key, new):  # an invocation adds to the table; it does not drop earlier variants
         return list(dict.fromkeys([*out.get(key, []), *new]))
 
