@@ -153,8 +153,8 @@ def write_markdown(out: dict, path: Path) -> None:
         "# MT-ACT on the kitchen (benchmarks/kitchen_mtact.py)", "",
         f"Date {out['date']}; {m['cpu']}, {m['cores']} cores; torch {m['torch']}, MuJoCo {m['mujoco']}. "
         f"Dataset `{out['dataset']}`; seeds {out['seeds']}; {out['episodes']} evaluation episodes per task and level "
-        f"(seeds 10000 + 1000 * task + i); training stopped after {out['budget']} s of training or {out['steps']} "
-        "gradient steps, whichever came first.", "",
+        f"(seeds 10000 + 1000 * task + i); training stopped after {out.get('budget', '?')} s of training or "
+        f"{out.get('steps', '?')} gradient steps, whichever came first.", "",
         "## Mean success over the 7 tasks", "",
         "Mean ± std over training seeds; with one seed, its pooled 95% Wilson interval in brackets; "
         "episodes over all tasks in parentheses.", "",
