@@ -365,3 +365,31 @@ def test_sigint_landing_inside_the_context_lock_still_shuts_down(ros_env):
     proc = subprocess.run([sys.executable, "-c", SIGNAL_INSIDE_CONTEXT_LOCK], env=ros_env, capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_shutdown_racing_the_wait_set_ends_spinning_quietly_but_a_live_error_still_raises():
+    """A SIGINT landing as rclpy builds its wait set raises RCLError, not ExternalShutdownException.
+
+    The CI saw the bag recorder exit 1 with that traceback on an ordinary Ctrl-C of ``robot-launch``.
+    """
+    from rclpy._rclpy_pybind11 import RCLError
+
+    from embodied_ros.process import spin_until_shutdown
+
+    class Context:
+        def __init__(self, ok):
+            self._ok = ok
+
+        def ok(self):
+            return self._ok
+
+    class Executor:
+        def __init__(self, context_ok):
+            self.context = Context(context_ok)
+
+        def spin(self):
+            raise RCLError("failed to initialize wait set: the given context is not valid")
+
+    spin_until_shutdown(Executor(context_ok=False))
+    with pytest.raises(RCLError, match="wait set"):
+        spin_until_shutdown(Executor(context_ok=True))

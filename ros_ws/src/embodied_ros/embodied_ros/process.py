@@ -55,8 +55,9 @@ def init_with_shutdown_on_signals(argv=None):
 def spin_until_shutdown(executor) -> None:
     """Spin; a SIGINT/SIGTERM shutdown of the context ends it quietly.
 
-    A message being taken while the context shuts down can make rclpy 7.1.6 raise a
-    RuntimeError; after shutdown began that is not a failure of the node.
+    A shutdown landing while rclpy 7.1.6 takes a message or builds its wait set raises a
+    RuntimeError (``RCLError: failed to initialize wait set: the given context is not valid``)
+    instead of ExternalShutdownException; after shutdown began that is not a failure of the node.
     """
     try:
         executor.spin()

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import rclpy
 import rclpy.logging
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, get_typestore
 
-from embodied_ros.process import StartupError, init_with_shutdown_on_signals
+from embodied_ros.process import StartupError, init_with_shutdown_on_signals, spin_until_shutdown
 
 DEFAULT_TOPICS = ["joint_states", "odom", "commands", "goal", "/diagnostics"]
 DEFAULT_TYPES = [
@@ -149,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
+            spin_until_shutdown(executor)  # also quiet when shutdown lands as the wait set is built
         except BaseException:
             node.abort()
             raise
