@@ -10,6 +10,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -305,3 +306,46 @@ def launch_nodes(**overrides) -> list[dict]:
     spec.loader.exec_module(module)
     args = {name: default for name, (default, _) in module.ARGUMENTS.items()} | overrides
     return module.nodes(args)
+
+
+class Launch:
+    """``robot-launch launch/robot.py ARGS`` in its own session, its output in ``cwd/launch.log``."""
+
+    def __init__(self, ros_env: dict, cwd: Path, *args: str):
+        self.log = cwd / "launch.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "embodied_ros.launcher", str(REPO / "launch" / "robot.py"), *args],
+            cwd=cwd, env=ros_env, stdin=subprocess.DEVNULL, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def died(self) -> str | None:
+        if self.proc.poll() is None:
+            return None
+        return f"the launcher exited with {self.proc.returncode}:\n{self.output()[-3000:]}"
+
+    def node_pids(self) -> dict[str, int]:
+        import psutil
+
+        out = {}
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                cmd = " ".join(child.cmdline())
+            except psutil.NoSuchProcess:
+                continue
+            for module in ("sim_node", "policy_node", "recorder"):
+                if f"embodied_ros.{module}" in cmd:
+                    out[module] = child.pid
+        return out
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise AssertionError(f"launcher did not stop on SIGINT:\n{self.output()[-3000:]}") from None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from policies.checkpoint import find_policy_dir
 from policies.mtact import MTACT, MTACTConfig, save_mtact
 from policies.mtact_inference import load_mtact_policy
 
-from conftest import REPO, TINY_MTACT, capturing_policy_node, cli_env, write_fake_dataset
+from conftest import TINY_MTACT, Launch, capturing_policy_node, cli_env, write_fake_dataset
 
 TASKS = ["light_switch", "microwave"]
 
@@ -257,24 +256,16 @@ def test_robot_launch_runs_mtact_on_the_kitchen(mtact_run, gl_available, ros_env
     reports the instruction it follows, and SIGINT stops every node cleanly."""
     from embodied_ros.monitor import RobotMonitor
 
-    log = tmp_path / "launch.log"
-    launch = subprocess.Popen(
-        [sys.executable, "-m", "embodied_ros.launcher", str(REPO / "launch" / "robot.py"), "robot:=kitchen",
-         f"run:={mtact_run}", "real_time:=false"],
-        cwd=tmp_path, env=ros_env, stdin=subprocess.DEVNULL, stdout=log.open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    launch = Launch(ros_env, tmp_path, "robot:=kitchen", f"run:={mtact_run}", "real_time:=false")
     probe = RobotMonitor(ros_context, name="probe")
-    probe.abort_if = lambda: None if launch.poll() is None else f"the launcher exited:\n{log.read_text()[-3000:]}"
+    probe.abort_if = launch.died
     try:
         probe.wait_for(lambda: len(probe.commands) >= 30 and probe.diagnostics, 120,
                        "30 lock-step joint targets and the policy's diagnostics")
     finally:
         probe.close()
-        if launch.poll() is None:
-            launch.send_signal(signal.SIGINT)
-        rc = launch.wait(timeout=30)
-    out = log.read_text()
+        rc = launch.stop()
+    out = launch.output()
     assert rc == 0 and "Traceback" not in out, out[-3000:]
     assert "policy mtact from" in out and "temporal ensembling of 5-action chunks" in out, out[-3000:]
     assert "starting after" not in out  # the sim did not wait for an object_state subscriber that never comes

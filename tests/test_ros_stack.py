@@ -8,7 +8,6 @@ stopped with SIGINT.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -31,9 +30,7 @@ from embodied_ros.monitor import RobotMonitor
 from embodied_ros.reference import in_process_distance
 from policies.checkpoint import find_policy_dir, read_meta
 
-from conftest import REPO, capturing_policy_node
-
-LAUNCH_FILE = REPO / "launch" / "robot.py"
+from conftest import Launch, capturing_policy_node
 
 
 @pytest.fixture
@@ -41,45 +38,6 @@ def probe(ros_context):
     monitor = RobotMonitor(ros_context, name="probe")
     yield monitor
     monitor.close()
-
-
-class Launch:
-    def __init__(self, ros_env: dict, cwd: Path, *args: str):
-        self.log = cwd / "launch.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "embodied_ros.launcher", str(LAUNCH_FILE), *args],
-            cwd=cwd, env=ros_env, stdin=subprocess.DEVNULL, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def died(self) -> str | None:
-        if self.proc.poll() is None:
-            return None
-        return f"the launcher exited with {self.proc.returncode}:\n{self.output()[-3000:]}"
-
-    def node_pids(self) -> dict[str, int]:
-        out = {}
-        for child in psutil.Process(self.proc.pid).children(recursive=True):
-            try:
-                cmd = " ".join(child.cmdline())
-            except psutil.NoSuchProcess:
-                continue
-            for module in ("sim_node", "policy_node", "recorder"):
-                if f"embodied_ros.{module}" in cmd:
-                    out[module] = child.pid
-        return out
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            raise AssertionError(f"launcher did not stop on SIGINT:\n{self.output()[-3000:]}") from None
 
 
 def test_launch_swims_obeys_enable_watchdog_and_shuts_down(ncap_run, ros_env, probe, tmp_path):

@@ -31,7 +31,7 @@ from policies.checkpoint import find_policy_dir, load_policy, read_meta
 from policies.numpy_inference import numpy_policy
 from policies.pid import pid_for_env
 
-from conftest import REPO, TINY, capturing_policy_node, launch_nodes, train_in_process
+from conftest import TINY, Launch, capturing_policy_node, launch_nodes, train_in_process
 
 T0 = 1_700_000_000_123_456_789  # an arbitrary wall-clock stamp, ns
 DT_NS = 10_000_000  # the UAV's 10 ms control step
@@ -509,24 +509,16 @@ def test_robot_launch_flies_the_uav_lock_step_and_records_it(uav_run, ros_env, r
     from embodied_ros.monitor import RobotMonitor
 
     bag = tmp_path / "bag"
-    log = tmp_path / "launch.log"
-    launch = subprocess.Popen(
-        [sys.executable, "-m", "embodied_ros.launcher", str(REPO / "launch" / "robot.py"), "robot:=uav",
-         f"run:={uav_run}", "real_time:=false", "record:=true", f"bag:={bag}"],
-        cwd=tmp_path, env=ros_env, stdin=subprocess.DEVNULL, stdout=log.open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    launch = Launch(ros_env, tmp_path, "robot:=uav", f"run:={uav_run}", "real_time:=false", "record:=true", f"bag:={bag}")
     probe = RobotMonitor(ros_context, name="probe", state_topic="odom", state_type=Odometry)
-    probe.abort_if = lambda: None if launch.poll() is None else f"the launcher exited:\n{log.read_text()[-3000:]}"
+    probe.abort_if = launch.died
     try:
         probe.wait_for(lambda: len(probe.commands) > 150, 60, "150 lock-step thrust commands")
         time.sleep(2.0)  # lock-step outruns DDS discovery: give the recorder time to match and record
     finally:
         probe.close()
-        if launch.poll() is None:
-            launch.send_signal(signal.SIGINT)
-        rc = launch.wait(timeout=30)
-    out = log.read_text()
+        rc = launch.stop()
+    out = launch.output()
     assert rc == 0 and "Traceback" not in out, out[-3000:]
     thrust_max = preset("cf2").thrust_max
     with probe.lock:
