@@ -107,7 +107,7 @@ def run_node(argv, make_node: Callable, run: Callable, farewell: Callable) -> in
     ``run(node, executor)`` does the node's work; ``farewell(node)`` logs its summary on the way
     out. Configuration errors are one ``error:`` line and exit code 2, never a traceback.
     """
-    init_with_shutdown_on_signals(argv)
+    context = init_with_shutdown_on_signals(argv)
     node = executor = None
     try:
         node = make_node()
@@ -123,6 +123,9 @@ def run_node(argv, make_node: Callable, run: Callable, farewell: Callable) -> in
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:  # rclpy's RCLError when a signal's shutdown lands inside a wait (spin_until_shutdown)
+        if context.ok():
+            raise
     finally:
         bounded_cleanup()
         if node is not None:
