@@ -351,3 +351,34 @@ def test_shutdown_racing_the_wait_set_ends_spinning_quietly_but_a_live_error_sti
     spin_until_shutdown(Executor(context_ok=False))
     with pytest.raises(RCLError, match="wait set"):
         spin_until_shutdown(Executor(context_ok=True))
+
+
+RUN_NODE_WITH_RCL_ERROR = """
+import sys
+from rclpy.node import Node
+from rclpy._rclpy_pybind11 import RCLError
+from embodied_ros.process import run_node
+
+shut_down_first = sys.argv[1] == "shutdown"
+
+def make_node():
+    node = Node("raiser")
+    node.declare_parameter("realtime_priority", 0)
+    return node
+
+def run(node, executor):
+    if shut_down_first:
+        node.context.try_shutdown()
+    raise RCLError("failed to initialize wait set: the given context is not valid")
+
+sys.exit(run_node(None, make_node, run, lambda node: None))
+"""
+
+
+@pytest.mark.parametrize("case, returncode", [("shutdown", 0), ("live", 1)])
+def test_run_node_exits_cleanly_on_an_rcl_error_after_shutdown_only(ros_env, case, returncode):
+    """A node whose wait is cut by SIGINT's shutdown exits 0; the same error on a live context stays a failure."""
+    proc = subprocess.run([sys.executable, "-c", RUN_NODE_WITH_RCL_ERROR, case], env=ros_env, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == returncode, proc.stderr[-2000:]
+    assert ("Traceback" in proc.stderr) == (case == "live"), proc.stderr[-2000:]
