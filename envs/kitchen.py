@@ -77,6 +77,7 @@ skybox and the oversized buffer, ~8-10 ms with the low-poly arm.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -202,6 +203,20 @@ def _image_shape(image_size) -> tuple[int, int]:
     if h < 8 or w < 8:
         raise ValueError(f"image_size must be at least 8 pixels, got {h}x{w}")
     return h, w
+
+
+def close_renderer(renderer: mujoco.Renderer) -> None:
+    """Free a renderer's GL objects inside its own GL context.
+
+    ``mujoco.Renderer.close`` frees the MjrContext's textures and framebuffers by id in whatever
+    context is current, and every OSMesa/EGL context numbers its objects from 1: closing (or
+    garbage-collecting) one env's renderer while another env's context is current deleted the other
+    env's objects, and its camera images turned to garbage from then on.
+    """
+    gl = getattr(renderer, "_gl_context", None)  # private in mujoco 3.x; without it, close as before
+    if gl is not None:
+        gl.make_current()
+    renderer.close()
 
 
 class KitchenEnv(MujocoEnv, utils.EzPickle):
@@ -357,6 +372,7 @@ class KitchenEnv(MujocoEnv, utils.EzPickle):
         if self._renderer is None:
             h, w = self.image_shape
             self._renderer = mujoco.Renderer(self.model, h, w)
+            self._renderer_finalizer = weakref.finalize(self, close_renderer, self._renderer)  # an env dropped unclosed
             flags = self._renderer.scene.flags
             for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                          mujoco.mjtRndFlag.mjRND_SKYBOX):
@@ -459,6 +475,6 @@ class KitchenEnv(MujocoEnv, utils.EzPickle):
 
     def close(self):
         if self._renderer is not None:
-            self._renderer.close()
+            self._renderer_finalizer()  # runs close_renderer once
             self._renderer = None
         super().close()

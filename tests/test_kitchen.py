@@ -337,3 +337,24 @@ def test_expert_replans_after_losing_the_handle():
             break
     assert expert._replans == 1 and info["is_success"], info
     env.close()
+
+
+@pytest.mark.parametrize("drop", ["close", "garbage"])
+def test_closing_one_env_leaves_another_envs_images_intact(gl_available, drop):
+    """GL objects are numbered per context: freeing one renderer must not delete another env's."""
+    import gc
+
+    first = KitchenEnv(task="microwave", image_size=32)
+    first.reset(seed=0)
+    second = KitchenEnv(task="kettle", image_size=32)
+    second.reset(seed=1)
+    before = second.render_cameras()  # the second env's context is the current one
+    if drop == "close":
+        first.close()
+    else:
+        del first
+        gc.collect()
+    after = second.render_cameras()
+    for cam in before:
+        np.testing.assert_array_equal(after[cam], before[cam], err_msg=f"{cam} image changed after the other env went")
+    second.close()
