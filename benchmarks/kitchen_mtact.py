@@ -15,6 +15,9 @@
 
 Variants (every one on the same dataset, ``--dataset``, collected by benchmarks/kitchen_experts.py):
 ``mtact`` (images, MiniLM, CVAE, chunk 20, one semantic augmentation per demonstration),
+``noisy_demos`` (mtact on demonstrations collected with Gaussian noise of std 0.02 on the expert's
+actions, DART-style, so the data shows the arm off the nominal path and the way back; collected
+here on first use, ``NOISY_DATASET``),
 ``bc_single`` (the same network predicting one action, no CVAE), ``onehot`` (task id instead of
 language), ``no_aug`` (no semantic augmentation), ``state_only`` (object state instead of
 images), ``quirk`` (the ACT decoder bug), ``demos10``/``demos25`` (fewer demonstrations per task).
@@ -44,10 +47,13 @@ from benchmarks.common import Jobs, compose_cfg, machine, summary, write_json_at
 WORK = ROOT / "benchmarks" / ".work" / "kitchen_mtact"
 RESULTS = ROOT / "benchmarks" / "results"
 DATASET = ROOT / "benchmarks" / ".work" / "kitchen" / "dataset_50"
+NOISY_DATASET = ROOT / "benchmarks" / ".work" / "kitchen" / "dataset_50_noise02"
+EXPERT_NOISE = 0.02  # rad (and gripper units); the hinge expert still succeeds in most first attempts
 # The network size, step count and warm-up come from configs/experiment/tuned/kitchen_mtact_bc.yaml
 # (bc_single's tuned file takes it), so the benchmark measures what `agents.train` runs.
 VARIANTS = {
     "mtact": ["policy=mtact", "algo.augmentations=1"],
+    "noisy_demos": ["policy=mtact", "algo.augmentations=1"],
     "bc_single": ["policy=bc_single", "algo.augmentations=1"],
     "onehot": ["policy=mtact", "algo.augmentations=1", "policy.actor.language=onehot"],
     "no_aug": ["policy=mtact", "algo.augmentations=0"],
@@ -56,6 +62,17 @@ VARIANTS = {
     "demos10": ["policy=mtact", "algo.augmentations=1", "algo.demos_per_task=10"],
     "demos25": ["policy=mtact", "algo.augmentations=1", "algo.demos_per_task=25"],
 }
+VARIANT_DATASETS = {"noisy_demos": NOISY_DATASET}  # every other variant trains on --dataset
+
+
+def ensure_noisy_dataset() -> None:
+    """Collect the noisy demonstrations once (about 30 min on two cores); the collector resumes a partial one."""
+    if (NOISY_DATASET / "manifest.json").is_file() and len(list(NOISY_DATASET.glob("episodes/*/*.npz"))) >= 700:
+        return
+    cmd = [sys.executable, "-m", "agents.collect", "task=all", "episodes=50", "augment=1", f"noise={EXPERT_NOISE}",
+           "max_attempts=6", f"out={NOISY_DATASET}"]
+    print("collecting", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
 
 
 def train_all(args, jobs: Jobs) -> dict[str, Path]:
@@ -65,7 +82,10 @@ def train_all(args, jobs: Jobs) -> dict[str, Path]:
     for variant in args.variants:
         for seed in args.seeds:
             name = f"{variant}_s{seed}"
-            overrides = ["env=kitchen", "algo=bc", f"dataset={args.dataset}", *VARIANTS[variant],
+            if variant in VARIANT_DATASETS:
+                ensure_noisy_dataset()
+            dataset = VARIANT_DATASETS.get(variant, args.dataset)
+            overrides = ["env=kitchen", "algo=bc", f"dataset={dataset}", *VARIANTS[variant],
                          f"seed={seed}", f"algo.time_budget_s={args.budget}", f"algo.total_steps={args.steps}",
                          f"algo.eval_every={args.eval_every}", "algo.eval_episodes=2", "algo.final_eval_episodes=5",
                          f"threads={threads}"]
@@ -155,7 +175,7 @@ def write_markdown(out: dict, path: Path) -> None:
     lines = [
         "# MT-ACT on the kitchen (benchmarks/kitchen_mtact.py)", "",
         f"Date {out['date']}; {m['cpu']}, {m['cores']} cores; torch {m['torch']}, MuJoCo {m['mujoco']}. "
-        f"Dataset `{out['dataset']}`; seeds {out['seeds']}; {out['episodes']} evaluation episodes per task and level "
+        f"Dataset `{out['dataset']}` (noisy_demos: `{NOISY_DATASET}`, expert noise {EXPERT_NOISE}); seeds {out['seeds']}; {out['episodes']} evaluation episodes per task and level "
         f"(seeds 10000 + 1000 * task + i); training stopped after {out.get('budget', '?')} s of training or "
         f"{out.get('steps', '?')} gradient steps, whichever came first.", "",
         "## Mean success over the 7 tasks", "",
