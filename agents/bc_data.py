@@ -87,7 +87,10 @@ def _succeeded(path: Path) -> bool:
 
 
 class ChunkWindows:
-    """Every frame of some episodes, and chunked action targets for any of them."""
+    """Every frame of some episodes, and chunked action targets for any of them.
+
+    The episodes' camera arrays move into the windows (they are taken out of ``episode.obs``).
+    """
 
     def __init__(self, episodes: list[Episode], cameras: list[str], chunk: int, lang: list[np.ndarray]):
         if not episodes:
@@ -105,10 +108,23 @@ class ChunkWindows:
         self.actions = torch.from_numpy(np.concatenate([e.actions for e in episodes]).astype(np.float32))
         self.images = None
         if self.cameras:
-            self.images = torch.from_numpy(np.stack(
-                [np.concatenate([e.obs[c][:-1] for e in episodes]) for c in self.cameras], axis=1))  # (N, C, H, W, 3)
+            self.images = torch.from_numpy(self._gather_images(episodes))  # (N, C, H, W, 3) uint8
         self.lang = torch.from_numpy(np.stack(lang).astype(np.float32))
         self.tasks = [e.task for e in episodes]
+
+    def _gather_images(self, episodes: list[Episode]) -> np.ndarray:
+        """Copy every episode's frames into one preallocated array, releasing each episode's images once copied.
+
+        The images are most of a dataset's memory (4.2 GiB for 700 two-camera demonstrations at 96 px):
+        concatenating per camera and then stacking held three copies at the peak, and two trainings
+        loading at once ran a 24 GiB machine out of memory. The episodes lose their camera arrays.
+        """
+        first = episodes[0].obs[self.cameras[0]]
+        out = np.empty((len(self), len(self.cameras), *first.shape[1:]), dtype=first.dtype)
+        for e, start, n in zip(episodes, self.action_start, self.lengths):
+            for j, c in enumerate(self.cameras):
+                out[start:start + n, j] = e.obs.pop(c)[:-1]
+        return out
 
     def __len__(self) -> int:
         return len(self.frame_t)

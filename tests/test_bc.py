@@ -22,8 +22,10 @@ from conftest import SIZE, TINY_MTACT, assert_one_line_error, fake_episode, writ
 
 def test_windows_pad_past_the_episode_end_and_mask_it():
     eps = [fake_episode("kettle", 5, seed=1), fake_episode("kettle", 3, seed=2)]
+    first_frame_of_second = eps[1].obs["scene"][0].copy()
     w = ChunkWindows(eps, ["scene"], chunk=4, lang=[np.zeros(2), np.ones(2)])
     assert len(w) == 8
+    assert "scene" not in eps[1].obs  # the images moved into the windows (one copy in memory, not three)
     b = w.batch(np.array([0, 3, 5, 7]))
     # Frame 3 of episode 1 (length 5): actions 3, 4 then two padded copies of the last action.
     assert b["actions"][1, :, 0].tolist() == [3, 4, 4, 4] and b["pad"][1].tolist() == [False, False, True, True]
@@ -32,9 +34,19 @@ def test_windows_pad_past_the_episode_end_and_mask_it():
     assert b["pad"][2].tolist() == [False, False, False, True]
     assert b["pad"][3].tolist() == [False, True, True, True]
     assert b["images"].shape == (4, 1, SIZE, SIZE, 3) and b["images"].dtype == torch.uint8
-    assert torch.equal(b["images"][2, 0], torch.from_numpy(eps[1].obs["scene"][0]))
+    assert torch.equal(b["images"][2, 0], torch.from_numpy(first_frame_of_second))
     assert torch.equal(b["proprio"][1], torch.from_numpy(eps[0].obs["proprio"][3]))
     assert b["lang"][2].tolist() == [1, 1]
+
+
+def test_windows_keep_every_camera_of_every_frame_in_order():
+    eps = [fake_episode("kettle", 5, seed=1), fake_episode("kettle", 3, seed=2)]
+    want = {c: np.concatenate([e.obs[c][:-1] for e in eps]) for c in ("wrist", "scene")}
+    w = ChunkWindows(eps, ["wrist", "scene"], chunk=2, lang=[np.zeros(1)] * 2)
+    images = w.batch(np.arange(len(w)))["images"].numpy()
+    assert images.shape[:2] == (len(w), 2)
+    np.testing.assert_array_equal(images[:, 0], want["wrist"])
+    np.testing.assert_array_equal(images[:, 1], want["scene"])
 
 
 def test_windows_statistics_are_over_the_selected_frames():
