@@ -13,7 +13,7 @@
   cost per 12.5 Hz control step with temporal ensembling (a query every step) and with
   executing 20 steps per chunk.
 
-Variants (every one on the same dataset, ``--dataset``, collected by benchmarks/kitchen_experts.py):
+Variants (every one but ``noisy_demos`` on the same dataset, ``--dataset``, collected by benchmarks/kitchen_experts.py):
 ``mtact`` (images, MiniLM, CVAE, chunk 20, one semantic augmentation per demonstration),
 ``noisy_demos`` (mtact on demonstrations collected with Gaussian noise of std 0.02 on the expert's
 actions, DART-style, so the data shows the arm off the nominal path and the way back; collected
