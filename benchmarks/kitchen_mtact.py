@@ -65,12 +65,15 @@ VARIANTS = {
 VARIANT_DATASETS = {"noisy_demos": NOISY_DATASET}  # every other variant trains on --dataset
 
 
-def ensure_noisy_dataset() -> None:
+def ensure_noisy_dataset(episodes: int = 50, augment: int = 1) -> None:
     """Collect the noisy demonstrations once (921 s on two cores, measured); the collector resumes a partial one."""
-    if (NOISY_DATASET / "manifest.json").is_file() and len(list(NOISY_DATASET.glob("episodes/*/*.npz"))) >= 700:
+    from envs.kitchen import TASKS
+
+    complete = episodes * len(TASKS) * (1 + augment)  # originals and their re-renderings
+    if (NOISY_DATASET / "manifest.json").is_file() and len(list(NOISY_DATASET.glob("episodes/*/*.npz"))) >= complete:
         return
-    cmd = [sys.executable, "-m", "agents.collect", "task=all", "episodes=50", "augment=1", f"noise={EXPERT_NOISE}",
-           "max_attempts=6", f"out={NOISY_DATASET}"]
+    cmd = [sys.executable, "-m", "agents.collect", "task=all", f"episodes={episodes}", f"augment={augment}",
+           f"noise={EXPERT_NOISE}", "max_attempts=6", f"out={NOISY_DATASET}"]
     print("collecting", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
 
@@ -79,11 +82,11 @@ def train_all(args, jobs: Jobs) -> dict[str, Path]:
     """``--jobs`` runs at once, the cores shared out (``--threads``, by default cores // jobs, each)."""
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     runs = {}
+    if any(v in VARIANT_DATASETS for v in args.variants):
+        ensure_noisy_dataset()
     for variant in args.variants:
         for seed in args.seeds:
             name = f"{variant}_s{seed}"
-            if variant in VARIANT_DATASETS:
-                ensure_noisy_dataset()
             dataset = VARIANT_DATASETS.get(variant, args.dataset)
             overrides = ["env=kitchen", "algo=bc", f"dataset={dataset}", *VARIANTS[variant],
                          f"seed={seed}", f"algo.time_budget_s={args.budget}", f"algo.total_steps={args.steps}",
@@ -172,10 +175,12 @@ def cell(level: dict) -> str:
 
 def write_markdown(out: dict, path: Path) -> None:
     m = out["machine"]
+    noisy = (f" (noisy_demos: `{NOISY_DATASET}`, expert noise {EXPERT_NOISE})"
+             if any(v in VARIANT_DATASETS for v in out["variants"]) else "")
     lines = [
         "# MT-ACT on the kitchen (benchmarks/kitchen_mtact.py)", "",
         f"Date {out['date']}; {m['cpu']}, {m['cores']} cores; torch {m['torch']}, MuJoCo {m['mujoco']}. "
-        f"Dataset `{out['dataset']}` (noisy_demos: `{NOISY_DATASET}`, expert noise {EXPERT_NOISE}); seeds {out['seeds']}; {out['episodes']} evaluation episodes per task and level "
+        f"Dataset `{out['dataset']}`{noisy}; seeds {out['seeds']}; {out['episodes']} evaluation episodes per task and level "
         f"(seeds 10000 + 1000 * task + i); training stopped after {out.get('budget', '?')} s of training or "
         f"{out.get('steps', '?')} gradient steps, whichever came first.", "",
         "## Mean success over the 7 tasks", "",
