@@ -184,12 +184,12 @@ def write_markdown(out: dict, path: Path) -> None:
     noisy = (f" (noisy_demos: `{NOISY_DATASET}`, expert noise {EXPERT_NOISE})"
              if any(v in VARIANT_DATASETS for v in out["variants"]) else "")
     per_task = sorted({e["episodes"] // len(e["tasks"]) for levels in out["eval"].values() for e in levels.values()})
-    episodes = (f"{per_task[0]} evaluation episodes" if len(per_task) == 1 else
-                f"{' or '.join(map(str, per_task))} evaluation episodes (each cell gives its count)")
+    episodes = (f"{per_task[0]} evaluation episodes per task and level" if len(per_task) == 1 else
+                f"{' or '.join(map(str, per_task))} evaluation episodes per task and level (each cell gives its count)")
     lines = [
         "# MT-ACT on the kitchen (benchmarks/kitchen_mtact.py)", "",
         f"Date {out['date']}; {m['cpu']}, {m['cores']} cores; torch {m['torch']}, MuJoCo {m['mujoco']}. "
-        f"Dataset `{out['dataset']}`{noisy}; seeds {out['seeds']}; {episodes} per task and level "
+        f"Dataset `{out['dataset']}`{noisy}; seeds {out['seeds']}; {episodes} "
         f"(seeds 10000 + 1000 * task + i); training stopped after {out.get('budget', '?')} s of training or "
         f"{out.get('steps', '?')} gradient steps, whichever came first.", "",
         "## Mean success over the 7 tasks", "",
