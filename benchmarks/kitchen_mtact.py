@@ -14,15 +14,17 @@
   executing 20 steps per chunk.
 
 Variants (``mtact``, ``bc_single``, ``onehot``, ``no_aug`` and ``state_only`` on the same dataset, ``--dataset``,
-collected by benchmarks/kitchen_experts.py; ``noisy_demos``, ``quirk``, ``demos10`` and ``demos25`` on
-``NOISY_DATASET``, the README's recipe, so the last three compare with ``noisy_demos``):
+collected by benchmarks/kitchen_experts.py; ``noisy_demos``, ``quirk``, ``demos10``, ``demos25`` and ``aug2``
+on ``NOISY_DATASET``, the README's recipe, so the last four compare with ``noisy_demos``):
 ``mtact`` (images, MiniLM, CVAE, chunk 20, one semantic augmentation per demonstration),
 ``noisy_demos`` (mtact on demonstrations collected with Gaussian noise of std 0.02 on the expert's
 actions, DART-style, so the data shows the arm off the nominal path and the way back; collected
 here on first use, ``NOISY_DATASET``),
 ``bc_single`` (the same network predicting one action, no CVAE), ``onehot`` (task id instead of
 language), ``no_aug`` (no semantic augmentation), ``state_only`` (object state instead of
-images), ``quirk`` (the ACT decoder bug), ``demos10``/``demos25`` (fewer demonstrations per task).
+images), ``quirk`` (the ACT decoder bug), ``demos10``/``demos25`` (fewer demonstrations per task),
+``aug2`` (two semantic re-renderings per demonstration instead of one; the noisy collection gains
+its second re-rendering on first use).
 Runs and evaluations are cached under benchmarks/.work/kitchen_mtact, so an interrupted
 benchmark resumes where it stopped.
 """
@@ -63,9 +65,15 @@ VARIANTS = {
     "quirk": ["policy=mtact", "algo.augmentations=1", "policy.actor.decoder_quirk=true"],
     "demos10": ["policy=mtact", "algo.augmentations=1", "algo.demos_per_task=10"],
     "demos25": ["policy=mtact", "algo.augmentations=1", "algo.demos_per_task=25"],
+    "aug2": ["policy=mtact", "algo.augmentations=2"],
 }
 # Variants added after the recipe moved to noisy demonstrations train on them; the rest on --dataset.
-VARIANT_DATASETS = {v: NOISY_DATASET for v in ("noisy_demos", "quirk", "demos10", "demos25")}
+VARIANT_DATASETS = {v: NOISY_DATASET for v in ("noisy_demos", "quirk", "demos10", "demos25", "aug2")}
+
+
+def augmentations(variant: str) -> int:
+    """Semantic re-renderings per demonstration that a variant trains on (so the dataset must hold)."""
+    return max([int(o.split("=", 1)[1]) for o in VARIANTS[variant] if o.startswith("algo.augmentations=")] or [0])
 
 
 def ensure_noisy_dataset(episodes: int = 50, augment: int = 1) -> None:
@@ -85,8 +93,9 @@ def train_all(args, jobs: Jobs) -> dict[str, Path]:
     """``--jobs`` runs at once, the cores shared out (``--threads``, by default cores // jobs, each)."""
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     runs = {}
-    if any(v in VARIANT_DATASETS for v in args.variants):
-        ensure_noisy_dataset()
+    noisy = [v for v in args.variants if v in VARIANT_DATASETS]
+    if noisy:  # the collector resumes: asking for more re-renderings adds only the missing ones
+        ensure_noisy_dataset(augment=max(map(augmentations, noisy)))
     for variant in args.variants:
         for seed in args.seeds:
             name = f"{variant}_s{seed}"
