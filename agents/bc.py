@@ -222,9 +222,11 @@ class BCTrainer:
         self.metrics.append(row)
         for logger in self.loggers:
             logger.log_metrics(row, self.step)
-        log.info("step %d: loss %.4f l1 %.4f kl %.4f | val l1 %.4f | success %.2f (%.0f s of evaluation)", self.step,
+        # The last step has no closed-loop evaluation here: the final one, with more episodes, follows.
+        success = f"success {report.mean_success:.2f}" if report else "no closed-loop evaluation"
+        log.info("step %d: loss %.4f l1 %.4f kl %.4f | val l1 %.4f | %s (%.0f s of evaluation)", self.step,
                  losses.get("loss", math.nan), losses.get("l1", math.nan), losses.get("kl", math.nan), val,
-                 row["eval_success"], row["eval_s"])
+                 success, row["eval_s"])
         return row
 
     # --- the loop ---------------------------------------------------------------------------
