@@ -24,11 +24,14 @@ from agents import run_dir as rd  # noqa: E402
 class Jobs:
     """Runs ``agents.train`` subprocesses into ``work/<name>``, ``jobs`` at a time.
 
-    A run whose ``summary.json`` exists is reused, so an interrupted benchmark resumes.
+    A run whose ``summary.json`` exists is reused, so an interrupted benchmark resumes. With
+    ``resume_file`` (a trainer that resumes itself, e.g. BC's ``checkpoints/last/trainer_state.pt``),
+    an interrupted run holding that file is continued instead of restarted.
     """
 
-    def __init__(self, work: Path, jobs: int):
+    def __init__(self, work: Path, jobs: int, resume_file: str | None = None):
         self.work = Path(work)
+        self.resume_file = resume_file
         self.pool = ThreadPoolExecutor(max_workers=jobs)
         self.futures = {}
 
@@ -42,9 +45,11 @@ class Jobs:
         run = self.work / name
         cmd = [sys.executable, "-m", "agents.train", *overrides, "progress_bar=false", f"hydra.run.dir={run}"]
         log = self.work / f"{name}.log"
-        shutil.rmtree(run, ignore_errors=True)  # an interrupted earlier attempt
+        resume = self.resume_file is not None and (run / self.resume_file).is_file()
+        if not resume:
+            shutil.rmtree(run, ignore_errors=True)  # an interrupted earlier attempt
         t0 = time.time()
-        with open(log, "w") as f:
+        with open(log, "a" if resume else "w") as f:
             proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
             raise RuntimeError(f"training {name} failed (exit {proc.returncode}); see {log}")

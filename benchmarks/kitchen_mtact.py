@@ -282,7 +282,7 @@ def main() -> None:
     out["notes"] = [*out.get("notes", []), *args.note]
     out.setdefault("eval", {})
     out.setdefault("runs", {})
-    jobs = Jobs(WORK, args.jobs)
+    jobs = Jobs(WORK, args.jobs, resume_file="checkpoints/last/trainer_state.pt")  # the BC trainer resumes
     names = [f"{v}_s{s}" for v in args.variants for s in args.seeds]
     if "train" in sections:
         train_all(args, jobs)
