@@ -190,8 +190,8 @@ def cell(level: dict) -> str:
 
 def write_markdown(out: dict, path: Path) -> None:
     m = out["machine"]
-    noisy = (f" (noisy_demos: `{NOISY_DATASET}`, expert noise {EXPERT_NOISE})"
-             if any(v in VARIANT_DATASETS for v in out["variants"]) else "")
+    on_noisy = [v for v in out["variants"] if v in VARIANT_DATASETS]
+    noisy = f" ({', '.join(on_noisy)}: `{NOISY_DATASET}`, expert noise {EXPERT_NOISE})" if on_noisy else ""
     per_task = sorted({e["episodes"] // len(e["tasks"]) for levels in out["eval"].values() for e in levels.values()})
     episodes = (f"{per_task[0]} evaluation episodes per task and level" if len(per_task) == 1 else
                 f"{' or '.join(map(str, per_task))} evaluation episodes per task and level (each cell gives its count)")
