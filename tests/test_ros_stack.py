@@ -74,7 +74,7 @@ def test_launch_swims_obeys_enable_watchdog_and_shuts_down(ncap_run, ros_env, pr
         ros_distance = float(np.linalg.norm(adapter.head_xy(end) - adapter.head_xy(start)))
         reference = in_process_distance(policy_dir, start, steps)
         # Zero commands move the head 0.000 m in 6 s; this tiny run's policy swims ~0.2-0.25 m, less when
-        # the machine is loaded (0.188 m beside three trainings), so the fidelity check is the relative one below.
+        # the machine is loaded (0.188 m beside a training and an evaluation), so fidelity is the relative check below.
         assert ros_distance > 0.1, f"NCAP swam only {ros_distance:.3f} m in {seconds} s over ROS 2"
         assert ros_distance >= 0.8 * reference, f"ROS {ros_distance:.3f} m vs in-process {reference:.3f} m"
         with probe.lock:
