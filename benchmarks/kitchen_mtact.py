@@ -46,6 +46,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agents import run_dir as rd  # noqa: E402
 from benchmarks.common import Jobs, compose_cfg, machine, summary, write_json_atomic  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work" / "kitchen_mtact"
@@ -282,7 +283,9 @@ def main() -> None:
     out["notes"] = [*out.get("notes", []), *args.note]
     out.setdefault("eval", {})
     out.setdefault("runs", {})
-    jobs = Jobs(WORK, args.jobs, resume_file="checkpoints/last/trainer_state.pt")  # the BC trainer resumes
+    from agents.bc import LAST, TRAINER_STATE  # the BC trainer resumes from this file in its run directory
+
+    jobs = Jobs(WORK, args.jobs, resume_file=str(Path(rd.CHECKPOINTS, LAST, TRAINER_STATE)))
     names = [f"{v}_s{s}" for v in args.variants for s in args.seeds]
     if "train" in sections:
         train_all(args, jobs)
