@@ -26,7 +26,8 @@ images), ``quirk`` (the ACT decoder bug), ``demos10``/``demos25`` (fewer demonst
 ``aug2`` (two semantic re-renderings per demonstration instead of one; the noisy collection gains
 its second re-rendering on first use).
 Runs and evaluations are cached under benchmarks/.work/kitchen_mtact, so an interrupted
-benchmark resumes where it stopped.
+benchmark resumes where it stopped. The results file is the record: a run missing from the cache
+keeps its recorded evaluations, and a run trained again replaces its old evaluations.
 """
 
 from __future__ import annotations
@@ -108,6 +109,22 @@ def train_all(args, jobs: Jobs) -> dict[str, Path]:
             runs[name] = jobs.submit(name, overrides)
     jobs.wait()
     return runs
+
+
+def record_runs(out: dict, names: list[str], work: Path) -> list[str]:
+    """Record the runs in the cache (``work``) into ``out``; return their names.
+
+    The cache is per machine and the results file is what persists, so a recorded run missing
+    from the cache is left as it is; a run trained again drops the old run's evaluations.
+    """
+    cached = [name for name in names if (work / name / "summary.json").is_file()]
+    for name in cached:
+        run = {**summary(work / name), "threads": OmegaConf.load(work / name / "config.yaml").threads}
+        if out["runs"].get(name, run) != run:
+            print(f"  {name}: a new training replaces the recorded one and its evaluations", flush=True)
+            out["eval"].pop(name, None)
+        out["runs"][name] = run
+    return cached
 
 
 def evaluate(run: Path, level: str, episodes: int, workers: int) -> dict:
@@ -289,15 +306,14 @@ def main() -> None:
     names = [f"{v}_s{s}" for v in args.variants for s in args.seeds]
     if "train" in sections:
         train_all(args, jobs)
-    for name in names:
-        if (WORK / name / "summary.json").is_file():
-            threads = OmegaConf.load(WORK / name / "config.yaml").threads
-            out["runs"][name] = {**summary(WORK / name), "threads": threads}
+    cached = record_runs(out, names, WORK)
     if "eval" in sections:
         for name in names:
-            if name in out["runs"]:
+            if name in cached:
                 for level in levels:
                     out["eval"].setdefault(name, {})[level] = evaluate(WORK / name, level, args.episodes, args.eval_workers)
+            elif name in out["runs"]:
+                print(f"  {name}: no run in {WORK}; its recorded evaluations are kept as they are", flush=True)
     if "latency" in sections:  # of the first image-based variant trained
         for name in names:
             if not name.startswith(("state_only", "bc_single")) and (WORK / name / "checkpoints" / "final").is_dir():

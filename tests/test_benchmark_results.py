@@ -1,0 +1,37 @@
+"""The kitchen MT-ACT results file is the record: the run cache is per machine and may be gone."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import kitchen_mtact  # noqa: E402
+
+
+def cache_run(work: Path, name: str, train_time_s: float) -> None:
+    run = work / name
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"train_time_s": train_time_s, "steps": 3000}))
+    (run / "config.yaml").write_text("threads: 1\n")
+
+
+def recorded() -> dict:
+    old = {"L0": {"success_rate": 0.9, "episodes": 70}}
+    return {"runs": {"a_s0": {"train_time_s": 100.0, "steps": 3000, "threads": 1},
+                     "b_s0": {"train_time_s": 200.0, "steps": 3000, "threads": 1},
+                     "c_s0": {"train_time_s": 300.0, "steps": 3000, "threads": 1}},
+            "eval": {"a_s0": dict(old), "b_s0": dict(old), "c_s0": dict(old)}}
+
+
+def test_recorded_runs_survive_a_lost_cache_and_a_retrained_run_drops_old_evaluations(tmp_path):
+    cache_run(tmp_path, "a_s0", 100.0)  # the same training, still cached
+    cache_run(tmp_path, "b_s0", 250.0)  # trained again
+    cache_run(tmp_path, "d_s0", 400.0)  # new
+    out = recorded()
+    cached = kitchen_mtact.record_runs(out, ["a_s0", "b_s0", "c_s0", "d_s0"], tmp_path)
+    assert cached == ["a_s0", "b_s0", "d_s0"]
+    assert out["eval"]["a_s0"]["L0"]["success_rate"] == 0.9  # unchanged run: its evaluations stand
+    assert "b_s0" not in out["eval"] and out["runs"]["b_s0"]["train_time_s"] == 250.0
+    assert out["eval"]["c_s0"]["L0"]["success_rate"] == 0.9 and out["runs"]["c_s0"]["train_time_s"] == 300.0
+    assert out["runs"]["d_s0"]["threads"] == 1
