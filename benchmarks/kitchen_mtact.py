@@ -117,7 +117,7 @@ def record_runs(out: dict, names: list[str], work: Path) -> list[str]:
     The cache is per machine and the results file is what persists, so a recorded run missing
     from the cache is left as it is; a run trained again drops the old run's evaluations.
     """
-    cached = [name for name in names if (work / name / "summary.json").is_file()]
+    cached = [name for name in names if (work / name / rd.SUMMARY_FILE).is_file()]
     for name in cached:
         run = {**summary(work / name), "threads": OmegaConf.load(work / name / "config.yaml").threads}
         if out["runs"].get(name, run) != run:
