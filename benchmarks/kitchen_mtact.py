@@ -285,6 +285,7 @@ def main() -> None:
         sys.exit(f"unknown variants {unknown}; have {list(VARIANTS)}")
     sections = set(args.only.split(","))
     WORK.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)  # before training: the results are written after it
     json_path = args.out / "kitchen_mtact.json"
     out = json.loads(json_path.read_text()) if json_path.is_file() else {}
 

@@ -1,6 +1,7 @@
 """The kitchen MT-ACT results file is the record: the run cache is per machine and may be gone."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,3 +36,14 @@ def test_recorded_runs_survive_a_lost_cache_and_a_retrained_run_drops_old_evalua
     assert "b_s0" not in out["eval"] and out["runs"]["b_s0"]["train_time_s"] == 250.0
     assert out["eval"]["c_s0"]["L0"]["success_rate"] == 0.9 and out["runs"]["c_s0"]["train_time_s"] == 300.0
     assert out["runs"]["d_s0"]["threads"] == 1
+
+
+def test_an_out_directory_that_does_not_exist_yet_is_created(tmp_path):
+    """A training session's results must not be lost at the end to a missing ``--out`` folder."""
+    out = tmp_path / "new" / "results"
+    proc = subprocess.run([sys.executable, str(Path(kitchen_mtact.__file__)), "--only", "eval", "--variants", "mtact",
+                           "--seeds", "987654", "--levels", "L0", "--steps", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "kitchen_mtact.json").read_text())["variants"] == ["mtact"]
+    assert (out / "kitchen_mtact.md").is_file()
