@@ -108,7 +108,7 @@ def pid_policy(cfg: DictConfig) -> tuple[CascadedPID, dict]:
 
 
 def validate(cfg: DictConfig) -> None:
-    require_ints(cfg, ["episodes", "workers", "threads"], minimum=1)
+    require_ints(cfg, ["episodes", "workers", "threads", "batch"], minimum=1)
     require_ints(cfg, ["seed"], minimum=0)
 
 
@@ -138,12 +138,14 @@ def evaluate_chunk_policy(cfg: DictConfig, policy_dir: Path) -> dict:
     if cfg.video:
         video = Path(cfg.video_path or Path(cfg.run) / "episode.mp4")
     report = evaluate_success(env_cfg, tasks, int(cfg.episodes), level=str(cfg.level), seed=int(cfg.seed),
-                              policy_dir=policy_dir, policy_options=options, workers=int(cfg.workers), video=video)
+                              policy_dir=policy_dir, policy_options=options, workers=int(cfg.workers), video=video,
+                              batch=int(cfg.batch))
     for line in report.lines():
         print(line, flush=True)
     lo, hi = report.interval()
     return {"env": env_cfg.get("name"), "policy": "mtact", "run": str(cfg.run), "level": report.level,
-            "schedule": options.get("schedule"), "video": str(video) if video else None, **report.to_dict(),
+            "schedule": options.get("schedule"), "batch": int(cfg.batch), "video": str(video) if video else None,
+            **report.to_dict(),
             "ci95_low": lo, "ci95_high": hi}
 
 

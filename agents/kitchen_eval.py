@@ -4,7 +4,9 @@ Each task is run in its own episodes (the env config with ``task=<name>`` and th
 variation ``level``); seeds are ``EVAL_SEED_BASE + seed + 1000 * task index + episode``, so
 every task and level sees the same start states whichever policy is evaluated. With
 ``workers > 1`` the episodes are spread over processes that each load the policy from its
-checkpoint directory (rendering and inference are both CPU-bound and single-threaded).
+checkpoint directory (rendering and inference are both CPU-bound and single-threaded); with
+``batch > 1`` each process runs that many episodes side by side and queries the model once per
+control step for all of them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,21 +112,104 @@ def _run_jobs(policy, env_cfg: dict, level: str, seed: int, jobs: list[tuple[str
     return out
 
 
+class _EnvPool:
+    """Kitchen envs by task, reused across episodes; those of a task no pending job needs are closed."""
+
+    def __init__(self, env_cfg: dict, level: str):
+        self.env_cfg, self.level = env_cfg, level
+        self.idle: dict[str, list] = {}
+
+    def take(self, task: str):
+        from agents.builders import make_env
+
+        idle = self.idle.get(task)
+        return idle.pop() if idle else make_env({**self.env_cfg, "task": task, "level": self.level})
+
+    def give_back(self, task: str, env, still_needed: bool) -> None:
+        if still_needed:
+            self.idle.setdefault(task, []).append(env)
+        else:
+            env.close()
+
+    def close(self) -> None:
+        for envs in self.idle.values():
+            for env in envs:
+                env.close()
+        self.idle.clear()
+
+
+def _run_jobs_batched(policy, env_cfg: dict, level: str, seed: int, jobs: list[tuple[str, int, int]],
+                      batch: int) -> list[tuple[str, int, bool, int]]:
+    """The episodes of ``jobs``, ``batch`` at a time, with one batched chunk query per control step.
+
+    A finished episode's slot takes the next job at once, so the batch stays full until the queue
+    runs dry. Each episode has its own env, seed and chunk scheduler: what a lone episode would see.
+    """
+    controller = policy.batch(batch)
+    pending = list(reversed(jobs))  # pop() takes jobs in order
+    remaining = Counter(task for task, _, _ in jobs)
+    pool = _EnvPool(env_cfg, level)
+    running: dict[int, dict] = {}
+    out = []
+
+    def start(slot: int) -> None:
+        task, task_index, episode = pending.pop()
+        env = pool.take(task)
+        obs, info = env.reset(seed=episode_seed(seed, task_index, episode))
+        controller.reset(slot)
+        running[slot] = {"job": (task, episode), "env": env, "obs": obs, "info": info, "steps": 0}
+
+    try:
+        for slot in range(min(batch, len(pending))):
+            start(slot)
+        while running:
+            actions = controller.act({slot: (r["obs"], r["info"]["instruction"], r["info"]["task"])
+                                      for slot, r in running.items()})
+            for slot, action in actions.items():
+                r = running[slot]
+                r["obs"], _, terminated, truncated, r["info"] = r["env"].step(action)
+                r["steps"] += 1
+                if terminated or truncated:
+                    task, episode = r["job"]
+                    out.append((task, episode, bool(r["info"].get("is_success", False)), r["steps"]))
+                    remaining[task] -= 1
+                    pool.give_back(task, r["env"], still_needed=remaining[task] > 0)
+                    del running[slot]
+                    if pending:
+                        start(slot)
+    finally:
+        for r in running.values():
+            r["env"].close()
+        pool.close()
+    return out
+
+
 def _worker(args) -> list[tuple[str, int, bool, int]]:
-    policy_dir, options, env_cfg, level, seed, jobs = args
+    policy_dir, options, env_cfg, level, seed, jobs, batch = args
     import torch
 
     from policies.mtact_inference import load_mtact_policy
 
     torch.set_num_threads(1)
-    return _run_jobs(load_mtact_policy(policy_dir, **options), env_cfg, level, seed, jobs)
+    policy = load_mtact_policy(policy_dir, **options)
+    if batch > 1:
+        return _run_jobs_batched(policy, env_cfg, level, seed, jobs, batch)
+    return _run_jobs(policy, env_cfg, level, seed, jobs)
 
 
 def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str = "L0", seed: int = 0,
                      policy=None, policy_dir: str | Path | None = None, policy_options: dict | None = None,
                      workers: int = 1, video: str | Path | None = None,
-                     progress: Callable[[str], None] | None = None) -> SuccessReport:
-    """Success of ``policy`` (in-process) or of the checkpoint in ``policy_dir`` (``workers`` processes)."""
+                     progress: Callable[[str], None] | None = None, batch: int = 1) -> SuccessReport:
+    """Success of ``policy`` (in-process) or of the checkpoint in ``policy_dir`` (``workers`` processes).
+
+    ``batch`` > 1 runs that many episodes side by side in each process with one batched model call
+    per control step (the policy needs a ``batch(slots)`` controller, as ``MTACTPolicy`` has).
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be positive, got {batch}")
+    if batch > 1 and policy is not None and not hasattr(policy, "batch"):
+        raise ValueError(f"batch={batch} needs a policy with a batch(slots) controller; {type(policy).__name__} has none")
     jobs = [(task, i, ep) for i, task in enumerate(tasks) for ep in range(episodes)]
     env_cfg = dict(env_cfg)
     results: list[tuple[str, int, bool, int]] = []
@@ -132,7 +218,12 @@ def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str 
             from policies.mtact_inference import load_mtact_policy
 
             policy = load_mtact_policy(policy_dir, **(policy_options or {}))
-        results = _run_jobs(policy, env_cfg, level, seed, jobs, str(video) if video else None)
+        if batch > 1:
+            results = _run_jobs_batched(policy, env_cfg, level, seed, jobs, batch)
+            if video:  # the first episode again, alone, to film it
+                _run_jobs(policy, env_cfg, level, seed, jobs[:1], str(video))
+        else:
+            results = _run_jobs(policy, env_cfg, level, seed, jobs, str(video) if video else None)
     else:
         chunks = [jobs[w::workers] for w in range(workers)]
         ctx = mp.get_context("forkserver")
@@ -140,7 +231,7 @@ def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         try:
             with ctx.Pool(workers) as pool:
-                args = [(str(policy_dir), policy_options or {}, env_cfg, level, seed, c) for c in chunks if c]
+                args = [(str(policy_dir), policy_options or {}, env_cfg, level, seed, c, batch) for c in chunks if c]
                 for part in pool.imap_unordered(_worker, args):
                     results += part
                     if progress:

@@ -6,12 +6,12 @@
 - train: each variant x seed through ``python -m agents.train env=kitchen algo=bc dataset=...``,
   ``--jobs`` at a time sharing the cores, stopped by ``--budget`` seconds of training (the
   issue's 2-hour limit by default) or its step count, whichever comes first;
-- eval: ``python -m agents.evaluate run=<run> level=L episodes=N workers=W`` (``--eval-workers``) for every run and
-  level (per-task success with Wilson 95% intervals; episode seeds 10000 + 1000 * task + i, the
-  same for every variant);
+- eval: ``python -m agents.evaluate run=<run> level=L episodes=N workers=W batch=B`` (``--eval-workers``,
+  ``--eval-batch``) for every run and level (per-task success with Wilson 95% intervals; episode
+  seeds 10000 + 1000 * task + i, the same for every variant);
 - latency: one chunk query of the first image-based variant's run on one thread (median and p90 of 200), and the
   cost per 12.5 Hz control step with temporal ensembling (a query every step) and with
-  executing 20 steps per chunk.
+  executing 20 steps per chunk, and one query for B observations at once (evaluation's batching).
 
 Variants (``mtact``, ``bc_single``, ``onehot``, ``no_aug`` and ``state_only`` on the same dataset, ``--dataset``,
 collected by benchmarks/kitchen_experts.py; ``noisy_demos``, ``quirk``, ``demos10``, ``demos25`` and ``aug2``
@@ -127,7 +127,7 @@ def record_runs(out: dict, names: list[str], work: Path) -> list[str]:
     return cached
 
 
-def evaluate(run: Path, level: str, episodes: int, workers: int) -> dict:
+def evaluate(run: Path, level: str, episodes: int, workers: int, batch: int = 8) -> dict:
     """The largest cached evaluation with at least ``episodes`` per task (episode seeds are nested), else a new one."""
     cached = sorted((int(p.stem.rsplit("_", 1)[1]), p) for p in run.glob(f"eval_{level}_*.json"))
     for n, path in reversed(cached):
@@ -136,7 +136,7 @@ def evaluate(run: Path, level: str, episodes: int, workers: int) -> dict:
     cache = run / f"eval_{level}_{episodes}.json"
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "agents.evaluate", f"run={run}", f"level={level}",
-                           f"episodes={episodes}", f"workers={workers}"], cwd=ROOT, capture_output=True, text=True)
+                           f"episodes={episodes}", f"workers={workers}", f"batch={batch}"], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"evaluating {run} at {level} failed:\n{proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-2])
@@ -144,6 +144,9 @@ def evaluate(run: Path, level: str, episodes: int, workers: int) -> dict:
     write_json_atomic(cache, result)
     print(f"  {run.name} {level}: {100 * result['success_rate']:.1f}% ({result['eval_s']:.0f} s)", flush=True)
     return result
+
+
+BATCH_SIZES = (1, 2, 4, 8, 16)
 
 
 def latency(run: Path) -> dict:
@@ -174,9 +177,18 @@ def latency(run: Path) -> dict:
         for _ in range(200):
             p.act(obs, instruction, "microwave")
         per_step[schedule] = 1e3 * (time.perf_counter() - t0) / 200
+    batched = {}  # evaluation's side-by-side episodes: one query for B observations
+    for b in BATCH_SIZES:
+        many = ([obs] * b, [instruction] * b, ["microwave"] * b)
+        policy.query_batch(*many)
+        t0 = time.perf_counter()
+        for _ in range(20):
+            policy.query_batch(*many)
+        batched[str(b)] = 1e3 * (time.perf_counter() - t0) / (20 * b)
     ms = 1e3 * np.asarray(times)
     return {"query_ms_median": float(np.median(ms)), "query_ms_p90": float(np.percentile(ms, 90)),
             "per_step_ms_ensemble": per_step["ensemble"], "per_step_ms_execute20": per_step["execute"],
+            "batched_query_ms_per_observation": batched,
             "threads": 1, "params": policy.model.parameter_count(), "cameras": list(cfg.cameras),
             "image_size": cfg.image_size}
 
@@ -251,6 +263,12 @@ def write_markdown(out: dict, path: Path) -> None:
                   f"{lat['per_step_ms_ensemble']:.1f} ms with temporal ensembling (a query every step), "
                   f"{lat['per_step_ms_execute20']:.1f} ms executing 20 steps per chunk. The controller's period at "
                   "12.5 Hz is 80 ms."]
+        if lat.get("batched_query_ms_per_observation"):
+            per_obs = lat["batched_query_ms_per_observation"]
+            lines += ["", "Evaluation runs episodes side by side (`agents.evaluate batch=B`) and queries the model once "
+                      "for all of them; cost of a query per observation (mean of 20 calls):", "",
+                      "| B | " + " | ".join(per_obs) + " |", "|---|" + "---|" * len(per_obs),
+                      "| ms per observation | " + " | ".join(f"{v:.1f}" for v in per_obs.values()) + " |"]
     lines += ["", "## Notes", "", *(f"- {note}" for note in out.get("notes", []))]
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
@@ -270,6 +288,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="training runs at once")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: cores // jobs)")
     parser.add_argument("--eval-workers", type=int, default=2, help="processes per evaluation")
+    parser.add_argument("--eval-batch", type=int, default=8, help="episodes side by side per evaluation process")
     parser.add_argument("--dataset", type=Path, default=DATASET)
     parser.add_argument("--only", default="train,eval,latency")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -312,7 +331,8 @@ def main() -> None:
         for name in names:
             if name in cached:
                 for level in levels:
-                    out["eval"].setdefault(name, {})[level] = evaluate(WORK / name, level, args.episodes, args.eval_workers)
+                    out["eval"].setdefault(name, {})[level] = evaluate(WORK / name, level, args.episodes, args.eval_workers,
+                                                                      args.eval_batch)
             elif name in out["runs"]:
                 print(f"  {name}: no run in {WORK}; its recorded evaluations are kept as they are", flush=True)
     if "latency" in sections:  # of the first image-based variant trained

@@ -20,6 +20,10 @@ Query = Callable[[], np.ndarray]
 class ChunkScheduler(Protocol):
     def reset(self) -> None: ...
 
+    def needs_query(self) -> bool:
+        """Whether the next ``act`` calls its query (lets a batch of episodes share one model call)."""
+        ...
+
     def act(self, query: Query) -> np.ndarray: ...
 
 
@@ -52,6 +56,9 @@ class TemporalEnsembler:
         """Forget all chunks (call at the start of each episode)."""
         self.t = 0
 
+    def needs_query(self) -> bool:
+        return True
+
     def act(self, query: Query) -> np.ndarray:
         k, t = self.chunk, self.t
         self.buffer[t % k] = _chunk(query, k, self.action_dim)[:k]
@@ -77,8 +84,11 @@ class ChunkExecutor:
         self.plan: np.ndarray | None = None
         self.index = 0
 
+    def needs_query(self) -> bool:
+        return self.plan is None or self.index >= self.n_steps
+
     def act(self, query: Query) -> np.ndarray:
-        if self.plan is None or self.index >= self.n_steps:
+        if self.needs_query():
             self.plan = _chunk(query, self.n_steps, self.action_dim)
             self.index = 0
         action = self.plan[self.index]

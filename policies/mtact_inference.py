@@ -49,31 +49,83 @@ class MTACTPolicy:
         self.meta = meta
         self.config = model.config
         self.language = LanguageVectors(self.config.language, meta.get("tasks"))
-        chunk = self.config.chunk
-        n = execute_steps or chunk
-        self.scheduler = make_chunk_scheduler(schedule, chunk, self.config.action_dim, m=ensemble_m, n_steps=n)
+        self.schedule, self.ensemble_m = schedule, ensemble_m
+        self.execute_steps = execute_steps or self.config.chunk
+        self.scheduler = self.new_scheduler()
         self.low = np.asarray(meta["action_low"], dtype=np.float64)
         self.high = np.asarray(meta["action_high"], dtype=np.float64)
         self.queries = 0
 
+    def new_scheduler(self):
+        """A fresh chunk scheduler with this policy's schedule (one per episode running at once)."""
+        return make_chunk_scheduler(self.schedule, self.config.chunk, self.config.action_dim, m=self.ensemble_m,
+                                    n_steps=self.execute_steps)
+
     def reset(self) -> None:
         self.scheduler.reset()
 
-    def query(self, obs: dict, instruction: str, task: str) -> np.ndarray:
-        """One chunk (k, A) in env units for this observation."""
+    def query_batch(self, observations: list[dict], instructions: list[str], tasks: list[str]) -> np.ndarray:
+        """Chunks (B, k, A) in env units for B observations, in one forward pass."""
         cfg = self.config
         images = None
         if cfg.cameras:
-            images = torch.stack([image_tensor(np.asarray(obs[c])) for c in cfg.cameras])[None]
-        proprio = torch.as_tensor(np.asarray(obs["proprio"], dtype=np.float32))[None]
-        obj = torch.as_tensor(np.asarray(obs["object_state"], dtype=np.float32))[None] if "object_state" in obs else None
-        lang = torch.tensor(self.language(instruction, task), dtype=torch.float32)[None]
-        self.queries += 1
-        return self.model.predict_chunk(images, proprio, obj, lang)[0].numpy()
+            images = torch.stack([torch.stack([image_tensor(np.asarray(obs[c])) for c in cfg.cameras])
+                                  for obs in observations])
+        proprio = torch.as_tensor(np.stack([np.asarray(obs["proprio"], dtype=np.float32) for obs in observations]))
+        obj = None
+        if all("object_state" in obs for obs in observations):
+            obj = torch.as_tensor(np.stack([np.asarray(o["object_state"], dtype=np.float32) for o in observations]))
+        lang = torch.as_tensor(np.stack([np.asarray(self.language(i, t), dtype=np.float32)
+                                         for i, t in zip(instructions, tasks, strict=True)]))
+        self.queries += len(observations)
+        return self.model.predict_chunk(images, proprio, obj, lang).numpy()
+
+    def query(self, obs: dict, instruction: str, task: str) -> np.ndarray:
+        """One chunk (k, A) in env units for this observation."""
+        return self.query_batch([obs], [instruction], [task])[0]
 
     def act(self, obs: dict, instruction: str, task: str) -> np.ndarray:
         action = self.scheduler.act(lambda: self.query(obs, instruction, task))
         return np.clip(action, self.low, self.high)
+
+    def batch(self, slots: int) -> BatchedMTACT:
+        """A controller for ``slots`` episodes at once that shares this policy's model."""
+        return BatchedMTACT(self, slots)
+
+
+class BatchedMTACT:
+    """``slots`` independent episodes driven by one model, one batched chunk query per control step.
+
+    A single-observation query spends most of its time in per-call overhead of small convolutions
+    and attention; evaluation runs episodes side by side so that cost is shared (measured in
+    ``benchmarks/kitchen_mtact.py``'s latency table). Each slot keeps its own chunk scheduler, so
+    every episode sees exactly the schedule a lone ``MTACTPolicy`` would give it.
+    """
+
+    def __init__(self, policy: MTACTPolicy, slots: int):
+        if slots < 1:
+            raise ValueError(f"slots must be positive, got {slots}")
+        self.policy = policy
+        self.schedulers = [policy.new_scheduler() for _ in range(slots)]
+
+    def reset(self, slot: int) -> None:
+        self.schedulers[slot].reset()
+
+    def act(self, requests: dict[int, tuple[dict, str, str]]) -> dict[int, np.ndarray]:
+        """``{slot: (obs, instruction, task)}`` -> ``{slot: action}``; slots between queries run no model."""
+        due = [slot for slot in requests if self.schedulers[slot].needs_query()]
+        chunks = {}
+        if due:
+            obs, instructions, tasks = zip(*(requests[slot] for slot in due), strict=True)
+            chunks = dict(zip(due, self.policy.query_batch(list(obs), list(instructions), list(tasks)), strict=True))
+
+        def chunk_of(slot: int):
+            if slot not in chunks:
+                raise RuntimeError(f"slot {slot}'s scheduler asked for a chunk it said it did not need")
+            return chunks[slot]
+
+        return {slot: np.clip(self.schedulers[slot].act(lambda s=slot: chunk_of(s)), self.policy.low, self.policy.high)
+                for slot in requests}
 
 
 def load_mtact_policy(directory: str | Path, schedule: str = "ensemble", ensemble_m: float = 0.01,

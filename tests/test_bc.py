@@ -136,6 +136,59 @@ def test_success_report_averages_tasks_equally():
     assert r.lines()[-1].split()[:2] == ["overall", "75.0%"]
 
 
+class _ExpertPolicy:
+    """The scripted experts behind the policy interface evaluation drives (one expert per episode)."""
+
+    def __init__(self):
+        self.experts: dict[tuple[int, str], object] = {}
+        self.fresh: set[int] = set()
+
+    def _expert(self, slot: int, task: str):
+        from agents.builders import make_env
+        from envs.kitchen_experts import make_expert
+
+        if (slot, task) not in self.experts:
+            env = make_env({"name": "kitchen", "id": "embodied/Kitchen-v0", "task": task, "cameras": []})
+            self.experts[slot, task] = make_expert(env)
+        expert = self.experts[slot, task]
+        if slot in self.fresh:
+            self.fresh.discard(slot)
+            expert.reset()
+        return expert
+
+    def reset(self, slot: int = 0) -> None:
+        self.fresh.add(slot)
+
+    def act(self, obs, instruction, task, slot: int = 0):
+        return self._expert(slot, task).act(obs)
+
+    def batch(self, slots: int):
+        policy = self
+
+        class Controller:
+            reset = policy.reset
+
+            def act(self, requests):
+                return {s: policy.act(obs, i, t, slot=s) for s, (obs, i, t) in requests.items()}
+
+        return Controller()
+
+
+def test_batched_evaluation_runs_the_same_episodes_as_one_at_a_time():
+    """Slots refill as episodes end; each episode keeps its own seed, env and controller state."""
+    from agents.kitchen_eval import evaluate_success
+
+    env_cfg = {"name": "kitchen", "id": "embodied/Kitchen-v0", "cameras": [], "steps_per_task": 120}
+    tasks = ["light_switch", "slide_cabinet"]
+    one = evaluate_success(env_cfg, tasks, 3, level="L1", policy=_ExpertPolicy())
+    side_by_side = evaluate_success(env_cfg, tasks, 3, level="L1", policy=_ExpertPolicy(), batch=2)
+    assert side_by_side.episodes == one.episodes and side_by_side.lengths == one.lengths
+    assert sum(map(sum, one.episodes.values())) >= 4  # the experts succeed: the episodes are real ones
+    assert len(set(one.lengths["light_switch"] + one.lengths["slide_cabinet"])) > 1  # and not all alike
+    with pytest.raises(ValueError, match="batch"):
+        evaluate_success(env_cfg, tasks, 1, policy=object(), batch=2)
+
+
 # --- the CLI ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

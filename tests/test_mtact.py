@@ -331,7 +331,9 @@ def test_chunk_executor_queries_every_n_steps():
     got = [float(ex.act(query)[0]) for _ in range(7)]
     assert got == [100, 101, 102, 200, 201, 202, 300] and len(calls) == 3
     ex.reset()
+    assert ex.needs_query()
     assert float(ex.act(query)[0]) == 400
+    assert not ex.needs_query() and TemporalEnsembler(2, 1).needs_query()
 
 
 def test_make_chunk_scheduler():
@@ -342,6 +344,39 @@ def test_make_chunk_scheduler():
         make_chunk_scheduler("execute", 5, 2, n_steps=6)
     with pytest.raises(ValueError, match="unknown chunk schedule"):
         make_chunk_scheduler("replay", 5, 2)
+
+
+@pytest.mark.parametrize("schedule", ["ensemble", "execute"])
+def test_batched_controller_acts_as_independent_policies(schedule):
+    """Episodes side by side (started at different steps) get the actions lone policies give them."""
+    from policies.mtact_inference import MTACTPolicy
+
+    cfg = tiny(cameras=("scene",))
+    meta = {"tasks": ["a", "b", "c", "d"], "action_low": [-5, -5], "action_high": [5, 5]}
+    model = build(cfg)
+    g = np.random.default_rng(0)
+
+    def obs():
+        return {"scene": g.integers(0, 256, (32, 32, 3), dtype=np.uint8), "proprio": g.normal(size=P),
+                "object_state": g.normal(size=OBJ)}
+
+    policy = MTACTPolicy(model, meta, schedule, execute_steps=2)
+    lone = [MTACTPolicy(model, meta, schedule, execute_steps=2) for _ in range(3)]
+    controller = policy.batch(3)
+    for slot in range(3):
+        controller.reset(slot)
+        lone[slot].reset()
+    for t in range(5):
+        slots = [0, 1, 2] if t >= 2 else [0, 1]  # slot 2 joins late, so the slots are out of phase
+        requests = {s: (obs(), "", "abcd"[s]) for s in slots}
+        got = controller.act(requests)
+        assert sorted(got) == slots
+        for s in slots:
+            np.testing.assert_allclose(got[s], lone[s].act(*requests[s]), atol=1e-5)
+    queries = sum(p.queries for p in lone)
+    assert policy.queries == queries == (13 if schedule == "ensemble" else 3 + 3 + 2)  # execute: each slot every 2nd step
+    with pytest.raises(ValueError, match="slots"):
+        policy.batch(0)
 
 
 # ---------------------------------------------------------------- language
