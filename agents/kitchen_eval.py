@@ -147,13 +147,14 @@ def _run_jobs_batched(policy, env_cfg: dict, level: str, seed: int, jobs: list[t
     """
     controller = policy.batch(batch)
     pending = list(reversed(jobs))  # pop() takes jobs in order
-    remaining = Counter(task for task, _, _ in jobs)
+    unstarted = Counter(task for task, _, _ in jobs)  # an env of a task no unstarted job needs is closed at once
     pool = _EnvPool(env_cfg, level)
     running: dict[int, dict] = {}
     out = []
 
     def start(slot: int) -> None:
         task, task_index, episode = pending.pop()
+        unstarted[task] -= 1
         env = pool.take(task)
         obs, info = env.reset(seed=episode_seed(seed, task_index, episode))
         controller.reset(slot)
@@ -172,8 +173,7 @@ def _run_jobs_batched(policy, env_cfg: dict, level: str, seed: int, jobs: list[t
                 if terminated or truncated:
                     task, episode = r["job"]
                     out.append((task, episode, bool(r["info"].get("is_success", False)), r["steps"]))
-                    remaining[task] -= 1
-                    pool.give_back(task, r["env"], still_needed=remaining[task] > 0)
+                    pool.give_back(task, r["env"], still_needed=unstarted[task] > 0)
                     del running[slot]
                     if pending:
                         start(slot)
@@ -198,6 +198,16 @@ def _worker(args) -> list[tuple[str, int, bool, int]]:
     return _run_jobs(policy, env_cfg, level, seed, jobs)
 
 
+def _policy_cameras(policy, policy_dir) -> tuple[str, ...] | None:
+    """The cameras the policy reads (None: unknown, so the env renders as configured)."""
+    if policy is not None:
+        config = getattr(policy, "config", None)
+        return tuple(config.cameras) if config is not None and hasattr(config, "cameras") else None
+    from policies.mtact import read_mtact_meta
+
+    return tuple(read_mtact_meta(policy_dir)[0].cameras)
+
+
 def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str = "L0", seed: int = 0,
                      policy=None, policy_dir: str | Path | None = None, policy_options: dict | None = None,
                      workers: int = 1, video: str | Path | None = None,
@@ -205,7 +215,9 @@ def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str 
     """Success of ``policy`` (in-process) or of the checkpoint in ``policy_dir`` (``workers`` processes).
 
     ``batch`` > 1 runs that many episodes side by side in each process with one batched model call
-    per control step (the policy needs a ``batch(slots)`` controller, as ``MTACTPolicy`` has).
+    per control step (the policy needs a ``batch(slots)`` controller, as ``MTACTPolicy`` has). The
+    env renders no cameras for a policy that reads none (state-only): the physics, and so every
+    outcome, is the same without them.
     """
     if batch < 1:
         raise ValueError(f"batch must be positive, got {batch}")
@@ -213,6 +225,8 @@ def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str 
         raise ValueError(f"batch={batch} needs a policy with a batch(slots) controller; {type(policy).__name__} has none")
     jobs = [(task, i, ep) for i, task in enumerate(tasks) for ep in range(episodes)]
     env_cfg = dict(env_cfg)
+    if _policy_cameras(policy, policy_dir) == ():
+        env_cfg["cameras"] = []  # a state-only policy reads no image: rendering them was ~85% of its evaluation
     results: list[tuple[str, int, bool, int]] = []
     if workers <= 1 or policy_dir is None:
         if policy is None:

@@ -189,6 +189,34 @@ def test_batched_evaluation_runs_the_same_episodes_as_one_at_a_time():
         evaluate_success(env_cfg, tasks, 1, policy=object(), batch=2)
 
 
+@pytest.mark.parametrize("cameras", [(), ("scene",)], ids=["state_only", "images"])
+def test_evaluation_renders_only_for_a_policy_that_reads_images(cameras, monkeypatch):
+    import mujoco
+
+    from agents.builders import make_env
+    from agents.kitchen_eval import evaluate_success
+    from policies.mtact import MTACT, MTACTConfig
+    from policies.mtact_inference import MTACTPolicy
+
+    env_cfg = {"name": "kitchen", "id": "embodied/Kitchen-v0", "cameras": ["scene", "wrist"], "image_size": 32,
+               "steps_per_task": 3}
+    env = make_env({**env_cfg, "task": "light_switch"})
+    obs, _ = env.reset(seed=0)
+    env.close()
+    config = MTACTConfig(cameras=cameras, image_size=32, proprio_dim=obs["proprio"].size,
+                         object_dim=obs["object_state"].size, action_dim=8, chunk=2, hidden=16, heads=2, ffn=16,
+                         enc_layers=1, dec_layers=1, cvae_layers=1, latent=2, backbone_width=4, language="onehot",
+                         lang_dim=1)
+    torch.manual_seed(0)
+    policy = MTACTPolicy(MTACT(config), {"tasks": ["light_switch"], "action_low": [-1] * 8, "action_high": [1] * 8})
+    renderers = []
+    real = mujoco.Renderer
+    monkeypatch.setattr(mujoco, "Renderer", lambda *a, **k: renderers.append(1) or real(*a, **k))
+    report = evaluate_success(env_cfg, ["light_switch"], 2, policy=policy, batch=2)
+    assert report.lengths["light_switch"] == [3, 3]
+    assert len(renderers) == (2 if cameras else 0)  # one per env for the image policy; none without images
+
+
 # --- the CLI ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
