@@ -185,8 +185,7 @@ def _run_jobs_batched(policy, env_cfg: dict, level: str, seed: int, jobs: list[t
 
 
 def _worker(args) -> list[tuple[str, int, bool, int]]:
-    policy_dir, options, env_cfg, level, seed, jobs, *rest = args
-    batch = rest[0] if rest else 1  # a parent process started before evaluation batched passes no batch
+    policy_dir, options, env_cfg, level, seed, jobs, batch = args
     import torch
 
     from policies.mtact_inference import load_mtact_policy
