@@ -46,3 +46,22 @@ def test_an_out_directory_that_does_not_exist_yet_is_created(tmp_path, monkeypat
     kitchen_mtact.main()
     assert json.loads((out / "kitchen_mtact.json").read_text())["variants"] == ["mtact"]
     assert (out / "kitchen_mtact.md").is_file()
+
+
+def test_latency_reports_single_and_batched_query_costs(tmp_path):
+    import torch
+
+    from policies.mtact import MTACT, MTACTConfig, save_mtact
+
+    config = MTACTConfig(cameras=("scene",), image_size=32, proprio_dim=3, object_dim=4, action_dim=2, chunk=4,
+                         hidden=16, heads=2, ffn=16, enc_layers=1, dec_layers=1, cvae_layers=1, latent=2,
+                         backbone_width=4, language="onehot", lang_dim=1)
+    torch.manual_seed(0)
+    save_mtact(tmp_path / "checkpoints" / "final", MTACT(config),
+               {"tasks": ["microwave"], "action_low": [-1, -1], "action_high": [1, 1]})
+    lat = kitchen_mtact.latency(tmp_path)
+    assert lat["params"] > 0 and lat["cameras"] == ["scene"] and lat["threads"] == 1
+    assert 0 < lat["query_ms_median"] <= lat["query_ms_p90"]
+    assert lat["per_step_ms_execute20"] < lat["per_step_ms_ensemble"]  # one query per 4 steps against one per step
+    per_obs = lat["batched_query_ms_per_observation"]
+    assert list(per_obs) == [str(b) for b in kitchen_mtact.BATCH_SIZES] and all(v > 0 for v in per_obs.values())
