@@ -200,8 +200,8 @@ def _worker(args) -> list[tuple[str, int, bool, int]]:
 def _policy_cameras(policy, policy_dir) -> tuple[str, ...] | None:
     """The cameras the policy reads (None: unknown, so the env renders as configured)."""
     if policy is not None:
-        config = getattr(policy, "config", None)
-        return tuple(config.cameras) if config is not None and hasattr(config, "cameras") else None
+        cameras = getattr(getattr(policy, "config", None), "cameras", None)
+        return None if cameras is None else tuple(cameras)
     from policies.mtact import read_mtact_meta
 
     return tuple(read_mtact_meta(policy_dir)[0].cameras)
@@ -221,7 +221,8 @@ def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str 
     if batch < 1:
         raise ValueError(f"batch must be positive, got {batch}")
     if batch > 1 and policy is not None and not hasattr(policy, "batch"):
-        raise ValueError(f"batch={batch} needs a policy with a batch(slots) controller; {type(policy).__name__} has none")
+        raise ValueError(f"batch={batch} needs a policy with a batch(slots) controller; "
+                         f"{type(policy).__name__} has none")
     jobs = [(task, i, ep) for i, task in enumerate(tasks) for ep in range(episodes)]
     env_cfg = dict(env_cfg)
     if _policy_cameras(policy, policy_dir) == ():

@@ -127,7 +127,7 @@ def record_runs(out: dict, names: list[str], work: Path) -> list[str]:
     return cached
 
 
-def evaluate(run: Path, level: str, episodes: int, workers: int, batch: int = 8) -> dict:
+def evaluate(run: Path, level: str, episodes: int, workers: int, batch: int) -> dict:
     """The largest cached evaluation with at least ``episodes`` per task (episode seeds are nested), else a new one."""
     cached = sorted((int(p.stem.rsplit("_", 1)[1]), p) for p in run.glob(f"eval_{level}_*.json"))
     for n, path in reversed(cached):
@@ -136,7 +136,8 @@ def evaluate(run: Path, level: str, episodes: int, workers: int, batch: int = 8)
     cache = run / f"eval_{level}_{episodes}.json"
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "agents.evaluate", f"run={run}", f"level={level}",
-                           f"episodes={episodes}", f"workers={workers}", f"batch={batch}"], cwd=ROOT, capture_output=True, text=True)
+                           f"episodes={episodes}", f"workers={workers}", f"batch={batch}"],
+                          cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"evaluating {run} at {level} failed:\n{proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-2])
@@ -331,8 +332,8 @@ def main() -> None:
         for name in names:
             if name in cached:
                 for level in levels:
-                    out["eval"].setdefault(name, {})[level] = evaluate(WORK / name, level, args.episodes, args.eval_workers,
-                                                                      args.eval_batch)
+                    out["eval"].setdefault(name, {})[level] = evaluate(WORK / name, level, args.episodes,
+                                                                      args.eval_workers, args.eval_batch)
             elif name in out["runs"]:
                 print(f"  {name}: no run in {WORK}; its recorded evaluations are kept as they are", flush=True)
     if "latency" in sections:  # of the first image-based variant trained

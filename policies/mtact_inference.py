@@ -96,9 +96,9 @@ class MTACTPolicy:
 class BatchedMTACT:
     """``slots`` independent episodes driven by one model, one batched chunk query per control step.
 
-    A single-observation query spends most of its time in per-call overhead of small convolutions
-    and attention; evaluation runs episodes side by side so that cost is shared (measured in
-    ``benchmarks/kitchen_mtact.py``'s latency table). Each slot keeps its own chunk scheduler, so
+    About half of a single-observation query is per-call overhead of small convolutions and
+    attention (21.0 ms alone against 10.4 ms per observation in a batch of 8, on one thread;
+    ``benchmarks/results/kitchen_mtact.md``), so evaluation runs episodes side by side to share it. Each slot keeps its own chunk scheduler, so
     every episode sees exactly the schedule a lone ``MTACTPolicy`` would give it.
     """
 

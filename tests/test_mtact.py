@@ -374,7 +374,8 @@ def test_batched_controller_acts_as_independent_policies(schedule):
         for s in slots:
             np.testing.assert_allclose(got[s], lone[s].act(*requests[s]), atol=1e-5)
     queries = sum(p.queries for p in lone)
-    assert policy.queries == queries == (13 if schedule == "ensemble" else 3 + 3 + 2)  # execute: each slot every 2nd step
+    # ensemble: every slot every step; execute: every slot every 2nd step of its own episode
+    assert policy.queries == queries == (13 if schedule == "ensemble" else 3 + 3 + 2)
     with pytest.raises(ValueError, match="slots"):
         policy.batch(0)
 
