@@ -202,7 +202,7 @@ class BCTrainer:
     def closed_loop(self, policy_dir: Path, episodes: int) -> SuccessReport:
         return evaluate_success(self.env_cfg, self.tasks, episodes, level="L0", seed=int(self.cfg.seed),
                                   policy_dir=policy_dir, policy_options=policy_options(self.cfg.algo),
-                                  workers=int(self.cfg.algo.eval_workers))
+                                  workers=int(self.cfg.algo.eval_workers), batch=int(self.cfg.algo.eval_batch))
 
     def record(self, losses: dict, episodes: int) -> dict:
         started = time.time()
@@ -274,7 +274,8 @@ class BCTrainer:
         final_dir = self.save(rd.FINAL, with_state=False)
         report = evaluate_success(self.env_cfg, self.tasks, int(algo.final_eval_episodes), level="L0",
                                   seed=int(self.cfg.seed), policy_dir=final_dir,
-                                  policy_options=policy_options(algo), workers=int(algo.eval_workers))
+                                  policy_options=policy_options(algo), workers=int(algo.eval_workers),
+                                  batch=int(algo.eval_batch))
         for line in report.lines():
             log.info(line)
         self.plot()

@@ -41,7 +41,7 @@ def validate(cfg: DictConfig) -> None:
     require_ints(cfg, ["seed"], minimum=0)
     if cfg.algo.name == "bc":
         require_ints(cfg, ["algo.total_steps", "algo.batch_size", "algo.eval_every", "algo.demos_per_task", "threads",
-                           "algo.eval_workers"], minimum=1)
+                           "algo.eval_workers", "algo.eval_batch"], minimum=1)
         require_ints(cfg, ["algo.augmentations", "algo.eval_episodes", "algo.final_eval_episodes", "algo.log_every",
                            "algo.warmup_steps", "algo.image_shift"], minimum=0)
         return

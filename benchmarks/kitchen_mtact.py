@@ -105,6 +105,7 @@ def train_all(args, jobs: Jobs) -> dict[str, Path]:
             overrides = ["env=kitchen", "algo=bc", f"dataset={dataset}", *VARIANTS[variant],
                          f"seed={seed}", f"algo.time_budget_s={args.budget}", f"algo.total_steps={args.steps}",
                          f"algo.eval_every={args.eval_every}", "algo.eval_episodes=2", "algo.final_eval_episodes=5",
+                         f"algo.eval_batch={args.eval_batch}",
                          f"threads={threads}"]
             runs[name] = jobs.submit(name, overrides)
     jobs.wait()
@@ -241,9 +242,12 @@ def write_markdown(out: dict, path: Path) -> None:
     for variant, levels in out["table"].items():
         runs = [out["runs"][f"{variant}_s{s}"] for s in out["seeds"] if f"{variant}_s{s}" in out["runs"]]
         cells = [cell(levels[lv]) if lv in levels else "—" for lv in out["levels"]]
-        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {np.mean([r['train_time_s'] for r in runs]):.0f} | "
-                     f"{np.mean([r['steps'] for r in runs]):.0f} | {runs[0].get('threads', '—') if runs else '—'} | "
-                     f"{runs[0]['params'] if runs else '—'} |")
+        if runs:
+            cells += [f"{np.mean([r['train_time_s'] for r in runs]):.0f}", f"{np.mean([r['steps'] for r in runs]):.0f}",
+                      str(runs[0].get("threads", "—")), str(runs[0]["params"])]
+        else:  # evaluations cached without their training summaries: nothing to average
+            cells += ["—"] * 4
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     lines += ["", "## Per task at L0 (each run; 95% Wilson interval)", ""]
     tasks = None
     for name, levels in out["eval"].items():

@@ -65,3 +65,26 @@ def test_latency_reports_single_and_batched_query_costs(tmp_path):
     assert lat["per_step_ms_execute20"] < lat["per_step_ms_ensemble"]  # one query per 4 steps against one per step
     per_obs = lat["batched_query_ms_per_observation"]
     assert list(per_obs) == [str(b) for b in kitchen_mtact.BATCH_SIZES] and all(v > 0 for v in per_obs.values())
+
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def test_the_committed_table_is_what_the_committed_json_renders_to(tmp_path):
+    """The markdown is regenerated from the JSON, never edited by hand: the two must agree."""
+    out = json.loads((RESULTS / "kitchen_mtact.json").read_text())
+    kitchen_mtact.write_markdown(out, tmp_path / "table.md")
+    assert (tmp_path / "table.md").read_text() == (RESULTS / "kitchen_mtact.md").read_text()
+
+
+def test_a_variant_whose_training_summaries_are_missing_renders_dashes_without_warnings(tmp_path):
+    import warnings
+
+    out = json.loads((RESULTS / "kitchen_mtact.json").read_text())
+    variant = out["variants"][0]
+    out["runs"] = {k: v for k, v in out["runs"].items() if not k.startswith(f"{variant}_s")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # np.mean([]) of no runs used to warn and print nan
+        kitchen_mtact.write_markdown(out, tmp_path / "table.md")
+    row = next(line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith(f"| {variant} |"))
+    assert row.endswith("| — | — | — | — |") and "nan" not in row
