@@ -7,7 +7,9 @@
 - Optimiser: AdamW, weight decay 1e-4 and gradient clipping at 10 as ACT/RoboAgent; their
   learning rate (1e-5 for 2000 epochs on a GPU) is far too slow for a CPU budget of a couple of
   hours, so the default is 1e-4 with a linear warm-up and a cosine decay, and the backbone has
-  its own rate (``algo.backbone_learning_rate``).
+  its own rate (``algo.backbone_learning_rate``). ``algo.precision=bf16`` runs the forward pass
+  under CPU bfloat16 autocast (weights, gradients and AdamW stay fp32): about 1.8x faster steps
+  where the CPU has bf16 matrix units (Intel AMX), not validated in closed loop yet.
 - Every ``eval_every`` steps: the validation L1 (held-out demonstrations, no augmentation, z = 0)
   and closed-loop success on every task (``eval_episodes`` each, L0), a deployable checkpoint
   ``checkpoints/last`` with the optimiser state beside it; ``metrics.csv`` and the loggers get
@@ -39,8 +41,21 @@ from policies.mtact_inference import LanguageVectors
 
 log = logging.getLogger(__name__)
 LAST = "last"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 TRAINER_STATE = "trainer_state.pt"
 CURVE_FILE = "training_curve.png"
+
+
+def check_precision(precision: str) -> torch.dtype | None:
+    if precision not in PRECISIONS:
+        raise UserError(f"algo.precision={precision!r}: use one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def autocast(precision: str):
+    """The context the training forward pass runs in: plain fp32, or CPU autocast to bfloat16."""
+    dtype = check_precision(precision)
+    return torch.autocast("cpu", dtype=dtype) if dtype else torch.autocast("cpu", enabled=False)
 
 
 def policy_options(algo: DictConfig) -> dict:
@@ -249,7 +264,8 @@ class BCTrainer:
                 break
             t0 = time.time()
             x = self.inputs(self.train_data.sample(batch_size, self.rng), augment=True)
-            losses = self.model.loss(**x)
+            with autocast(str(algo.precision)):
+                losses = self.model.loss(**x)
             self.optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(algo.max_grad_norm))

@@ -44,6 +44,9 @@ def validate(cfg: DictConfig) -> None:
                            "algo.eval_workers", "algo.eval_batch"], minimum=1)
         require_ints(cfg, ["algo.augmentations", "algo.eval_episodes", "algo.final_eval_episodes", "algo.log_every",
                            "algo.warmup_steps", "algo.image_shift"], minimum=0)
+        from agents.bc import check_precision
+
+        check_precision(str(cfg.algo.precision))
         return
     require_ints(cfg, ["algo.total_timesteps", "algo.eval_every", "threads", "algo.eval_episodes",
                        "algo.final_eval_episodes"], minimum=1)

@@ -11,7 +11,8 @@
   seeds 10000 + 1000 * task + i, the same for every variant);
 - latency: one chunk query of the first image-based variant's run on one thread (median and p90 of 200), and the
   cost per 12.5 Hz control step with temporal ensembling (a query every step) and with
-  executing 20 steps per chunk, and one query for B observations at once (evaluation's batching).
+  executing 20 steps per chunk, and one query for B observations at once (evaluation's batching); and one
+  training step of that network at fp32 and at bf16 autocast.
 
 Variants (``mtact``, ``bc_single``, ``onehot``, ``no_aug`` and ``state_only`` on the same dataset, ``--dataset``,
 collected by benchmarks/kitchen_experts.py; ``noisy_demos``, ``quirk``, ``demos10``, ``demos25`` and ``aug2``
@@ -24,7 +25,8 @@ here on first use, ``NOISY_DATASET``),
 language), ``no_aug`` (no semantic augmentation), ``state_only`` (object state instead of
 images), ``quirk`` (the ACT decoder bug), ``demos10``/``demos25`` (fewer demonstrations per task),
 ``aug2`` (two semantic re-renderings per demonstration instead of one; the noisy collection gains
-its second re-rendering on first use).
+its second re-rendering on first use), ``bf16`` (mtact trained under bfloat16 autocast,
+``algo.precision=bf16``: does the faster step lose success?).
 Runs and evaluations are cached under benchmarks/.work/kitchen_mtact, so an interrupted
 benchmark resumes where it stopped. The results file is the record: a run missing from the cache
 keeps its recorded evaluations, and a run trained again replaces its old evaluations.
@@ -68,6 +70,7 @@ VARIANTS = {
     "demos10": ["policy=mtact", "algo.augmentations=1", "algo.demos_per_task=10"],
     "demos25": ["policy=mtact", "algo.augmentations=1", "algo.demos_per_task=25"],
     "aug2": ["policy=mtact", "algo.augmentations=2"],
+    "bf16": ["policy=mtact", "algo.augmentations=1", "algo.precision=bf16"],
 }
 # Variants added after the recipe moved to noisy demonstrations train on them; the rest on --dataset.
 VARIANT_DATASETS = {v: NOISY_DATASET for v in ("noisy_demos", "quirk", "demos10", "demos25", "aug2")}
@@ -148,7 +151,38 @@ def evaluate(run: Path, level: str, episodes: int, workers: int, batch: int) -> 
     return result
 
 
+TRAIN_BATCH = 64  # configs/algo/bc.yaml's batch_size, for the training-step timing
 BATCH_SIZES = (1, 2, 4, 8, 16)
+
+
+def train_step_ms(model, batch: int = TRAIN_BATCH, rounds: int = 3) -> dict:
+    """Forward + backward of one training batch at each ``algo.precision``, alternated so both see the same load."""
+    import torch
+
+    from agents.bc import PRECISIONS, autocast
+
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    x = {"images": torch.rand(batch, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, generator=g)
+         if cfg.cameras else None,
+         "proprio": torch.randn(batch, cfg.proprio_dim, generator=g),
+         "object_state": torch.randn(batch, cfg.object_dim, generator=g),
+         "lang": torch.randn(batch, cfg.lang_dim, generator=g),
+         "actions": torch.randn(batch, cfg.chunk, cfg.action_dim, generator=g),
+         "pad": torch.zeros(batch, cfg.chunk, dtype=torch.bool)}
+    model.train()
+    times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+    for r in range(rounds + 1):  # round 0 warms up
+        for precision in PRECISIONS:
+            t0 = time.perf_counter()
+            with autocast(precision):
+                loss = model.loss(**x)["loss"]
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            if r:
+                times[precision].append(1e3 * (time.perf_counter() - t0))
+    model.eval()
+    return {p: float(np.median(t)) for p, t in times.items()}
 
 
 def latency(run: Path) -> dict:
@@ -190,7 +224,8 @@ def latency(run: Path) -> dict:
     ms = 1e3 * np.asarray(times)
     return {"query_ms_median": float(np.median(ms)), "query_ms_p90": float(np.percentile(ms, 90)),
             "per_step_ms_ensemble": per_step["ensemble"], "per_step_ms_execute20": per_step["execute"],
-            "batched_query_ms_per_observation": batched,
+            "batched_query_ms_per_observation": batched, "train_step_ms": train_step_ms(policy.model),
+            "train_batch": TRAIN_BATCH,
             "threads": 1, "params": policy.model.parameter_count(), "cameras": list(cfg.cameras),
             "image_size": cfg.image_size}
 
@@ -274,6 +309,11 @@ def write_markdown(out: dict, path: Path) -> None:
                       "for all of them; cost of a query per observation (mean of 20 calls):", "",
                       "| B | " + " | ".join(per_obs) + " |", "|---|" + "---|" * len(per_obs),
                       "| ms per observation | " + " | ".join(f"{v:.1f}" for v in per_obs.values()) + " |"]
+        if lat.get("train_step_ms"):
+            step = lat["train_step_ms"]
+            lines += ["", f"Training step of the same network (batch {lat.get('train_batch', TRAIN_BATCH)}, forward "
+                      f"and backward, one thread, median of 3 alternated): fp32 {step['fp32']:.0f} ms, bf16 autocast "
+                      f"(`algo.precision=bf16`) {step['bf16']:.0f} ms, {step['fp32'] / step['bf16']:.2f}x."]
     lines += ["", "## Notes", "", *(f"- {note}" for note in out.get("notes", []))]
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")

@@ -372,7 +372,8 @@ class MTACT(nn.Module):
 
     def loss(self, images, proprio, object_state, lang, actions, pad=None) -> dict[str, torch.Tensor]:
         """L1 on unpadded steps (normalised units) + kl_weight * KL(q(z) || N(0, I)), ACT's objective."""
-        pred, mu, logvar = self(images, proprio, object_state, lang, actions, pad)
+        pred, mu, logvar = (None if t is None else t.float()  # the loss in fp32, also under bf16 autocast
+                            for t in self(images, proprio, object_state, lang, actions, pad))
         valid = ~pad.bool() if pad is not None else torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device)
         target = self.normalize_actions(actions).masked_fill(~valid[..., None], 0.0)  # no NaN from padding
         err = torch.where(valid[..., None], (pred - target).abs(), 0.0)

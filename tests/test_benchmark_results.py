@@ -65,6 +65,11 @@ def test_latency_reports_single_and_batched_query_costs(tmp_path):
     assert lat["per_step_ms_execute20"] < lat["per_step_ms_ensemble"]  # one query per 4 steps against one per step
     per_obs = lat["batched_query_ms_per_observation"]
     assert list(per_obs) == [str(b) for b in kitchen_mtact.BATCH_SIZES] and all(v > 0 for v in per_obs.values())
+    assert set(lat["train_step_ms"]) == {"fp32", "bf16"} and all(v > 0 for v in lat["train_step_ms"].values())
+    out = {"variants": [], "levels": [], "eval": {}, "table": {}, "runs": {}, "latency": {"run": "r", **lat},
+           "date": "d", "machine": {"cpu": "c", "cores": 1, "torch": "t", "mujoco": "m"}, "dataset": "x", "seeds": [0]}
+    kitchen_mtact.write_markdown(out, tmp_path / "table.md")
+    assert "bf16 autocast (`algo.precision=bf16`)" in (tmp_path / "table.md").read_text()
 
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"

@@ -210,8 +210,15 @@ def test_config_dict_round_trip():
 # ---------------------------------------------------------------- overfitting
 
 
-def test_overfits_a_language_conditioned_dataset():
-    """4 episodes share their proprio sequence; only the task's language vector tells their actions apart."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_overfits_a_language_conditioned_dataset(precision):
+    """4 episodes share their proprio sequence; only the task's language vector tells their actions apart.
+
+    bf16: the training forward pass under the trainer's autocast (algo.precision) learns as well; the
+    inference stays fp32.
+    """
+    from agents.bc import autocast
+
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     n_ep, steps = 4, 12
@@ -235,7 +242,9 @@ def test_overfits_a_language_conditioned_dataset():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(250):
-        loss = model.loss(None, proprio, obj, lang, actions)["loss"]
+        with autocast(precision):
+            loss = model.loss(None, proprio, obj, lang, actions)["loss"]
+        assert loss.dtype == torch.float32
         opt.zero_grad()
         loss.backward()
         opt.step()
