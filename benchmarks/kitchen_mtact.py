@@ -258,7 +258,8 @@ def cell(level: dict) -> str:
 def write_markdown(out: dict, path: Path) -> None:
     m = out["machine"]
     on_noisy = [v for v in out["variants"] if v in VARIANT_DATASETS]
-    noisy = f" ({', '.join(on_noisy)}: `{NOISY_DATASET}`, expert noise {EXPERT_NOISE})" if on_noisy else ""
+    noisy = (f" ({', '.join(on_noisy)}: `{NOISY_DATASET.relative_to(ROOT)}`, expert noise {EXPERT_NOISE})"
+             if on_noisy else "")  # relative: the table must not depend on where the checkout lies
     per_task = sorted({e["episodes"] // len(e["tasks"]) for levels in out["eval"].values() for e in levels.values()})
     episodes = (f"{per_task[0]} evaluation episodes per task and level" if len(per_task) == 1 else
                 f"{' or '.join(map(str, per_task))} evaluation episodes per task and level (each cell gives its count)")
