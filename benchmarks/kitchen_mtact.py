@@ -151,11 +151,15 @@ def evaluate(run: Path, level: str, episodes: int, workers: int, batch: int) -> 
     return result
 
 
-TRAIN_BATCH = 64  # configs/algo/bc.yaml's batch_size, for the training-step timing
 BATCH_SIZES = (1, 2, 4, 8, 16)
 
 
-def train_step_ms(model, batch: int = TRAIN_BATCH, rounds: int = 3) -> dict:
+def bc_defaults():
+    """The ``algo=bc`` settings every run trains with, unless its variant overrides them."""
+    return compose_cfg(["env=kitchen", "policy=mtact", "algo=bc"]).algo
+
+
+def train_step_ms(model, batch: int, rounds: int = 3) -> dict:
     """Forward + backward of one training batch at each ``algo.precision``, alternated so both see the same load."""
     import torch
 
@@ -222,10 +226,11 @@ def latency(run: Path) -> dict:
             policy.query_batch(*many)
         batched[str(b)] = 1e3 * (time.perf_counter() - t0) / (20 * b)
     ms = 1e3 * np.asarray(times)
+    train_batch = int(bc_defaults().batch_size)
     return {"query_ms_median": float(np.median(ms)), "query_ms_p90": float(np.percentile(ms, 90)),
             "per_step_ms_ensemble": per_step["ensemble"], "per_step_ms_execute20": per_step["execute"],
-            "batched_query_ms_per_observation": batched, "train_step_ms": train_step_ms(policy.model),
-            "train_batch": TRAIN_BATCH,
+            "batched_query_ms_per_observation": batched,
+            "train_step_ms": train_step_ms(policy.model, train_batch), "train_batch": train_batch,
             "threads": 1, "params": policy.model.parameter_count(), "cameras": list(cfg.cameras),
             "image_size": cfg.image_size}
 
@@ -312,7 +317,7 @@ def write_markdown(out: dict, path: Path) -> None:
                       "| ms per observation | " + " | ".join(f"{v:.1f}" for v in per_obs.values()) + " |"]
         if lat.get("train_step_ms"):
             step = lat["train_step_ms"]
-            lines += ["", f"Training step of the same network (batch {lat.get('train_batch', TRAIN_BATCH)}, forward "
+            lines += ["", f"Training step of the same network (batch {lat['train_batch']}, forward "
                       f"and backward, one thread, median of 3 alternated): fp32 {step['fp32']:.0f} ms, bf16 autocast "
                       f"(`algo.precision=bf16`) {step['bf16']:.0f} ms, {step['fp32'] / step['bf16']:.2f}x."]
     lines += ["", "## Notes", "", *(f"- {note}" for note in out.get("notes", []))]
@@ -341,7 +346,7 @@ def main() -> None:
     parser.add_argument("--note", action="append", default=[], help="a line for the results' notes (kept)")
     args = parser.parse_args()
     if args.steps is None:
-        args.steps = int(compose_cfg(["env=kitchen", "policy=mtact", "algo=bc"]).algo.total_steps)
+        args.steps = int(bc_defaults().total_steps)
     args.variants = args.variants.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     levels = args.levels.split(",")

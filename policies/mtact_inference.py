@@ -98,8 +98,9 @@ class BatchedMTACT:
 
     About half of a single-observation query is per-call overhead of small convolutions and
     attention (21.0 ms alone against 10.4 ms per observation in a batch of 8, on one thread;
-    ``benchmarks/results/kitchen_mtact.md``), so evaluation runs episodes side by side to share it. Each slot keeps its own chunk scheduler, so
-    every episode sees exactly the schedule a lone ``MTACTPolicy`` would give it.
+    ``benchmarks/results/kitchen_mtact.md``), so evaluation runs episodes side by side to share
+    it. Each slot keeps its own chunk scheduler, so every episode sees exactly the schedule a lone
+    ``MTACTPolicy`` would give it.
     """
 
     def __init__(self, policy: MTACTPolicy, slots: int):
