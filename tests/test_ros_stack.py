@@ -384,3 +384,36 @@ def test_run_node_exits_cleanly_on_an_rcl_error_after_shutdown_only(ros_env, cas
                           text=True, timeout=30)
     assert proc.returncode == returncode, proc.stderr[-2000:]
     assert ("Traceback" in proc.stderr) == (case == "live"), proc.stderr[-2000:]
+
+
+RUN_NODE_WITH_HANGING_CLEANUP = """
+import ctypes, sys, time
+from rclpy.node import Node
+from embodied_ros.process import run_node
+
+def make_node():
+    node = Node("hanger")
+    node.declare_parameter("realtime_priority", 0)
+    return node
+
+def hang_holding_the_gil(node):  # as rmw_destroy_node did in Fast DDS: blocked in C, the GIL held
+    ctypes.PyDLL(None).sleep(60)
+
+def run(node, executor):
+    print(f"run ends at {time.monotonic()}", flush=True)
+
+sys.exit(run_node(None, make_node, run, hang_holding_the_gil))
+"""
+
+
+def test_a_node_whose_cleanup_hangs_still_ends_within_the_launcher_grace(ros_env):
+    """A cleanup stuck in C code ends in SIGTERM (a clean stop to launchers) before launch's 5 s grace, stacks first."""
+    from embodied_ros.process import CLEANUP_DEADLINE_S, STACK_DUMP_S
+
+    proc = subprocess.run([sys.executable, "-c", RUN_NODE_WITH_HANGING_CLEANUP], env=ros_env, capture_output=True,
+                          text=True, timeout=30)
+    cleanup_s = time.monotonic() - float(proc.stdout.split("run ends at ")[1])
+    assert proc.returncode == -signal.SIGTERM, proc.stderr[-2000:]
+    assert CLEANUP_DEADLINE_S + STACK_DUMP_S <= cleanup_s < 5.0, cleanup_s
+    assert f"Timeout (0:00:0{CLEANUP_DEADLINE_S:.0f})!" in proc.stderr, proc.stderr[-2000:]
+    assert "in hang_holding_the_gil" in proc.stderr, proc.stderr[-2000:]

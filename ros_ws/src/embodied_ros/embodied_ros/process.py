@@ -7,6 +7,7 @@ is not offered.
 
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import gc
 import os
@@ -20,6 +21,26 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
 from embodied_ros.params import ParameterError
+
+# A stopped node's cleanup must finish within this, inside launchers' 5 s SIGINT grace (it takes 10-200 ms).
+CLEANUP_DEADLINE_S = 3.0
+STACK_DUMP_S = 0.5  # between the stack dump and the SIGTERM
+# Linux timer_create(2) with SIGEV_SIGNAL; the structs as <signal.h> and <time.h> define them on 64-bit Linux.
+_CLOCK_MONOTONIC = 1
+_SIGEV_SIGNAL = 0
+
+
+class _SigEvent(ctypes.Structure):
+    _fields_ = [("sigev_value", ctypes.c_void_p), ("sigev_signo", ctypes.c_int), ("sigev_notify", ctypes.c_int),
+                ("_rest", ctypes.c_int * 12)]
+
+
+class _TimeSpec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _ITimerSpec(ctypes.Structure):
+    _fields_ = [("it_interval", _TimeSpec), ("it_value", _TimeSpec)]
 
 
 def init_with_shutdown_on_signals(argv=None):
@@ -88,13 +109,38 @@ def apply_realtime_priority(priority: int, logger) -> bool:
     return True
 
 
-def bounded_cleanup(seconds: float = 5.0) -> None:
-    """From here on, if the process has not exited within ``seconds``, print every thread's stack and exit 1.
+def _terminate_after(seconds: float) -> None:
+    """Arm a kernel timer that sends this process SIGTERM after ``seconds`` (Linux ``timer_create``).
 
-    Cleanup (destroying entities, DDS threads at interpreter exit) must never keep a stopped
-    node alive until its launcher escalates to SIGKILL; if it hangs, the stacks say where.
+    A kernel timer, not a Python thread: the calls that hang hold the GIL (rclpy's pybind11
+    ``destroy_when_not_in_use`` blocked inside rmw_destroy_node), so no Python code runs until they return.
     """
-    faulthandler.dump_traceback_later(seconds, exit=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    event = _SigEvent(sigev_signo=signal.SIGTERM, sigev_notify=_SIGEV_SIGNAL)
+    timer = ctypes.c_void_p()
+    whole = int(seconds)
+    expiry = _ITimerSpec(it_value=_TimeSpec(whole, int((seconds - whole) * 1e9)))
+    if (libc.timer_create(_CLOCK_MONOTONIC, ctypes.byref(event), ctypes.byref(timer)) != 0
+            or libc.timer_settime(timer, 0, ctypes.byref(expiry), None) != 0):
+        raise OSError(ctypes.get_errno(), f"cleanup deadline timer: {os.strerror(ctypes.get_errno())}")
+
+
+def bounded_cleanup(seconds: float = CLEANUP_DEADLINE_S) -> None:
+    """From here on, if the process has not exited within ``seconds``, print every thread's stack and end it by SIGTERM.
+
+    Cleanup (destroying entities, DDS threads at interpreter exit) must never keep a stopped node
+    alive until its launcher escalates: Fast DDS has been seen (once in CI, under load) to block in
+    ``destroy_node`` for more than 5 s after the node's run had ended and its summary was logged.
+    The node's work is done at that point, so it ends the way a stopped node may end (SIGTERM,
+    which launchers count as a clean stop after their SIGINT) and within the launcher's 5 s grace;
+    the stacks, printed first, say where it hung.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a further signal during cleanup ends the process at once
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    faulthandler.dump_traceback_later(seconds, exit=False)
+    _terminate_after(seconds + STACK_DUMP_S)
 
 
 class StartupError(Exception):
