@@ -126,7 +126,7 @@ def _terminate_after(seconds: float) -> None:
 
 
 def bounded_cleanup(seconds: float = CLEANUP_DEADLINE_S) -> None:
-    """From here on, if the process has not exited within ``seconds``, print every thread's stack and end it by SIGTERM.
+    """From here on, if the process has not exited within ``seconds``, print every thread's stack and SIGTERM it.
 
     Cleanup (destroying entities, DDS threads at interpreter exit) must never keep a stopped node
     alive until its launcher escalates: Fast DDS has been seen (once in CI, under load) to block in
