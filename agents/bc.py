@@ -9,7 +9,7 @@
   hours, so the default is 1e-4 with a linear warm-up and a cosine decay, and the backbone has
   its own rate (``algo.backbone_learning_rate``). ``algo.precision=bf16`` runs the forward pass
   under CPU bfloat16 autocast (weights, gradients and AdamW stay fp32): 1.32x faster steps on a
-  Xeon with AMX (benchmarks/results/kitchen_mtact.md), not validated in closed loop yet.
+  Xeon with AMX (benchmarks/results/kitchen_mtact.md); one seed kept fp32's closed-loop success.
 - Every ``eval_every`` steps: the validation L1 (held-out demonstrations, no augmentation, z = 0)
   and closed-loop success on every task (``eval_episodes`` each, L0), a deployable checkpoint
   ``checkpoints/last`` with the optimiser state beside it; ``metrics.csv`` and the loggers get

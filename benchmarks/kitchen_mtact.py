@@ -362,7 +362,9 @@ def main() -> None:
     def union(key, new):  # an invocation adds to the table; it does not drop earlier variants
         return list(dict.fromkeys([*out.get(key, []), *new]))
 
-    out.update({"date": dt.date.today().isoformat(), "machine": machine(), "dataset": str(args.dataset),
+    dataset = args.dataset.absolute()  # relative to the checkout where it lies inside it: the table is not per-checkout
+    dataset = dataset.relative_to(ROOT) if dataset.is_relative_to(ROOT) else dataset
+    out.update({"date": dt.date.today().isoformat(), "machine": machine(), "dataset": str(dataset),
                 "seeds": union("seeds", args.seeds), "levels": union("levels", levels),
                 "variants": union("variants", args.variants)})
     if "train" in sections:  # an evaluation-only invocation keeps the training limits on record
