@@ -260,11 +260,16 @@ def cell(level: dict) -> str:
     return f"{100 * level['mean']:.1f} ± {100 * level['std']:.1f} (seeds {per_seed}; {level['episodes']})"
 
 
+def shown_path(path: Path) -> str:
+    """``path`` as the results show it: relative to the checkout if inside it (tables are not per-checkout)."""
+    path = path.absolute()  # not resolve(): a symlinked benchmarks/.work in a worktree stays inside that worktree
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
 def write_markdown(out: dict, path: Path) -> None:
     m = out["machine"]
     on_noisy = [v for v in out["variants"] if v in VARIANT_DATASETS]
-    noisy = (f" ({', '.join(on_noisy)}: `{NOISY_DATASET.relative_to(ROOT)}`, expert noise {EXPERT_NOISE})"
-             if on_noisy else "")  # relative: the table must not depend on where the checkout lies
+    noisy = f" ({', '.join(on_noisy)}: `{shown_path(NOISY_DATASET)}`, expert noise {EXPERT_NOISE})" if on_noisy else ""
     per_task = sorted({e["episodes"] // len(e["tasks"]) for levels in out["eval"].values() for e in levels.values()})
     episodes = (f"{per_task[0]} evaluation episodes per task and level" if len(per_task) == 1 else
                 f"{' or '.join(map(str, per_task))} evaluation episodes per task and level (each cell gives its count)")
@@ -362,9 +367,7 @@ def main() -> None:
     def union(key, new):  # an invocation adds to the table; it does not drop earlier variants
         return list(dict.fromkeys([*out.get(key, []), *new]))
 
-    dataset = args.dataset.absolute()  # relative to the checkout where it lies inside it: the table is not per-checkout
-    dataset = dataset.relative_to(ROOT) if dataset.is_relative_to(ROOT) else dataset
-    out.update({"date": dt.date.today().isoformat(), "machine": machine(), "dataset": str(dataset),
+    out.update({"date": dt.date.today().isoformat(), "machine": machine(), "dataset": shown_path(args.dataset),
                 "seeds": union("seeds", args.seeds), "levels": union("levels", levels),
                 "variants": union("variants", args.variants)})
     if "train" in sections:  # an evaluation-only invocation keeps the training limits on record

@@ -43,6 +43,12 @@ class _ITimerSpec(ctypes.Structure):
     _fields_ = [("it_interval", _TimeSpec), ("it_value", _TimeSpec)]
 
 
+def default_stop_signals() -> None:
+    """SIGINT and SIGTERM get their default action again: the next one ends the process at once."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def init_with_shutdown_on_signals(argv=None):
     """``rclpy.init`` whose SIGINT/SIGTERM shut the context down instead of raising.
 
@@ -62,9 +68,7 @@ def init_with_shutdown_on_signals(argv=None):
     context = rclpy.get_default_context()
 
     def shutdown(signum, frame):
-        # A second SIGINT/SIGTERM gets the default action: a node stuck in shutdown still dies.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        default_stop_signals()  # a second SIGINT/SIGTERM: a node stuck in shutdown still dies
         threading.Thread(target=context.try_shutdown, name="signal-shutdown", daemon=True).start()
 
     signal.signal(signal.SIGINT, shutdown)
@@ -135,8 +139,7 @@ def bounded_cleanup(seconds: float = CLEANUP_DEADLINE_S) -> None:
     which launchers count as a clean stop after their SIGINT) and within the launcher's 5 s grace;
     the stacks, printed first, say where it hung.
     """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a further signal during cleanup ends the process at once
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    default_stop_signals()  # a further signal during cleanup ends the process at once
     sys.stdout.flush()
     sys.stderr.flush()
     faulthandler.dump_traceback_later(seconds, exit=False)
