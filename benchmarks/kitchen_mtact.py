@@ -245,8 +245,8 @@ def aggregate(out: dict) -> dict:
                      if level in out["eval"].get(f"{variant}_s{s}", {})]
             if evals:
                 rates = [e["success_rate"] for e in evals]
-                table[variant][level] = {"mean": float(np.mean(rates)), "std": float(np.std(rates)), "seeds": len(rates),
-                                         "per_seed": rates,
+                table[variant][level] = {"mean": float(np.mean(rates)), "std": float(np.std(rates)),
+                                         "seeds": len(rates), "per_seed": rates,
                                          "episodes": sum(e["episodes"] for e in evals),
                                          "ci95": evals[0]["ci95"] if len(evals) == 1 else None}
     return table
@@ -309,15 +309,16 @@ def write_markdown(out: dict, path: Path) -> None:
     if out.get("latency"):
         lat = out["latency"]
         lines += ["", "## Inference on one CPU thread", "",
-                  f"MT-ACT run `{lat['run']}` ({lat['params']} parameters, cameras {lat['cameras']} at {lat['image_size']} px): one chunk "
-                  f"query {lat['query_ms_median']:.1f} ms median, {lat['query_ms_p90']:.1f} ms p90; per control step "
+                  f"MT-ACT run `{lat['run']}` ({lat['params']} parameters, cameras {lat['cameras']} at "
+                  f"{lat['image_size']} px): one chunk query {lat['query_ms_median']:.1f} ms median, "
+                  f"{lat['query_ms_p90']:.1f} ms p90; per control step "
                   f"{lat['per_step_ms_ensemble']:.1f} ms with temporal ensembling (a query every step), "
                   f"{lat['per_step_ms_execute20']:.1f} ms executing 20 steps per chunk. The controller's period at "
                   "12.5 Hz is 80 ms."]
         if lat.get("batched_query_ms_per_observation"):
             per_obs = lat["batched_query_ms_per_observation"]
-            lines += ["", "Evaluation runs episodes side by side (`agents.evaluate batch=B`) and queries the model once "
-                      "for all of them; cost of a query per observation (mean of 20 calls):", "",
+            lines += ["", "Evaluation runs episodes side by side (`agents.evaluate batch=B`) and queries the model "
+                      "once for all of them; cost of a query per observation (mean of 20 calls):", "",
                       "| B | " + " | ".join(per_obs) + " |", "|---|" + "---|" * len(per_obs),
                       "| ms per observation | " + " | ".join(f"{v:.1f}" for v in per_obs.values()) + " |"]
         if lat.get("train_step_ms"):

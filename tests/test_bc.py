@@ -234,8 +234,8 @@ def bc_run(fake_dataset, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("bc") / "run"
     result = subprocess.run([sys.executable, "-m", "agents.train", "env=kitchen", "policy=mtact", "algo=bc",
-                             f"dataset={fake_dataset}", "algo.total_steps=6", "algo.eval_every=3", "algo.eval_episodes=1",
-                             "algo.final_eval_episodes=1", f"hydra.run.dir={run}", *TINY_MTACT],
+                             f"dataset={fake_dataset}", "algo.total_steps=6", "algo.eval_every=3",
+                             "algo.eval_episodes=1", "algo.final_eval_episodes=1", f"hydra.run.dir={run}", *TINY_MTACT],
                             cwd=run.parent, env=cli_env(), capture_output=True, text=True, timeout=600)
     return run, result
 

@@ -123,7 +123,8 @@ def test_launch_swims_obeys_enable_watchdog_and_shuts_down(ncap_run, ros_env, pr
     assert rc == 0, out[-3000:]
     assert "watchdog: no valid state" in out
     for pid in pids:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, f"node {pid} survived"
+        survived = psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        assert not survived, f"node {pid} survived"
 
 
 def test_lockstep_run_is_recorded_to_a_readable_bag(ncap_run, ros_env, probe, tmp_path):
@@ -201,7 +202,8 @@ def test_non_finite_policy_output_becomes_the_safe_command(ncap_run, ros_context
     env = gym.make("embodied/Swimmer-v0").unwrapped
     env.reset(seed=1)
     try:
-        node._make_callback("joint_states")(node.adapter.encode_state(env, node.get_clock().now().nanoseconds)["joint_states"])
+        state = node.adapter.encode_state(env, node.get_clock().now().nanoseconds)
+        node._make_callback("joint_states")(state["joint_states"])
         assert len(published) == 1 and np.all(published[0] == 0.0)
         assert "non-finite" in node.last_reject
     finally:
