@@ -290,7 +290,8 @@ def write_markdown(out: dict, path: Path) -> None:
         cells = [cell(levels[lv]) if lv in levels else "—" for lv in out["levels"]]
         if runs:
             cells += [f"{np.mean([r['train_time_s'] for r in runs]):.0f}", f"{np.mean([r['steps'] for r in runs]):.0f}",
-                      str(runs[0].get("threads", "—")), str(runs[0]["params"])]
+                      " / ".join(dict.fromkeys(str(r.get("threads", "—")) for r in runs)),  # seeds' if they differ
+                      str(runs[0]["params"])]
         else:  # evaluations cached without their training summaries: nothing to average
             cells += ["—"] * 4
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
