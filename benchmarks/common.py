@@ -99,6 +99,12 @@ def machine() -> dict:
             "platform": platform.platform()}
 
 
+def shown_path(path: Path) -> str:
+    """``path`` as the results show it: relative to the checkout if inside it (tables are not per-checkout)."""
+    path = path.absolute()  # not resolve(): a symlinked benchmarks/.work in a worktree stays inside that worktree
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agents import run_dir as rd  # noqa: E402
-from benchmarks.common import Jobs, compose_cfg, machine, summary, write_json_atomic  # noqa: E402
+from benchmarks.common import Jobs, compose_cfg, machine, shown_path, summary, write_json_atomic  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work" / "kitchen_mtact"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -135,8 +135,8 @@ def evaluate(run: Path, level: str, episodes: int, workers: int, batch: int) -> 
     """The largest cached evaluation with at least ``episodes`` per task (episode seeds are nested), else a new one."""
     cached = sorted((int(p.stem.rsplit("_", 1)[1]), p) for p in run.glob(f"eval_{level}_*.json"))
     for n, path in reversed(cached):
-        if n >= episodes:
-            return json.loads(path.read_text())
+        if n >= episodes:  # the run as the results show it: a worktree's evaluation reads as the main checkout's
+            return {**json.loads(path.read_text()), "run": shown_path(run)}
     cache = run / f"eval_{level}_{episodes}.json"
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "agents.evaluate", f"run={run}", f"level={level}",
@@ -144,7 +144,7 @@ def evaluate(run: Path, level: str, episodes: int, workers: int, batch: int) -> 
                           cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"evaluating {run} at {level} failed:\n{proc.stderr[-2000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-2])
+    result = {**json.loads(proc.stdout.strip().splitlines()[-2]), "run": shown_path(run)}
     result["eval_s"] = round(time.time() - t0, 1)
     write_json_atomic(cache, result)
     print(f"  {run.name} {level}: {100 * result['success_rate']:.1f}% ({result['eval_s']:.0f} s)", flush=True)
@@ -258,12 +258,6 @@ def cell(level: dict) -> str:
         return f"{100 * level['mean']:.1f} [{100 * low:.0f}, {100 * high:.0f}] ({level['episodes']})"
     per_seed = " / ".join(f"{100 * r:.1f}" for r in level["per_seed"])
     return f"{100 * level['mean']:.1f} ± {100 * level['std']:.1f} (seeds {per_seed}; {level['episodes']})"
-
-
-def shown_path(path: Path) -> str:
-    """``path`` as the results show it: relative to the checkout if inside it (tables are not per-checkout)."""
-    path = path.absolute()  # not resolve(): a symlinked benchmarks/.work in a worktree stays inside that worktree
-    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
 def write_markdown(out: dict, path: Path) -> None:

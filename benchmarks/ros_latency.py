@@ -47,6 +47,7 @@ from std_srvs.srv import SetBool
 from swimmer_ncap import machine
 
 import envs
+from benchmarks.common import shown_path
 from embodied_ros.adapters import SwimmerAdapter
 from embodied_ros.malformed import random_malformed
 from embodied_ros.monitor import RobotMonitor
@@ -355,7 +356,7 @@ def main() -> None:
     runs = policy_dirs(args.quick)
     ticks = 1_000 if args.quick else 10_000
     out = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
-           "machine": machine(), "rclpy": "7.1.6", "policies": {k: str(v.relative_to(ROOT)) for k, v in runs.items()},
+           "machine": machine(), "rclpy": "7.1.6", "policies": {k: shown_path(v) for k, v in runs.items()},
            "latency": [], "distance": []}
     plan = [("ncap", 100, "numpy", 50), ("ncap", 100, "numpy", 0), ("ncap", 500, "numpy", 50),
             ("mlp", 100, "numpy", 50), ("mlp", 500, "numpy", 50), ("ncap", 100, "torch", 50)]
