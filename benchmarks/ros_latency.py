@@ -36,7 +36,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "ros_ws" / "src" / "embodied_ros"))
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gymnasium as gym
 import psutil
@@ -44,10 +43,9 @@ import rclpy
 import torch
 from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool
-from swimmer_ncap import machine
 
 import envs
-from benchmarks.common import shown_path
+from benchmarks.common import machine, shown_path
 from embodied_ros.adapters import SwimmerAdapter
 from embodied_ros.malformed import random_malformed
 from embodied_ros.monitor import RobotMonitor
