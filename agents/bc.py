@@ -8,13 +8,14 @@
   learning rate (1e-5 for 2000 epochs on a GPU) is far too slow for a CPU budget of a couple of
   hours, so the default is 1e-4 with a linear warm-up and a cosine decay, and the backbone has
   its own rate (``algo.backbone_learning_rate``). ``algo.precision=bf16`` runs the forward pass
-  under CPU bfloat16 autocast (weights, gradients and AdamW stay fp32): 1.32x faster steps on a
-  Xeon with AMX (benchmarks/results/kitchen_mtact.md); one seed kept fp32's closed-loop success.
+  under CPU bfloat16 autocast (weights, gradients and AdamW stay fp32); its speed and closed-loop
+  success against fp32 are in ``benchmarks/results/kitchen_mtact.md``.
 - Every ``eval_every`` steps: the validation L1 (held-out demonstrations, no augmentation, z = 0)
   and closed-loop success on every task (``eval_episodes`` each, L0), a deployable checkpoint
-  ``checkpoints/last`` with the optimiser state beside it; ``metrics.csv`` and the loggers get
-  the row. Rerunning the same command with ``hydra.run.dir=<this run>`` resumes from ``last``.
-- The end: ``checkpoints/final`` and a final closed-loop evaluation (``final_eval_episodes``).
+  ``checkpoints/last`` with the trainer's state beside it; ``metrics.csv`` and the loggers get
+  the row. SIGTERM or SIGINT saves ``last`` and stops; rerunning the same command with
+  ``hydra.run.dir=<this run>`` resumes from ``last``.
+- The end: the ``final`` checkpoint and a final closed-loop evaluation (``final_eval_episodes``).
 """
 
 from __future__ import annotations
@@ -28,21 +29,23 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from agents import run_dir as rd
 from agents.bc_data import Selection, load_windows, select_files
 from agents.builders import make_env
 from agents.dataset import DatasetError, read_manifest
 from agents.errors import UserError
 from agents.image_augment import augment_images
 from agents.kitchen_eval import SuccessReport, evaluate_success
-from policies.checkpoint import CheckpointError
-from policies.mtact import MTACT, MTACTConfig, load_mtact, save_mtact
+from agents.overrides import require_ints
+from agents.trainer import Trainer
+from policies.atomic import atomic_write
+from policies.bundle import BundleError, read_bundle, save_bundle
+from policies.mtact import MTACT, MTACTConfig, observation_description
 from policies.mtact_inference import LanguageVectors
+from policies.protocol import PolicyMeta
+from policies.run_dir import FINAL, LAST, RunDir
 
 log = logging.getLogger(__name__)
-LAST = "last"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-TRAINER_STATE = "trainer_state.pt"
 CURVE_FILE = "training_curve.png"
 
 
@@ -83,12 +86,18 @@ def model_config(cfg: DictConfig, manifest: dict, tasks: list[str]) -> MTACTConf
         raise UserError(f"bad policy config: {e}") from None
 
 
-class BCTrainer:
-    def __init__(self, cfg: DictConfig, run_dir: Path, loggers: list):
-        self.cfg, self.run_dir, self.loggers = cfg, Path(run_dir), loggers
+class BCTrainer(Trainer):
+    @classmethod
+    def validate(cls, cfg: DictConfig) -> None:
+        require_ints(cfg, ["algo.total_steps", "algo.batch_size", "algo.eval_every", "algo.demos_per_task", "threads",
+                           "algo.eval_workers", "algo.eval_batch"], minimum=1)
+        require_ints(cfg, ["algo.augmentations", "algo.eval_episodes", "algo.final_eval_episodes", "algo.log_every",
+                           "algo.warmup_steps", "algo.image_shift"], minimum=0)
+        check_precision(str(cfg.algo.precision))
+
+    def __init__(self, cfg: DictConfig, run: RunDir, loggers: list):
+        super().__init__(cfg, run, loggers)
         algo = cfg.algo
-        if cfg.policy.kind != "mtact":
-            raise UserError(f"algo=bc trains action-chunking policies (policy=mtact), not policy={cfg.policy.kind}")
         if not cfg.get("dataset"):
             raise UserError("algo=bc needs dataset=<directory> (collect one with python -m agents.collect)")
         root = Path(str(cfg.dataset)).expanduser()
@@ -113,10 +122,12 @@ class BCTrainer:
         log.info("dataset %s: %d train episodes (%d frames), %d validation episodes, loaded in %.0f s", root,
                  len(train_files), len(self.train_data), len(val_files), time.time() - started)
         self.dataset_root = root
-        # Closed-loop evaluation uses the env the demonstrations came from (cameras, image size).
-        self.env_cfg = dict(manifest["env"])
+        # The policy's env is the one the demonstrations came from, showing what the model reads:
+        # its cameras, and the object state only for the state-only variant.
+        self.env_cfg = {**manifest["env"], "cameras": list(self.config.cameras), "object_state": not self.config.cameras}
         env = make_env({**self.env_cfg, "cameras": []})  # no renderer: only the action bounds are wanted
         self.action_low, self.action_high = env.action_space.low.tolist(), env.action_space.high.tolist()
+        self.control_dt = float(env.unwrapped.dt)
         env.close()
         self.n_train_episodes, self.n_val_episodes = len(train_files), len(val_files)
         torch.set_num_threads(int(cfg.threads))
@@ -142,7 +153,6 @@ class BCTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.step = 0
         self.train_s = 0.0
-        self.metrics = rd.MetricsLog(self.run_dir / rd.METRICS_FILE)
 
     # --- pieces -----------------------------------------------------------------------------
     def inputs(self, batch: dict, augment: bool) -> dict:
@@ -173,56 +183,49 @@ class BCTrainer:
         self.model.train()
         return total / max(count, 1)
 
-    def meta(self) -> dict:
-        return {
-            "tasks": self.tasks, "env": self.env_cfg, "dataset": str(self.dataset_root), "steps": self.step,
-            "action_low": self.action_low, "action_high": self.action_high,
-            "inference": policy_options(self.cfg.algo),
-        }
+    def meta(self) -> PolicyMeta:
+        return PolicyMeta(kind=str(self.cfg.policy.kind), config=self.config.to_dict(), env=self.env_cfg,
+                          observation=observation_description(self.config), action_low=self.action_low,
+                          action_high=self.action_high, control_dt=self.control_dt, steps=self.step,
+                          extra={"tasks": self.tasks, "dataset": str(self.dataset_root),
+                                 "inference": policy_options(self.cfg.algo)})
 
-    def save(self, name: str, with_state: bool) -> Path:
-        def write(tmp: Path) -> None:
-            save_mtact(tmp, self.model, self.meta())
-            if with_state:
-                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                            "step": self.step, "train_s": self.train_s, "rng": self.rng.bit_generator.state,
-                            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()},
-                           tmp / TRAINER_STATE)
+    def write_bundle(self, directory: Path) -> None:
+        save_bundle(directory, self.meta(), self.model.state_dict())
 
-        return rd.write_checkpoint(self.run_dir, name, write)
+    def state(self) -> dict:
+        return {"step": self.step, "train_s": self.train_s, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": self.rng.bit_generator.state,
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
 
     def try_resume(self) -> bool:
-        """Continue from ``checkpoints/last`` when this run directory already holds one."""
-        last = rd.checkpoint_dir(self.run_dir, LAST)
-        state_file = last / TRAINER_STATE
-        if not state_file.is_file():
+        """Continue from ``checkpoints/last`` when this run directory holds a resumable one."""
+        state = self.resume_state()
+        if state is None:
             return False
+        last = self.run.checkpoint_dir(LAST)
         try:
-            model, _ = load_mtact(last)
-            self.model.load_state_dict(model.state_dict())
-            state = torch.load(state_file, weights_only=False)
+            self.model.load_state_dict(read_bundle(last).tensors)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-        except (CheckpointError, RuntimeError, KeyError, ValueError, OSError) as e:
+            self.rng.bit_generator.state = state["rng"]
+            self.generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+        except (BundleError, RuntimeError, KeyError, ValueError, TypeError) as e:
             raise UserError(f"cannot resume from {last}: {' '.join(str(e).split())[:200]} (a changed config? "
                             "start a new run directory)") from None
         self.step, self.train_s = int(state["step"]), float(state["train_s"])
-        self.rng.bit_generator.state = state["rng"]
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        self.metrics.resume(self.step)
-        log.info("resumed from %s at step %d", last, self.step)
         return True
 
     def closed_loop(self, policy_dir: Path, episodes: int) -> SuccessReport:
         return evaluate_success(self.env_cfg, self.tasks, episodes, level="L0", seed=int(self.cfg.seed),
-                                  policy_dir=policy_dir, policy_options=policy_options(self.cfg.algo),
-                                  workers=int(self.cfg.algo.eval_workers), batch=int(self.cfg.algo.eval_batch))
+                                policy_dir=policy_dir, workers=int(self.cfg.algo.eval_workers),
+                                batch=int(self.cfg.algo.eval_batch))
 
     def record(self, losses: dict, episodes: int) -> dict:
         started = time.time()
         val = self.validation_l1()
-        policy_dir = self.save(LAST, with_state=True)
+        policy_dir = self.save_checkpoint(LAST, self.write_bundle, self.state())
         report = self.closed_loop(policy_dir, episodes) if episodes > 0 else None
         row = {
             "steps": self.step,
@@ -245,7 +248,7 @@ class BCTrainer:
         return row
 
     # --- the loop ---------------------------------------------------------------------------
-    def train(self) -> dict:
+    def learn(self) -> dict:
         algo = self.cfg.algo
         total, batch_size = int(algo.total_steps), int(algo.batch_size)
         eval_every, log_every = int(algo.eval_every), int(algo.log_every)
@@ -258,39 +261,43 @@ class BCTrainer:
         sums: dict[str, float] = {}
         n = 0
         stopped_by = "steps"
-        while self.step < total:
-            if budget and self.train_s >= budget:
-                stopped_by = "time_budget_s"
-                break
-            t0 = time.time()
-            x = self.inputs(self.train_data.sample(batch_size, self.rng), augment=True)
-            with autocast(str(algo.precision)):
-                losses = self.model.loss(**x)
-            self.optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(algo.max_grad_norm))
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
-            self.train_s += time.time() - t0
-            values = {k: float(v.detach()) for k, v in losses.items()}
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
-            if not np.isfinite(values["loss"]):
-                raise UserError(f"the loss became {values['loss']} at step {self.step}; lower algo.learning_rate")
-            if self.step % eval_every == 0 or self.step == total:
-                self.record({k: v / n for k, v in sums.items()},
-                            int(algo.eval_episodes) if self.step < total else 0)
-                sums, n = {}, 0
-            elif log_every and self.step % log_every == 0:
-                log.info("step %d: loss %.4f (%.0f ms/step)", self.step, sums["loss"] / n, 1e3 * self.train_s / self.step)
+        with self.stop:
+            while self.step < total:
+                if self.stop.requested:
+                    raise self.stopped(self.step, self.write_bundle, self.state())
+                if budget and self.train_s >= budget:
+                    stopped_by = "time_budget_s"
+                    log.warning("algo.time_budget_s=%g reached at step %d of %d: stopping there", budget, self.step, total)
+                    break
+                t0 = time.time()
+                x = self.inputs(self.train_data.sample(batch_size, self.rng), augment=True)
+                with autocast(str(algo.precision)):
+                    losses = self.model.loss(**x)
+                self.optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(algo.max_grad_norm))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                self.train_s += time.time() - t0
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n += 1
+                if not np.isfinite(values["loss"]):
+                    raise UserError(f"the loss became {values['loss']} at step {self.step}; lower algo.learning_rate")
+                if self.step % eval_every == 0 or self.step == total:
+                    self.record({k: v / n for k, v in sums.items()},
+                                int(algo.eval_episodes) if self.step < total else 0)
+                    sums, n = {}, 0
+                elif log_every and self.step % log_every == 0:
+                    log.info("step %d: loss %.4f (%.0f ms/step)", self.step, sums["loss"] / n,
+                             1e3 * self.train_s / self.step)
         if n:
             self.record({k: v / n for k, v in sums.items()}, 0)
-        final_dir = self.save(rd.FINAL, with_state=False)
+        final_dir = self.save_checkpoint(FINAL, self.write_bundle)
         report = evaluate_success(self.env_cfg, self.tasks, int(algo.final_eval_episodes), level="L0",
-                                  seed=int(self.cfg.seed), policy_dir=final_dir,
-                                  policy_options=policy_options(algo), workers=int(algo.eval_workers),
+                                  seed=int(self.cfg.seed), policy_dir=final_dir, workers=int(algo.eval_workers),
                                   batch=int(algo.eval_batch))
         for line in report.lines():
             log.info(line)
@@ -321,7 +328,7 @@ class BCTrainer:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        rows = rd.read_metrics(self.run_dir / rd.METRICS_FILE)
+        rows = self.run.metrics_rows()
         if not rows:
             return
         steps = [r["steps"] for r in rows]
@@ -339,7 +346,5 @@ class BCTrainer:
             ax.grid(alpha=0.3)
         fig.suptitle(f"{self.cfg.policy.kind} + bc on {self.cfg.env.name} (seed {self.cfg.seed})")
         fig.tight_layout()
-        from policies.checkpoint import atomic_write
-
-        atomic_write(self.run_dir / CURVE_FILE, lambda tmp: fig.savefig(tmp, format="png"))
+        atomic_write(self.run.path / CURVE_FILE, lambda tmp: fig.savefig(tmp, format="png"))
         plt.close(fig)

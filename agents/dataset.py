@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.checkpoint import atomic_write, load_versioned_json
+from policies.atomic import atomic_write
 
 FORMAT = "embodied-demos"
 FORMAT_VERSION = 1
@@ -148,7 +148,15 @@ def read_manifest(root: str | Path) -> dict:
     path = root / MANIFEST
     if not path.is_file():
         raise DatasetError(f"{root} is not a dataset (no {MANIFEST}); collect one with python -m agents.collect")
-    return load_versioned_json(path, FORMAT, FORMAT_VERSION, DatasetError)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise DatasetError(f"{path} is not an {FORMAT} file")
+    if data.get("version") != FORMAT_VERSION:
+        raise DatasetError(f"{path} has format version {data.get('version')}, this code reads {FORMAT_VERSION}")
+    return data
 
 
 def episode_files(root: str | Path, tasks: list[str] | None = None) -> list[Path]:

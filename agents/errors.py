@@ -6,11 +6,14 @@ import functools
 import sys
 
 from envs.swimmer import SimulationDiverged
-from policies.checkpoint import CheckpointError
+from policies.protocol import PolicyError
 
 
 class UserError(Exception):
-    """Bad input from the user (config, run directory, checkpoint): print one line, exit 2."""
+    """Bad input from the user (config, run directory, checkpoint): print one line, exit 2.
+
+    :class:`~policies.protocol.PolicyError` (a bad bundle or run directory) is reported the same way.
+    """
 
 
 def report_user_errors(fn):
@@ -20,7 +23,7 @@ def report_user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (UserError, CheckpointError) as e:
+        except (UserError, PolicyError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except SimulationDiverged as e:

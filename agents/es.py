@@ -16,6 +16,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from agents.errors import UserError
+from agents.overrides import require_ints
 from agents.population import PopulationTrainer
 
 
@@ -66,12 +67,17 @@ class OpenES:
 class ESTrainer(PopulationTrainer):
     STAT_KEYS = ("rollout_return_max", "grad_norm")
 
-    def __init__(self, cfg, run_dir, loggers):
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        require_ints(cfg, ["algo.population"], minimum=2)
+        if int(cfg.algo.population) % 2:
+            raise UserError(f"algo.population must be even (mirrored pairs), got {cfg.algo.population}")
+
+    def __init__(self, cfg, run, loggers):
         algo = cfg.algo
         population = int(algo.population)
-        if population < 2 or population % 2:
-            raise UserError(f"algo.population must be even and >= 2 (mirrored pairs), got {population}")
-        super().__init__(cfg, run_dir, loggers, n_envs=population)
+        super().__init__(cfg, run, loggers, n_envs=population)
         self.names = [n for n, p in self.policy.actor.named_parameters() if p.requires_grad]
         self.shapes = [p.shape for n, p in self.policy.actor.named_parameters() if p.requires_grad]
         theta = torch.cat([p.detach().reshape(-1) for p in self.policy.actor.parameters() if p.requires_grad])
@@ -81,6 +87,18 @@ class ESTrainer(PopulationTrainer):
         except ValueError as e:
             raise UserError(str(e)) from None
         self._batched_actor = vmap(self._actor_with, in_dims=(0, 0))
+
+    def algo_state(self) -> dict:
+        es = self.es
+        return {"theta": es.theta.detach().clone(), "optimizer": es.optimizer.state_dict(),
+                "rng": es.rng.bit_generator.state}
+
+    def restore_algo(self, state: dict) -> None:
+        es = self.es
+        with torch.no_grad():
+            es.theta.copy_(state["theta"])
+        es.optimizer.load_state_dict(state["optimizer"])
+        es.rng.bit_generator.state = state["rng"]
 
     def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         out, i = {}, 0

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from agents.errors import UserError
+from agents.overrides import require_ints
 from agents.population import PopulationTrainer
 
 ADVANTAGES = ("outcome", "process")
@@ -87,21 +88,36 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, mas
 class GRPOTrainer(PopulationTrainer):
     STAT_KEYS = ("frac_zero_spread", "action_std", "clip_fraction", "kl_ref")
 
-    def __init__(self, cfg, run_dir, loggers):
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
         algo = cfg.algo
+        require_ints(cfg, ["algo.groups", "algo.epochs", "algo.minibatches"], minimum=1)
+        require_ints(cfg, ["algo.group_size"], minimum=2)
         if algo.advantage not in ADVANTAGES:
             raise UserError(f"algo.advantage must be one of {', '.join(ADVANTAGES)}, got {algo.advantage!r}")
-        if int(algo.group_size) < 2 or int(algo.groups) < 1:
-            raise UserError(f"GRPO needs algo.group_size >= 2 and algo.groups >= 1, got {algo.group_size} and {algo.groups}")
-        if int(algo.minibatches) < 1 or int(algo.minibatches) > int(algo.groups):
+        if int(algo.minibatches) > int(algo.groups):
             raise UserError(f"algo.minibatches must be 1..algo.groups ({algo.groups}), got {algo.minibatches}")
+
+    def __init__(self, cfg, run, loggers):
+        algo = cfg.algo
         self.groups, self.group_size = int(algo.groups), int(algo.group_size)
-        super().__init__(cfg, run_dir, loggers, n_envs=self.groups * self.group_size)
+        super().__init__(cfg, run, loggers, n_envs=self.groups * self.group_size)
         trainable = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(trainable, lr=float(algo.learning_rate))
         self.beta = float(algo.kl_coef)
         self.reference = copy.deepcopy(self.policy).requires_grad_(False) if self.beta else None
         self.batch_rng = np.random.default_rng(int(cfg.seed) + 1)
+
+    def algo_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "batch_rng": self.batch_rng.bit_generator.state,
+                "reference": None if self.reference is None else self.reference.state_dict()}
+
+    def restore_algo(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batch_rng.bit_generator.state = state["batch_rng"]
+        if self.reference is not None:
+            self.reference.load_state_dict(state["reference"])
 
     def _sample_actions(self, obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():

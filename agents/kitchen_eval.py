@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.rollout import EVAL_SEED_BASE, write_video
+from policies.protocol import Policy
 
 Z95 = 1.959963984540054
 
@@ -76,13 +77,13 @@ def episode_seed(seed: int, task_index: int, episode: int) -> int:
     return EVAL_SEED_BASE + seed + 1000 * task_index + episode
 
 
-def run_episode(env, policy, seed: int, frames: list | None = None) -> tuple[bool, int]:
+def run_episode(env, policy: Policy, seed: int, frames: list | None = None) -> tuple[bool, int]:
     """One episode; success is the env's ``is_success`` (every task of the episode done)."""
     obs, info = env.reset(seed=seed)
     policy.reset()
     steps, done = 0, False
     while not done:
-        action = policy.act(obs, info["instruction"], info["task"])
+        action = policy.act(obs)
         obs, _, terminated, truncated, info = env.step(action)
         steps += 1
         done = terminated or truncated
@@ -91,7 +92,7 @@ def run_episode(env, policy, seed: int, frames: list | None = None) -> tuple[boo
     return bool(info.get("is_success", False)), steps
 
 
-def _run_jobs(policy, env_cfg: dict, level: str, seed: int, jobs: list[tuple[str, int, int]],
+def _run_jobs(policy: Policy, env_cfg: dict, level: str, seed: int, jobs: list[tuple[str, int, int]],
               video: str | None = None) -> list[tuple[str, int, bool, int]]:
     from agents.builders import make_env
 
@@ -138,14 +139,14 @@ class _EnvPool:
         self.idle.clear()
 
 
-def _run_jobs_batched(policy, env_cfg: dict, level: str, seed: int, jobs: list[tuple[str, int, int]],
+def _run_jobs_batched(policy: Policy, env_cfg: dict, level: str, seed: int, jobs: list[tuple[str, int, int]],
                       batch: int) -> list[tuple[str, int, bool, int]]:
     """The episodes of ``jobs``, ``batch`` at a time, with one batched chunk query per control step.
 
     A finished episode's slot takes the next job at once, so the batch stays full until the queue
     runs dry. Each episode has its own env, seed and chunk scheduler: what a lone episode would see.
     """
-    controller = policy.batch(batch)
+    controller = policy.batched(batch)
     pending = list(reversed(jobs))  # pop() takes jobs in order
     unstarted = Counter(task for task, _, _ in jobs)  # an env of a task no unstarted job needs is closed at once
     pool = _EnvPool(env_cfg, level)
@@ -156,23 +157,22 @@ def _run_jobs_batched(policy, env_cfg: dict, level: str, seed: int, jobs: list[t
         task, task_index, episode = pending.pop()
         unstarted[task] -= 1
         env = pool.take(task)
-        obs, info = env.reset(seed=episode_seed(seed, task_index, episode))
+        obs, _ = env.reset(seed=episode_seed(seed, task_index, episode))
         controller.reset(slot)
-        running[slot] = {"job": (task, episode), "env": env, "obs": obs, "info": info, "steps": 0}
+        running[slot] = {"job": (task, episode), "env": env, "obs": obs, "steps": 0}
 
     try:
         for slot in range(min(batch, len(pending))):
             start(slot)
         while running:
-            actions = controller.act({slot: (r["obs"], r["info"]["instruction"], r["info"]["task"])
-                                      for slot, r in running.items()})
+            actions = controller.act({slot: r["obs"] for slot, r in running.items()})
             for slot, action in actions.items():
                 r = running[slot]
-                r["obs"], _, terminated, truncated, r["info"] = r["env"].step(action)
+                r["obs"], _, terminated, truncated, info = r["env"].step(action)
                 r["steps"] += 1
                 if terminated or truncated:
                     task, episode = r["job"]
-                    out.append((task, episode, bool(r["info"].get("is_success", False)), r["steps"]))
+                    out.append((task, episode, bool(info.get("is_success", False)), r["steps"]))
                     pool.give_back(task, r["env"], still_needed=unstarted[task] > 0)
                     del running[slot]
                     if pending:
@@ -184,55 +184,41 @@ def _run_jobs_batched(policy, env_cfg: dict, level: str, seed: int, jobs: list[t
     return out
 
 
+def _load(policy_dir: str | Path, options: dict) -> Policy:
+    from policies.registry import load_policy
+
+    return load_policy(policy_dir, options=options)
+
+
 def _worker(args) -> list[tuple[str, int, bool, int]]:
     policy_dir, options, env_cfg, level, seed, jobs, batch = args
     import torch
 
-    from policies.mtact_inference import load_mtact_policy
-
     torch.set_num_threads(1)
-    policy = load_mtact_policy(policy_dir, **options)
+    policy = _load(policy_dir, options)
     if batch > 1:
         return _run_jobs_batched(policy, env_cfg, level, seed, jobs, batch)
     return _run_jobs(policy, env_cfg, level, seed, jobs)
 
 
-def _policy_cameras(policy, policy_dir) -> tuple[str, ...] | None:
-    """The cameras the policy reads (None: unknown, so the env renders as configured)."""
-    if policy is not None:
-        cameras = getattr(getattr(policy, "config", None), "cameras", None)
-        return None if cameras is None else tuple(cameras)
-    from policies.mtact import read_mtact_meta
-
-    return tuple(read_mtact_meta(policy_dir)[0].cameras)
-
-
 def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str = "L0", seed: int = 0,
-                     policy=None, policy_dir: str | Path | None = None, policy_options: dict | None = None,
-                     workers: int = 1, video: str | Path | None = None,
+                     policy: Policy | None = None, policy_dir: str | Path | None = None,
+                     policy_options: dict | None = None, workers: int = 1, video: str | Path | None = None,
                      progress: Callable[[str], None] | None = None, batch: int = 1) -> SuccessReport:
-    """Success of ``policy`` (in-process) or of the checkpoint in ``policy_dir`` (``workers`` processes).
+    """Success of ``policy`` (in-process) or of the bundle in ``policy_dir`` (``workers`` processes).
 
-    ``batch`` > 1 runs that many episodes side by side in each process with one batched model call
-    per control step (the policy needs a ``batch(slots)`` controller, as ``MTACTPolicy`` has). The
-    env renders no cameras for a policy that reads none (state-only): the physics, and so every
-    outcome, is the same without them.
+    ``batch`` > 1 runs that many episodes side by side in each process through the policy's
+    ``batched`` controller (one model call per control step where the policy supports it).
+    ``env_cfg`` is the policy's env (its ``meta.env``): a state-only policy's renders no cameras.
     """
     if batch < 1:
         raise ValueError(f"batch must be positive, got {batch}")
-    if batch > 1 and policy is not None and not hasattr(policy, "batch"):
-        raise ValueError(f"batch={batch} needs a policy with a batch(slots) controller; "
-                         f"{type(policy).__name__} has none")
     jobs = [(task, i, ep) for i, task in enumerate(tasks) for ep in range(episodes)]
     env_cfg = dict(env_cfg)
-    if _policy_cameras(policy, policy_dir) == ():
-        env_cfg["cameras"] = []  # a state-only policy reads no image: rendering them was ~85% of its evaluation
     results: list[tuple[str, int, bool, int]] = []
     if workers <= 1 or policy_dir is None:
         if policy is None:
-            from policies.mtact_inference import load_mtact_policy
-
-            policy = load_mtact_policy(policy_dir, **(policy_options or {}))
+            policy = _load(policy_dir, policy_options or {})
         if batch > 1:
             results = _run_jobs_batched(policy, env_cfg, level, seed, jobs, batch)
             if video:  # the first episode again, alone, to film it
@@ -255,10 +241,7 @@ def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str 
             os.environ.clear()
             os.environ.update(env)
         if video:  # one more episode (the first one again), in-process, to film it
-            from policies.mtact_inference import load_mtact_policy
-
-            _run_jobs(load_mtact_policy(policy_dir, **(policy_options or {})), env_cfg, level, seed, jobs[:1],
-                      str(video))
+            _run_jobs(_load(policy_dir, policy_options or {}), env_cfg, level, seed, jobs[:1], str(video))
     report = SuccessReport(level=level)
     for task in tasks:
         mine = sorted((r for r in results if r[0] == task), key=lambda r: r[1])

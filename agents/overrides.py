@@ -7,6 +7,7 @@ to one sentence naming the bad override and, for groups, the valid choices.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -14,11 +15,14 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from agents.errors import UserError, report_user_errors
+from policies.run_dir import RunDir
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CLAIMED_DIR_ENV = "EMBODIED_CLAIMED_OUTPUT_DIR"  # the output directory this command created for itself
 _SWEEP = re.compile(r",|^\w+\(|\brange\(|\bchoice\(|\binterval\(|\bglob\(")
 
 
@@ -39,12 +43,13 @@ def _plain_overrides(argv: list[str]) -> list[str]:
     return out
 
 
-def check_overrides(config_name: str, argv: list[str], validate: Callable | None = None) -> None:
-    """Compose the config as Hydra will and run ``validate`` on it, before any run dir exists."""
+def check_overrides(config_name: str, argv: list[str], validate: Callable | None = None):
+    """Compose the config as Hydra will and run ``validate`` on it, before any run dir exists; returns it
+    (with the ``hydra`` node)."""
     overrides = _plain_overrides(argv)
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=overrides)
+            cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     except MissingConfigException as e:
         m = re.search(r"Could not find '([\w/]+)/([\w.-]+)'", str(e))
         if m:
@@ -64,12 +69,11 @@ def check_overrides(config_name: str, argv: list[str], validate: Callable | None
         raise UserError(" ".join(str(cause).split())[:300]) from None
     if validate is not None:
         validate(cfg)
+    return cfg
 
 
 def require_ints(cfg, keys: list[str], minimum: int = 0) -> None:
     """Typed checks for the scalar settings a typo most often breaks (``seed=abc``)."""
-    from omegaconf import OmegaConf
-
     for key in keys:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -78,7 +82,29 @@ def require_ints(cfg, keys: list[str], minimum: int = 0) -> None:
             raise UserError(f"config key '{key}' must be >= {minimum}, got {value}")
 
 
-def run_hydra_cli(config_name: str, hydra_main: Callable[[], object], validate: Callable | None = None) -> None:
-    """Validate the command line's overrides (one-line errors), then hand over to Hydra."""
-    report_user_errors(check_overrides)(config_name, sys.argv[1:], validate)
+def claim_output_dir(cfg, argv: list[str]) -> list[str]:
+    """Create this command's output directory now, under a name no other run has, and return the
+    override that hands it to Hydra; none when the command line chose the directory itself.
+
+    Hydra names run directories by the second they start in, so two runs started together would
+    share one; ``mkdir`` decides atomically which gets the name and which gets ``<name>-2``.
+    """
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if any(a.lstrip("+").startswith(f"{key}=") for a in argv):
+        return []
+    try:
+        run = RunDir.claim(OmegaConf.select(cfg, key))
+    except OSError as e:
+        raise UserError(f"cannot create the run directory {OmegaConf.select(cfg, key)}: {e.strerror}") from None
+    os.environ[CLAIMED_DIR_ENV] = str(run.path.resolve())
+    return [f"{key}={run.path}"]
+
+
+def run_hydra_cli(config_name: str, hydra_main: Callable[[], object], validate: Callable | None = None,
+                  claim_output: bool = False) -> None:
+    """Validate the command line's overrides (one-line errors), claim the output directory, then hand over to Hydra."""
+    cfg = report_user_errors(check_overrides)(config_name, sys.argv[1:], validate)
+    if claim_output:
+        sys.argv += report_user_errors(claim_output_dir)(cfg, sys.argv[1:])
     hydra_main()

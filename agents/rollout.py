@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+
+from policies.protocol import Policy
 
 EVAL_SEED_BASE = 10_000  # evaluation seeds never overlap training seeds
 METRIC_KEYS = (
@@ -34,22 +35,20 @@ class EvalResult:
         return {k: float(np.mean(v)) for k, v in self.metrics.items()}
 
 
-def run_episodes(env: gym.Env, act: Callable[[np.ndarray], np.ndarray], episodes: int,
-                 seed: int = EVAL_SEED_BASE, video: str | Path | None = None,
-                 reset: Callable[[], None] | None = None) -> EvalResult:
+def run_episodes(env: gym.Env, policy: Policy, episodes: int, seed: int = EVAL_SEED_BASE,
+                 video: str | Path | None = None) -> EvalResult:
     """Run ``episodes`` episodes with seeds ``seed, seed+1, ...``; record the first to ``video``.
 
-    ``reset`` clears a stateful controller's memory (a PID's integrators) before each episode.
+    The policy is reset before each episode (a PID forgets its integrators).
     """
     result = EvalResult(returns=[])
     frames = []
     for ep in range(episodes):
         obs, info = env.reset(seed=seed + ep)
-        if reset is not None:
-            reset()
+        policy.reset()
         total, speeds, done = 0.0, [], False
         while not done:
-            obs, reward, terminated, truncated, info = env.step(act(obs))
+            obs, reward, terminated, truncated, info = env.step(policy.act(obs))
             total += float(reward)
             speeds.append(info.get("forward_speed", np.nan))
             done = terminated or truncated

@@ -1,7 +1,10 @@
 """Train project actors with SB3 (PPO for any actor, SAC for the MLP) and fill the run directory.
 
-Periodic deterministic evaluation uses the same exported :class:`InferencePolicy` that
-``agents.evaluate`` and the ROS node load, so the learning curve measures what is deployed.
+Periodic deterministic evaluation uses the same exported :class:`~policies.vector_policy.VectorPolicy`
+that ``agents.evaluate`` and the ROS node load, so the learning curve measures what is deployed.
+The resumable state (SB3's parameters and optimiser, VecNormalize's statistics, SAC's replay
+buffer, the RNGs) is written without pickle by :mod:`agents.trainer_state`; a resumed run starts
+fresh episodes from the saved parameters and step count.
 """
 
 from __future__ import annotations
@@ -9,10 +12,8 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import pickle
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,16 +24,25 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
-from agents import run_dir as rd
-from agents.builders import actor_config, env_signature, make_env
+from agents.builders import make_env, policy_meta
 from agents.errors import UserError
+from agents.overrides import require_ints
+from agents.reporting import steps_to_reach
 from agents.rollout import EVAL_SEED_BASE, EvalResult, run_episodes
-from policies.checkpoint import InferencePolicy, PolicyMeta, save_policy
+from agents.trainer import Trainer
+from agents.trainer_state import TrainerStateError, load_state
+from policies import registry
+from policies.bundle import read_bundle, save_bundle
 from policies.mlp import ACTIVATIONS, MLPActor, MLPConfig
+from policies.protocol import PolicyError, PolicyMeta
+from policies.run_dir import FINAL, LAST, RunDir
 from policies.sb3 import ActorCriticAdapter
+from policies.vector_policy import VectorPolicy
 
 log = logging.getLogger(__name__)
 ALGORITHMS = {"ppo": PPO, "sac": SAC}
+VEC_ENVS = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+OBS_CLIP = 10.0
 
 
 def deployable_actor(model, meta: PolicyMeta) -> torch.nn.Module:
@@ -40,7 +50,7 @@ def deployable_actor(model, meta: PolicyMeta) -> torch.nn.Module:
     if isinstance(model, SAC):
         # SB3's SAC actor is latent_pi (Linear+activation layers) then mu, squashed by tanh:
         # exactly an MLPActor with squash=True, so copy the weights layer by layer.
-        actor = MLPActor(MLPConfig.from_dict(meta.actor_config))
+        actor = MLPActor(MLPConfig.from_dict(meta.config))
         ours = [m for m in actor.net if isinstance(m, torch.nn.Linear)]
         theirs = [m for m in model.actor.latent_pi if isinstance(m, torch.nn.Linear)] + [model.actor.mu]
         with torch.no_grad():
@@ -51,19 +61,20 @@ def deployable_actor(model, meta: PolicyMeta) -> torch.nn.Module:
     return copy.deepcopy(model.policy.actor).cpu().eval()
 
 
-def export_policy(model, meta: PolicyMeta) -> tuple[InferencePolicy, np.ndarray | None, np.ndarray | None]:
+def export_policy(model, meta: PolicyMeta) -> VectorPolicy:
     """Snapshot the current actor and observation statistics as a deployable policy."""
     venv = model.get_env()
+    meta = copy.deepcopy(meta)
     mean = var = None
     if isinstance(venv, VecNormalize) and venv.norm_obs:
-        mean, var = venv.obs_rms.mean.copy(), venv.obs_rms.var.copy()
-        meta.obs_clip = float(venv.clip_obs)
+        mean = torch.as_tensor(venv.obs_rms.mean, dtype=torch.float32)
+        var = torch.as_tensor(venv.obs_rms.var, dtype=torch.float32)
+        meta.normalization = {"clip": float(venv.clip_obs)}
     meta.steps = int(model.num_timesteps)
     if isinstance(model, PPO):
         meta.action_std = torch.exp(model.policy.log_std.detach()).cpu().tolist()
-    actor = deployable_actor(model, meta)
-    as_tensor = (lambda a: torch.as_tensor(a, dtype=torch.float32)) if mean is not None else (lambda a: None)
-    return InferencePolicy(actor, copy.deepcopy(meta), as_tensor(mean), as_tensor(var)), mean, var
+    kind = registry.get(meta.kind)
+    return VectorPolicy(deployable_actor(model, meta), meta, mean, var, numpy_actor=kind.numpy_forward)
 
 
 def trainable_actor_parameters(model) -> int:
@@ -74,28 +85,44 @@ def trainable_actor_parameters(model) -> int:
     return n + (policy.log_std.numel() if policy.log_std.requires_grad else 0)
 
 
-class TrainingMonitor(BaseCallback):
-    """Evaluate, log metrics and write checkpoints on a fixed env-step schedule."""
+def _rms_state(rms) -> dict:
+    return {"mean": np.asarray(rms.mean, dtype=np.float64), "var": np.asarray(rms.var, dtype=np.float64),
+            "count": float(rms.count)}
 
-    def __init__(self, run_dir: Path, meta: PolicyMeta, env_cfg, eval_every: int, eval_episodes: int,
-                 checkpoint_every: int, loggers: list):
+
+def _set_rms(rms, state: dict) -> None:
+    rms.mean = np.asarray(state["mean"], dtype=np.float64).copy()
+    rms.var = np.asarray(state["var"], dtype=np.float64).copy()
+    rms.count = float(state["count"])
+
+
+class TrainingMonitor(BaseCallback):
+    """Evaluate, log metrics and write checkpoints on a fixed env-step schedule; stop when asked."""
+
+    def __init__(self, trainer: SB3Trainer):
         super().__init__()
-        self.run_dir = run_dir
-        self.meta = meta
-        self.eval_env = make_env(env_cfg)
-        self.eval_every = eval_every
-        self.eval_episodes = eval_episodes
-        self.checkpoint_every = checkpoint_every
-        self.metrics = rd.MetricsLog(run_dir / rd.METRICS_FILE)
-        self.loggers = loggers
+        self.trainer = trainer
+        algo = trainer.cfg.algo
+        self.eval_env = make_env(trainer.cfg.env)
+        self.eval_every, self.eval_episodes = int(algo.eval_every), int(algo.eval_episodes)
+        self.checkpoint_every = int(algo.checkpoint_every)
         self.next_eval = 0
-        self.next_checkpoint = checkpoint_every
+        self.next_checkpoint = self.checkpoint_every
+        self.elapsed_before = 0.0  # wall clock of earlier sessions of a resumed run
         self.t0 = time.time()
         self.overhead_s = 0.0  # spent evaluating and checkpointing: not training
+        self.learn_before = 0.0  # model.learn's wall clock in earlier sessions of a resumed run
+        self.learn_t0: float | None = None
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.t0
+
+    def learn_time(self) -> float:
+        return self.learn_before + (time.time() - self.learn_t0 if self.learn_t0 is not None else 0.0)
 
     def evaluate(self, episodes: int) -> EvalResult:
-        policy, _, _ = export_policy(self.model, self.meta)
-        return run_episodes(self.eval_env, policy.act, episodes, seed=EVAL_SEED_BASE)
+        policy = export_policy(self.model, self.trainer.meta)
+        return run_episodes(self.eval_env, policy, episodes, seed=EVAL_SEED_BASE)
 
     def record(self) -> None:
         started = time.time()
@@ -104,169 +131,232 @@ class TrainingMonitor(BaseCallback):
         train = [ep["r"] for ep in self.model.ep_info_buffer]
         row = {
             "steps": self.num_timesteps,
-            "time_s": round(time.time() - self.t0, 2),
-            "train_s": round(time.time() - self.t0 - self.overhead_s, 2),  # wall clock without evaluations
+            "time_s": round(self.elapsed(), 2),
+            "train_s": round(self.elapsed() - self.overhead_s, 2),  # wall clock without evaluations
             "train_return_mean": float(np.mean(train)) if train else float("nan"),
             "eval_return_mean": result.return_mean,
             "eval_return_std": result.return_std,
             **{f"eval_{k}": v for k, v in result.metric_means().items()},
         }
-        self.metrics.append(row)
-        for logger in self.loggers:
+        self.trainer.metrics.append(row)
+        for logger in self.trainer.loggers:
             logger.log_metrics(row, self.num_timesteps)
         log.info("steps=%d eval_return=%.1f±%.1f train_return=%.1f", row["steps"], row["eval_return_mean"],
                  row["eval_return_std"], row["train_return_mean"])
 
-    def save_checkpoint(self, name: str) -> Path:
-        def write(tmp: Path) -> None:
-            self.model.save(tmp / "model.zip")
-            venv = self.model.get_env()
-            if isinstance(venv, VecNormalize):
-                venv.save(str(tmp / "vecnormalize.pkl"))
-            policy, mean, var = export_policy(self.model, self.meta)
-            save_policy(tmp, policy.actor, policy.meta, mean, var)
+    def state(self) -> dict:
+        return {"next_eval": self.next_eval, "next_checkpoint": self.next_checkpoint, "elapsed_s": self.elapsed(),
+                "overhead_s": self.overhead_s, "learn_s": self.learn_time()}
 
-        return rd.write_checkpoint(self.run_dir, name, write)
+    def restore(self, state: dict) -> None:
+        self.next_eval, self.next_checkpoint = int(state["next_eval"]), int(state["next_checkpoint"])
+        self.elapsed_before, self.overhead_s = float(state["elapsed_s"]), float(state["overhead_s"])
+        self.learn_before = float(state["learn_s"])
+        self.t0 = time.time()
 
     def _on_training_start(self) -> None:
-        self.record()
-        self.next_eval = self.eval_every
+        if self.next_eval == 0:  # a fresh run: the untrained policy's row
+            self.record()
+            self.next_eval = self.eval_every
+
+    def _on_rollout_start(self) -> None:
+        """Every env step so far has been trained on: the moment a checkpoint resumes exactly."""
+        self.trainer.updated_at = self.num_timesteps
+        if self.checkpoint_every and self.num_timesteps >= self.next_checkpoint:
+            started = time.time()
+            self.next_checkpoint += self.checkpoint_every * max(
+                1, (self.num_timesteps - self.next_checkpoint) // self.checkpoint_every + 1)
+            self.trainer.save(f"step_{self.num_timesteps}", with_state=False)
+            self.trainer.save(LAST, with_state=True)
+            self.overhead_s += time.time() - started
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self.next_eval:
             self.record()
             self.next_eval += self.eval_every
-        if self.checkpoint_every and self.num_timesteps >= self.next_checkpoint:
-            started = time.time()
-            self.save_checkpoint(f"step_{self.num_timesteps}")
-            self.overhead_s += time.time() - started
-            self.next_checkpoint += self.checkpoint_every
-        return True
+        return self.trainer.stop.requested is None
 
 
-def _vec_env(cfg: DictConfig, seed: int):
-    env_cfg = OmegaConf.to_container(cfg.env, resolve=True)
-    vec_cls = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}.get(cfg.algo.vec_env)
-    if vec_cls is None:
-        raise UserError(f"algo.vec_env must be dummy or subproc, got {cfg.algo.vec_env!r}")
-    venv = make_vec_env(functools.partial(make_env, env_cfg), n_envs=cfg.algo.n_envs, seed=seed, vec_env_cls=vec_cls)
-    return VecNormalize(
-        venv,
-        norm_obs=bool(cfg.policy.normalize_obs),
-        norm_reward=bool(cfg.algo.normalize_reward),
-        gamma=float(cfg.algo.sb3.gamma),
-        clip_obs=10.0,
-    )
+class SB3Trainer(Trainer):
+    """PPO (any project actor through :class:`~policies.sb3.ActorCriticAdapter`) or SAC (the MLP)."""
 
-
-def start_from(model, venv: VecNormalize, run: Path) -> None:
-    """Load another run's final SB3 parameters and observation statistics (curriculum training)."""
-    final = rd.checkpoint_dir(run, rd.FINAL)
-    if not (final / "model.zip").is_file():
-        raise UserError(f"init_from={run}: no {rd.CHECKPOINTS}/{rd.FINAL}/model.zip there")
-    try:
-        model.set_parameters(str(final / "model.zip"), exact_match=True, device="cpu")
-    except (ValueError, RuntimeError, KeyError) as e:
-        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-        detail = next((ln for ln in lines if "size mismatch" in ln or "Missing" in ln or "Unexpected" in ln), lines[0])
-        raise UserError(f"init_from={run} does not fit this run (another algo, policy or observation?): "
-                        f"{detail[:200]}") from None
-    stats = final / "vecnormalize.pkl"
-    if venv.norm_obs and stats.is_file():
-        try:
-            with open(stats, "rb") as f:
-                saved = pickle.load(f)
-            saved.obs_rms.mean.shape  # noqa: B018  (a VecNormalize, not some other pickle)
-        except (OSError, EOFError, AttributeError, ImportError, pickle.UnpicklingError) as e:
-            raise UserError(f"init_from={run}: {stats} is unreadable ({type(e).__name__})") from None
-        if saved.obs_rms.mean.shape != venv.obs_rms.mean.shape:
-            raise UserError(f"init_from={run} was trained on {saved.obs_rms.mean.shape[0]}-d observations, "
-                            f"this env gives {venv.obs_rms.mean.shape[0]}")
-        # The loaded policy's inputs must keep their meaning: with the statistics free to adapt to
-        # the new task's observations, fine-tuning a hover policy on waypoint courses lost a third
-        # of its success in 100k steps before any learning. A huge count freezes them in effect.
-        venv.obs_rms = saved.obs_rms
-        venv.obs_rms.count = 1e12
-    log.info("initialised from %s", final)
-
-
-def train_sb3(cfg: DictConfig, run_dir: Path, loggers: list) -> dict:
-    algo_cls = ALGORITHMS.get(cfg.algo.name)
-    if algo_cls is None:
-        raise UserError(f"algo {cfg.algo.name!r} is not an SB3 algorithm here (have: {', '.join(ALGORITHMS)})")
-    torch.set_num_threads(int(cfg.threads))
-    set_random_seed(int(cfg.seed))
-
-    probe = make_env(cfg.env)
-    obs_dim, action_dim, low, high = env_signature(probe)
-    actor_cfg = actor_config(cfg.policy, probe)
-    probe.close()
-    meta = PolicyMeta(
-        kind=cfg.policy.kind, actor_config=actor_cfg, obs_dim=obs_dim, action_low=low, action_high=high,
-        env=OmegaConf.to_container(cfg.env, resolve=True),
-    )
-    venv = _vec_env(cfg, int(cfg.seed))
-    sb3_kwargs = OmegaConf.to_container(cfg.algo.sb3, resolve=True)
-    if algo_cls is SAC:
-        if cfg.policy.kind != "mlp":
-            raise UserError(f"algo=sac trains the MLP policy only, not {cfg.policy.kind!r} (use algo=ppo)")
-        if not (np.allclose(low, -1.0) and np.allclose(high, 1.0)):
-            raise UserError(f"algo=sac needs actions in [-1, 1] (the exported actor ends in tanh); {cfg.env.name} has "
-                            f"[{min(low)}, {max(high)}]")
-        if cfg.policy.actor.activation not in ACTIVATIONS:
+    @classmethod
+    def validate(cls, cfg: DictConfig) -> None:
+        require_ints(cfg, ["algo.total_timesteps", "algo.eval_every", "threads", "algo.eval_episodes",
+                           "algo.final_eval_episodes", "algo.n_envs"], minimum=1)
+        require_ints(cfg, ["algo.checkpoint_every"], minimum=0)
+        if cfg.algo.vec_env not in VEC_ENVS:
+            raise UserError(f"algo.vec_env must be dummy or subproc, got {cfg.algo.vec_env!r}")
+        if cfg.algo.name == "sac" and cfg.policy.actor.activation not in ACTIVATIONS:
             raise UserError(f"unknown policy.actor.activation {cfg.policy.actor.activation!r}; "
                             f"choose one of {sorted(ACTIVATIONS)}")
-        meta.actor_config = actor_cfg = {**actor_cfg, "squash": True}
-        policy, policy_kwargs = "MlpPolicy", dict(
-            net_arch=dict(pi=list(cfg.policy.actor.hidden), qf=list(cfg.policy.critic_arch)),
-            activation_fn=ACTIVATIONS[cfg.policy.actor.activation],
-        )
-    else:
-        policy, policy_kwargs = ActorCriticAdapter, dict(
-            actor_kind=cfg.policy.kind,
-            actor_config=actor_cfg,
-            critic_arch=list(cfg.policy.critic_arch),
-            learn_std=bool(cfg.policy.learn_std),
-            log_std_init=float(cfg.policy.log_std_init),
-        )
-    try:
-        model = algo_cls(policy, venv, policy_kwargs=policy_kwargs, seed=int(cfg.seed), device="cpu",
-                         verbose=0, **sb3_kwargs)
-    except (TypeError, ValueError, AssertionError, KeyError) as e:
-        raise UserError(f"bad algo.sb3 settings for {cfg.algo.name}: {e}") from None
-    if cfg.get("init_from"):
-        start_from(model, venv, Path(cfg.init_from).expanduser())
-    params = trainable_actor_parameters(model)
-    log.info("training %s on %s with %s: %d trainable actor parameters, %d env steps",
-             cfg.policy.kind, cfg.env.name, cfg.algo.name, params, cfg.algo.total_timesteps)
-    for logger in loggers:
-        logger.attach(model)
 
-    monitor = TrainingMonitor(run_dir, meta, cfg.env, int(cfg.algo.eval_every), int(cfg.algo.eval_episodes),
-                              int(cfg.algo.checkpoint_every), loggers)
-    t0 = time.time()
-    model.learn(int(cfg.algo.total_timesteps), callback=monitor, progress_bar=sys.stderr.isatty() and cfg.progress_bar)
-    train_time = time.time() - t0
-    if monitor.next_eval - monitor.eval_every < model.num_timesteps:
-        monitor.record()  # close the curve at the final step
-    final = monitor.evaluate(int(cfg.algo.final_eval_episodes))
-    monitor.save_checkpoint(rd.FINAL)
-    venv.close()
+    def __init__(self, cfg: DictConfig, run: RunDir, loggers: list):
+        super().__init__(cfg, run, loggers)
+        torch.set_num_threads(int(cfg.threads))
+        set_random_seed(int(cfg.seed))
+        self.meta = policy_meta(cfg)
+        algo_cls = ALGORITHMS[cfg.algo.name]
+        low, high = np.asarray(self.meta.action_low), np.asarray(self.meta.action_high)
+        if algo_cls is SAC:
+            if not (np.allclose(low, -1.0) and np.allclose(high, 1.0)):
+                raise UserError(f"algo=sac needs actions in [-1, 1] (the exported actor ends in tanh); "
+                                f"{cfg.env.name} has [{low.min()}, {high.max()}]")
+            self.meta.config = {**self.meta.config, "squash": True}
+            policy, policy_kwargs = "MlpPolicy", dict(
+                net_arch=dict(pi=list(cfg.policy.actor.hidden), qf=list(cfg.policy.critic_arch)),
+                activation_fn=ACTIVATIONS[cfg.policy.actor.activation],
+            )
+        else:
+            policy, policy_kwargs = ActorCriticAdapter, dict(
+                actor_kind=self.meta.kind, actor_config=self.meta.config, critic_arch=list(cfg.policy.critic_arch),
+                learn_std=bool(cfg.policy.learn_std), log_std_init=float(cfg.policy.log_std_init),
+            )
+        self.venv = self.vec_env(cfg)
+        sb3_kwargs = OmegaConf.to_container(cfg.algo.sb3, resolve=True)
+        try:
+            self.model = algo_cls(policy, self.venv, policy_kwargs=policy_kwargs, seed=int(cfg.seed), device="cpu",
+                                  verbose=0, **sb3_kwargs)
+        except (TypeError, ValueError, AssertionError, KeyError) as e:
+            raise UserError(f"bad algo.sb3 settings for {cfg.algo.name}: {e}") from None
+        self.monitor = TrainingMonitor(self)
+        self.monitor.init_callback(self.model)
+        self.updated_at = 0  # env steps the parameters have been trained on (a rollout in progress is not)
 
-    rows = rd.read_metrics(run_dir / rd.METRICS_FILE)
-    summary = {
-        "return_mean": final.return_mean,
-        "return_std": final.return_std,
-        "steps": int(model.num_timesteps),
-        "params": params,
-        "train_time_s": round(train_time, 1),
-        "env_steps_per_s": round(model.num_timesteps / train_time, 1),
-        "eval_episodes": len(final.returns),
-        **{k: v for k, v in final.metric_means().items()},
-        "steps_to_return": rd.steps_to_reach(rows),
-        "env": cfg.env.name,
-        "policy": cfg.policy.kind,
-        "algo": cfg.algo.name,
-        "seed": int(cfg.seed),
-    }
-    return summary
+    @staticmethod
+    def vec_env(cfg: DictConfig) -> VecNormalize:
+        """The training envs: ``algo.n_envs`` copies of the env, seeded from ``seed``, under VecNormalize."""
+        env_cfg = OmegaConf.to_container(cfg.env, resolve=True)
+        venv = make_vec_env(functools.partial(make_env, env_cfg), n_envs=cfg.algo.n_envs, seed=int(cfg.seed),
+                            vec_env_cls=VEC_ENVS[cfg.algo.vec_env])
+        return VecNormalize(venv, norm_obs=bool(cfg.policy.normalize_obs), norm_reward=bool(cfg.algo.normalize_reward),
+                            gamma=float(cfg.algo.sb3.gamma), clip_obs=OBS_CLIP)
+
+    # --- state -----------------------------------------------------------------------------
+    def state(self, with_buffer: bool = True) -> dict:
+        """What resumes training exactly at the last update: a rollout in progress is dropped (and redone)."""
+        model, venv = self.model, self.venv
+        state = {
+            "step": int(self.updated_at),
+            "sb3": model.get_parameters(),
+            "n_updates": int(model._n_updates),
+            "obs_rms": _rms_state(venv.obs_rms) if venv.norm_obs else None,
+            "ret_rms": _rms_state(venv.ret_rms),
+            "returns": np.asarray(venv.returns, dtype=np.float64),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
+            "monitor": self.monitor.state(),
+        }
+        if with_buffer and isinstance(model, SAC):
+            buf = model.replay_buffer
+            n = buf.buffer_size if buf.full else buf.pos
+            state["replay"] = {"pos": int(buf.pos), "full": bool(buf.full), "observations": buf.observations[:n],
+                               "next_observations": buf.next_observations[:n], "actions": buf.actions[:n],
+                               "rewards": buf.rewards[:n], "dones": buf.dones[:n], "timeouts": buf.timeouts[:n]}
+        return state
+
+    def restore(self, state: dict) -> None:
+        model, venv = self.model, self.venv
+        try:
+            model.set_parameters(state["sb3"], exact_match=True, device="cpu")
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise UserError(f"cannot resume in {self.run.path}: the saved parameters do not fit ({e})") from None
+        model.num_timesteps = self.updated_at = int(state["step"])
+        model._n_updates = int(state["n_updates"])
+        if venv.norm_obs:
+            _set_rms(venv.obs_rms, state["obs_rms"])
+        _set_rms(venv.ret_rms, state["ret_rms"])
+        venv.returns = np.asarray(state["returns"], dtype=np.float64).copy()
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(tuple(state["rng"]["numpy"]))
+        self.monitor.restore(state["monitor"])
+        replay = state.get("replay")
+        if replay is not None:
+            buf = model.replay_buffer
+            n = len(replay["observations"])
+            for key in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+                getattr(buf, key)[:n] = replay[key]
+            buf.pos, buf.full = int(replay["pos"]), bool(replay["full"])
+
+    def save(self, name: str, with_state: bool) -> None:
+        policy = export_policy(self.model, self.meta)
+        state = self.state(with_buffer=name == LAST) if with_state else None
+        self.save_checkpoint(name, lambda d: save_bundle(d, policy.meta, policy.tensors()), state)
+
+    def start_from(self, source: str) -> None:
+        """Another run's final parameters and observation statistics (curriculum training), both read from
+        its final checkpoint without pickle; the statistics are then held fixed."""
+        try:
+            final = RunDir(source).policy(FINAL)
+            bundle = read_bundle(final)
+            params = load_state(final)["sb3"]
+        except (PolicyError, TrainerStateError, KeyError) as e:
+            raise UserError(f"init_from={source}: {e}") from None
+        try:
+            self.model.set_parameters(params, exact_match=True, device="cpu")
+        except (ValueError, RuntimeError, KeyError) as e:
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+            detail = next((ln for ln in lines if "size mismatch" in ln or "Missing" in ln or "Unexpected" in ln),
+                          lines[0] if lines else type(e).__name__)
+            raise UserError(f"init_from={source} does not fit this run (another algo, policy or observation?): "
+                            f"{detail[:200]}") from None
+        venv = self.venv
+        if venv.norm_obs and bundle.meta.normalization is not None:
+            mean, var = bundle.tensors["obs_mean"].double().numpy(), bundle.tensors["obs_var"].double().numpy()
+            if mean.shape != venv.obs_rms.mean.shape:
+                raise UserError(f"init_from={source} was trained on {mean.shape[0]}-d observations, "
+                                f"this env gives {venv.obs_rms.mean.shape[0]}")
+            # The loaded policy's inputs must keep their meaning: with the statistics free to adapt to
+            # the new task's observations, fine-tuning a hover policy on waypoint courses forgets what it
+            # knew before it learns. A huge count freezes them in effect.
+            venv.obs_rms.mean, venv.obs_rms.var, venv.obs_rms.count = mean.copy(), var.copy(), 1e12
+        log.info("initialised from %s", final)
+
+    # --- the loop --------------------------------------------------------------------------
+    def learn(self) -> dict:
+        cfg, model = self.cfg, self.model
+        total = int(cfg.algo.total_timesteps)
+        state = self.resume_state()
+        if state is not None:
+            self.restore(state)
+        elif cfg.get("init_from"):
+            self.start_from(str(cfg.init_from))
+        params = trainable_actor_parameters(model)
+        log.info("training %s on %s with %s: %d trainable actor parameters, %d env steps%s", self.meta.kind,
+                 cfg.env.name, cfg.algo.name, params, total,
+                 f", resuming at {model.num_timesteps}" if state is not None else "")
+        for logger in self.loggers:
+            logger.attach(model)
+        self.monitor.learn_t0 = time.time()
+        with self.stop:
+            if model.num_timesteps < total:
+                model.learn(total - model.num_timesteps, callback=self.monitor, reset_num_timesteps=False,
+                            progress_bar=sys.stderr.isatty() and bool(cfg.progress_bar))
+            if self.stop.requested:
+                model.num_timesteps = self.updated_at  # the steps of the rollout in progress are redone
+                policy = export_policy(model, self.meta)
+                raise self.stopped(self.updated_at, lambda d: save_bundle(d, policy.meta, policy.tensors()),
+                                   self.state())
+            self.updated_at = model.num_timesteps
+        self.monitor.learn_before, self.monitor.learn_t0 = self.monitor.learn_time(), None
+        train_time = self.monitor.learn_before
+        if self.monitor.next_eval - self.monitor.eval_every < model.num_timesteps:
+            self.monitor.record()  # close the curve at the final step
+        final = self.monitor.evaluate(int(cfg.algo.final_eval_episodes))
+        self.save(FINAL, with_state=True)
+        self.venv.close()
+        rows = self.run.metrics_rows()
+        return {
+            "return_mean": final.return_mean,
+            "return_std": final.return_std,
+            "steps": int(model.num_timesteps),
+            "params": params,
+            "train_time_s": round(train_time, 1),
+            "env_steps_per_s": round(model.num_timesteps / max(train_time, 1e-9), 1),
+            "eval_episodes": len(final.returns),
+            **final.metric_means(),
+            "steps_to_return": steps_to_reach(rows),
+            "env": cfg.env.name,
+            "policy": self.meta.kind,
+            "algo": cfg.algo.name,
+            "seed": int(cfg.seed),
+        }

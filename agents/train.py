@@ -1,110 +1,157 @@
 """``python -m agents.train env=swimmer policy=ncap [algo=ppo] [logger=wandb] [-m seed=0,1,2]``.
 
-Composes the Hydra config, trains, and leaves a run directory (Hydra's output dir) with the
-resolved ``config.yaml``, ``checkpoints/`` (periodic and ``final``), ``metrics.csv``, a
-``learning_curve.png`` and ``summary.json``; the last line printed is a ``key=value`` summary.
+Composes the Hydra config, trains, and leaves a run directory (:class:`~policies.run_dir.RunDir`,
+Hydra's output dir) with the resolved ``config.yaml``, ``checkpoints/`` (periodic, ``last`` and
+``final``), ``metrics.csv``, a ``learning_curve.png`` and ``summary.json``; the last line printed
+is a ``key=value`` summary.
+
+A new run gets a directory of its own, even beside another started in the same second. Started
+again in an existing run directory (``hydra.run.dir=<run>``) with the same config, a run resumes
+from ``checkpoints/last``; a finished run, a different config or results with nothing to resume
+from are refused. SIGTERM or SIGINT saves ``checkpoints/last`` and prints the command that resumes.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
+import sys
+from importlib import resources
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from agents import run_dir as rd
 from agents.errors import UserError, report_user_errors
 from agents.loggers import make_loggers
-from agents.overrides import require_ints, run_hydra_cli
+from agents.overrides import CLAIMED_DIR_ENV, require_ints, run_hydra_cli
+from agents.reporting import CURVE_FILE, plot_learning_curve, summary_line
+from agents.stopping import TrainingStopped
+from agents.trainer import trainer_class
+from policies import registry
+from policies.protocol import PolicyError
+from policies.run_dir import RunDir
 
-SB3_ALGOS = ("ppo", "sac")
-POPULATION_ALGOS = {"grpo": ("agents.grpo", "GRPOTrainer"), "es": ("agents.es", "ESTrainer")}
 SUMMARY_KEYS = ["return_mean", "return_std", "success_rate", "val_l1", "steps", "params", "train_time_s", "run_dir"]
-BENCHMARK_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "swimmer_ncap.json"
+# Settings a resumed run may change: how long it trains and how it uses the machine, not what it learns.
+RESUME_MAY_CHANGE = ("progress_bar", "threads", "logger", "algo.total_timesteps", "algo.total_steps",
+                     "algo.time_budget_s", "algo.eval_workers", "algo.eval_batch", "algo.workers")
 
 
 def reference_curves(cfg: DictConfig) -> dict:
-    """Benchmark curves measured under the same env config, drawn beside this run's curve."""
-    if not BENCHMARK_JSON.is_file():
-        return {}
+    """Benchmark curves measured under the same env config (``benchmarks/swimmer_ncap.py`` publishes them)."""
     try:
-        refs = json.loads(BENCHMARK_JSON.read_text()).get("reference_curves", {})
-    except (json.JSONDecodeError, OSError):
+        refs = json.loads(resources.files("agents").joinpath("reference_curves.json").read_text())
+    except (OSError, json.JSONDecodeError):
         return {}
     key = f"{cfg.env.name}:{cfg.env.get('task', '')}:{cfg.env.get('n_links', '')}:{cfg.env.get('fluid_density', '')}"
     return {label: [tuple(p) for p in curve] for label, curve in refs.get(key, {}).items()}
 
 
 def validate(cfg: DictConfig) -> None:
+    """Everything checkable before a file is written: types, ranges, and whether the algo trains the policy."""
     require_ints(cfg, ["seed"], minimum=0)
-    if cfg.algo.name == "bc":
-        require_ints(cfg, ["algo.total_steps", "algo.batch_size", "algo.eval_every", "algo.demos_per_task", "threads",
-                           "algo.eval_workers", "algo.eval_batch"], minimum=1)
-        require_ints(cfg, ["algo.augmentations", "algo.eval_episodes", "algo.final_eval_episodes", "algo.log_every",
-                           "algo.warmup_steps", "algo.image_shift"], minimum=0)
-        from agents.bc import check_precision
-
-        check_precision(str(cfg.algo.precision))
-        return
-    require_ints(cfg, ["algo.total_timesteps", "algo.eval_every", "threads", "algo.eval_episodes",
-                       "algo.final_eval_episodes"], minimum=1)
-    require_ints(cfg, ["algo.checkpoint_every"], minimum=0)
-    if cfg.algo.name in SB3_ALGOS:
-        require_ints(cfg, ["algo.n_envs"], minimum=1)
-    elif cfg.algo.name in POPULATION_ALGOS:
-        require_ints(cfg, ["algo.workers"], minimum=1)
-        require_ints(cfg, ["algo.horizon"], minimum=0)
+    try:
+        registry.check_trainable(cfg.policy.kind, cfg.algo.name)
+    except PolicyError as e:
+        raise UserError(str(e)) from None
+    trainer_class(cfg.algo.name).validate(cfg)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train as configured into ``run_dir``; returns the summary (also written to summary.json)."""
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_difference(stored: dict, new: dict) -> str | None:
+    """The first setting a resumed run may not change, as ``key: old -> new``; None when they agree."""
+    a, b = _flatten(stored), _flatten(new)
+    for key in sorted(set(a) | set(b)):
+        if any(key == k or key.startswith(f"{k}.") for k in RESUME_MAY_CHANGE):
+            continue
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            return f"{key}: {a.get(key, '<unset>')} -> {b.get(key, '<unset>')}"
+    return None
+
+
+def prepare(cfg: DictConfig, run: RunDir) -> bool:
+    """Write the config into a fresh run directory, or check that an existing one can resume; True if resuming."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if run.finished:
+        raise UserError(f"{run.path} holds a finished run (summary.json); start a new run directory")
+    if run.resumable() is not None:
+        difference = config_difference(run.read_config(), resolved)
+        if difference:
+            raise UserError(f"{run.path} was started with another config ({difference}); rerun it with its own "
+                            "settings to resume, or start a new run directory")
+    elif run.has_results():
+        raise UserError(f"{run.path} holds a run's results but no resumable state (checkpoints/last); "
+                        "start a new run directory")
+    run.write_config(OmegaConf.to_yaml(cfg, resolve=True))
+    return run.resumable() is not None
+
+
+def train(cfg: DictConfig, run: RunDir) -> dict:
+    """Train as configured into ``run``; returns the summary (also written to summary.json)."""
     validate(cfg)
-    if cfg.policy.kind == "mtact" and cfg.algo.name != "bc":
-        raise UserError("policy mtact is trained by behaviour cloning: algo=bc dataset=<dir>")
-    if cfg.policy.kind == "pid":
-        raise UserError("policy pid is a scripted controller with nothing to train; evaluate it with "
-                        f"python -m agents.evaluate env={cfg.env.name} policy=pid")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rd.write_config(run_dir, cfg)
-    loggers = make_loggers(cfg, run_dir)
-    if cfg.algo.name in SB3_ALGOS:
-        from agents.sb3_trainer import train_sb3
-
-        summary = train_sb3(cfg, run_dir, loggers)
-    elif cfg.algo.name == "bc":
-        from agents.bc import BCTrainer
-
-        summary = BCTrainer(cfg, run_dir, loggers).train()
-    elif cfg.algo.name in POPULATION_ALGOS:
-        import importlib
-
-        module, cls = POPULATION_ALGOS[cfg.algo.name]
-        summary = getattr(importlib.import_module(module), cls)(cfg, run_dir, loggers).train()
-    else:
-        raise UserError(f"algo {cfg.algo.name!r} has no trainer (have: {', '.join([*SB3_ALGOS, *POPULATION_ALGOS, 'bc'])})")
-    summary["run_dir"] = str(run_dir)
-    rd.write_summary(run_dir, summary)
+    run.path.mkdir(parents=True, exist_ok=True)
+    prepare(cfg, run)
+    loggers = make_loggers(cfg, run.path)
+    summary = trainer_class(cfg.algo.name)(cfg, run, loggers).learn()
+    summary["run_dir"] = str(run.path)
+    run.write_summary(summary)
     title = f"{cfg.policy.kind} + {cfg.algo.name} on {cfg.env.name} (seed {cfg.seed})"
-    if cfg.algo.name != "bc":  # BC plots losses and success itself (agents/bc.py)
-        rd.plot_learning_curve(run_dir, title, reference_curves(cfg))
+    rows = run.metrics_rows()
+    if rows and "eval_return_mean" in rows[0]:  # an RL run (BC plots its losses and success itself)
+        plot_learning_curve(run.metrics_file, run.path / CURVE_FILE, title, reference_curves(cfg))
     for logger in loggers:
         logger.finish(summary)
     return summary
 
 
+def _claimed_here(run: RunDir) -> bool:
+    """Whether this invocation created ``run`` (its own directory, or a job's inside its own sweep directory)."""
+    claimed = os.environ.get(CLAIMED_DIR_ENV)
+    if not claimed:
+        return False
+    path, claimed = run.path.resolve(), Path(claimed).resolve()
+    return path == claimed or path.parent == claimed
+
+
+def resume_command(run: RunDir) -> str:
+    task = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.")]
+    return shlex.join([sys.executable, "-m", "agents.train", *task, f"hydra.run.dir={run.path}"])
+
+
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 @report_user_errors
 def main(cfg: DictConfig) -> dict:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = train(cfg, run_dir)
-    print(rd.summary_line(summary, SUMMARY_KEYS), flush=True)
+    run = RunDir(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = train(cfg, run)
+    except (UserError, PolicyError):
+        if _claimed_here(run) and not run.has_results():
+            shutil.rmtree(run.path, ignore_errors=True)  # a config error found late leaves no empty run behind
+        raise
+    except TrainingStopped as e:
+        print(f"{e}; {run.path}/checkpoints/last holds the state. Resume with:\n  {resume_command(run)}",
+              file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    print(summary_line(summary, SUMMARY_KEYS), flush=True)
     return summary
 
 
 def cli() -> None:
-    run_hydra_cli("train", main, validate)
+    run_hydra_cli("train", main, validate, claim_output=True)
 
 
 if __name__ == "__main__":

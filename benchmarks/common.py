@@ -18,26 +18,25 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from agents import run_dir as rd  # noqa: E402
+from policies.run_dir import RunDir  # noqa: E402
 
 
 class Jobs:
     """Runs ``agents.train`` subprocesses into ``work/<name>``, ``jobs`` at a time.
 
-    A run whose ``summary.json`` exists is reused, so an interrupted benchmark resumes. With
-    ``resume_file`` (a trainer that resumes itself, e.g. BC's ``checkpoints/last/trainer_state.pt``),
-    an interrupted run holding that file is continued instead of restarted.
+    A finished run (``summary.json``) is reused, so an interrupted benchmark resumes; an
+    interrupted run with a resumable state (``checkpoints/last``) is continued by its trainer;
+    anything else left in a run's directory is cleared and the run starts again.
     """
 
-    def __init__(self, work: Path, jobs: int, resume_file: str | None = None):
+    def __init__(self, work: Path, jobs: int):
         self.work = Path(work)
-        self.resume_file = resume_file
         self.pool = ThreadPoolExecutor(max_workers=jobs)
         self.futures = {}
 
     def submit(self, name: str, overrides: list[str]) -> Path:
         run = self.work / name
-        if name not in self.futures and not (run / rd.SUMMARY_FILE).is_file():
+        if name not in self.futures and not RunDir(run).finished:
             self.futures[name] = self.pool.submit(self._run, name, overrides)
         return run
 
@@ -45,7 +44,7 @@ class Jobs:
         run = self.work / name
         cmd = [sys.executable, "-m", "agents.train", *overrides, "progress_bar=false", f"hydra.run.dir={run}"]
         log = self.work / f"{name}.log"
-        resume = self.resume_file is not None and (run / self.resume_file).is_file()
+        resume = RunDir(run).resumable() is not None
         if not resume:
             shutil.rmtree(run, ignore_errors=True)  # an interrupted earlier attempt
         t0 = time.time()
@@ -74,7 +73,7 @@ def compose_cfg(overrides: list[str], config_name: str = "train"):
 
 
 def summary(run: Path) -> dict:
-    return json.loads((run / rd.SUMMARY_FILE).read_text())
+    return RunDir(run).read_summary()
 
 
 def mean_std(xs) -> dict:

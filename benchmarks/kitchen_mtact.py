@@ -49,8 +49,8 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agents import run_dir as rd  # noqa: E402
 from benchmarks.common import Jobs, compose_cfg, machine, shown_path, summary, write_json_atomic  # noqa: E402
+from policies.run_dir import RunDir  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work" / "kitchen_mtact"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -121,7 +121,7 @@ def record_runs(out: dict, names: list[str], work: Path) -> list[str]:
     The cache is per machine and the results file is what persists, so a recorded run missing
     from the cache is left as it is; a run trained again drops the old run's evaluations.
     """
-    cached = [name for name in names if (work / name / rd.SUMMARY_FILE).is_file()]
+    cached = [name for name in names if RunDir(work / name).finished]
     for name in cached:
         run = {**summary(work / name), "threads": OmegaConf.load(work / name / "config.yaml").threads}
         if out["runs"].get(name, run) != run:
@@ -192,38 +192,39 @@ def train_step_ms(model, batch: int, rounds: int = 3) -> dict:
 def latency(run: Path) -> dict:
     import torch
 
-    from policies.mtact_inference import load_mtact_policy
+    from policies.registry import load_policy
 
     torch.set_num_threads(1)
-    policy = load_mtact_policy(run / "checkpoints" / "final")
+    bundle = RunDir(run).policy()
+    policy = load_policy(bundle)
     cfg = policy.config
     rng = np.random.default_rng(0)
     obs = {"proprio": rng.normal(size=cfg.proprio_dim).astype(np.float32),
            "object_state": rng.normal(size=cfg.object_dim).astype(np.float32),
-           **{c: rng.integers(0, 255, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}}
-    instruction = "open the microwave door"
+           **{c: rng.integers(0, 255, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras},
+           "instruction": "open the microwave door"}
     for _ in range(10):
-        policy.query(obs, instruction, "microwave")
+        policy.query_batch([obs])
     times = []
     for _ in range(200):
         t0 = time.perf_counter()
-        policy.query(obs, instruction, "microwave")
+        policy.query_batch([obs])
         times.append(time.perf_counter() - t0)
     per_step = {}
     for schedule, n in (("ensemble", None), ("execute", cfg.chunk)):
-        p = load_mtact_policy(run / "checkpoints" / "final", schedule=schedule, execute_steps=n)
+        p = load_policy(bundle, options={"schedule": schedule, "execute_steps": n})
         p.reset()
         t0 = time.perf_counter()
         for _ in range(200):
-            p.act(obs, instruction, "microwave")
+            p.act(obs)
         per_step[schedule] = 1e3 * (time.perf_counter() - t0) / 200
     batched = {}  # evaluation's side-by-side episodes: one query for B observations
     for b in BATCH_SIZES:
-        many = ([obs] * b, [instruction] * b, ["microwave"] * b)
-        policy.query_batch(*many)
+        many = [obs] * b
+        policy.query_batch(many)
         t0 = time.perf_counter()
         for _ in range(20):
-            policy.query_batch(*many)
+            policy.query_batch(many)
         batched[str(b)] = 1e3 * (time.perf_counter() - t0) / (20 * b)
     ms = 1e3 * np.asarray(times)
     train_batch = int(bc_defaults().batch_size)
@@ -372,9 +373,7 @@ def main() -> None:
     out["notes"] = [*out.get("notes", []), *args.note]
     out.setdefault("eval", {})
     out.setdefault("runs", {})
-    from agents.bc import LAST, TRAINER_STATE  # the BC trainer resumes from this file in its run directory
-
-    jobs = Jobs(WORK, args.jobs, resume_file=str(Path(rd.CHECKPOINTS, LAST, TRAINER_STATE)))
+    jobs = Jobs(WORK, args.jobs)
     names = [f"{v}_s{s}" for v in args.variants for s in args.seeds]
     if "train" in sections:
         train_all(args, jobs)
@@ -389,7 +388,7 @@ def main() -> None:
                 print(f"  {name}: no run in {WORK}; its recorded evaluations are kept as they are", flush=True)
     if "latency" in sections:  # of the first image-based variant trained
         for name in names:
-            if not name.startswith(("state_only", "bc_single")) and (WORK / name / "checkpoints" / "final").is_dir():
+            if not name.startswith(("state_only", "bc_single")) and RunDir(WORK / name).has_policy():
                 out["latency"] = {"run": name, **latency(WORK / name)}
                 break
     out["table"] = aggregate(out)

@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402,F401  (registers the env ids)
-from agents import run_dir as rd  # noqa: E402
 from benchmarks.common import Jobs, compose_cfg, machine, mean_std, summary, write_json_atomic  # noqa: E402
+from policies.run_dir import RunDir  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work" / "population"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -140,8 +140,8 @@ def sb3_collection_rate(vec_env: str, steps: int, n_envs: int | None = None) -> 
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from agents.builders import actor_config, make_env
-    from agents.sb3_trainer import _vec_env
+    from agents.builders import policy_meta
+    from agents.sb3_trainer import SB3Trainer
     from policies.sb3 import ActorCriticAdapter
 
     class CollectionTimer(BaseCallback):
@@ -162,9 +162,8 @@ def sb3_collection_rate(vec_env: str, steps: int, n_envs: int | None = None) -> 
     cfg = compose_cfg(["env=swimmer", "policy=ncap", "algo=ppo", f"algo.vec_env={vec_env}",
                     *([f"algo.n_envs={n_envs}"] if n_envs else [])])
     torch.set_num_threads(1)
-    probe = make_env(cfg.env)
-    venv = _vec_env(cfg, 0)
-    kwargs = dict(actor_kind="ncap", actor_config=actor_config(cfg.policy, probe),
+    venv = SB3Trainer.vec_env(cfg)
+    kwargs = dict(actor_kind="ncap", actor_config=policy_meta(cfg).config,
                   critic_arch=list(cfg.policy.critic_arch), learn_std=bool(cfg.policy.learn_std),
                   log_std_init=float(cfg.policy.log_std_init))
     model = PPO(ActorCriticAdapter, venv, policy_kwargs=kwargs, device="cpu", seed=0, **dict(cfg.algo.sb3))
@@ -179,14 +178,14 @@ def engine_rate(n_envs: int, workers: int, horizon: int) -> dict:
     import torch
 
     from agents.batched_rollout import BatchedEnvs
-    from agents.builders import actor_config
+    from agents.builders import policy_meta
     from agents.population import GaussianPolicy
-    from policies.registry import build_actor
+    from policies.registry import build_module
 
     cfg = compose_cfg(["env=swimmer", "policy=ncap", "algo=grpo"])
     torch.set_num_threads(1)
     with BatchedEnvs(dict(cfg.env), n_envs, workers=workers) as engine:
-        actor = build_actor("ncap", actor_config(cfg.policy, engine.envs[0]))
+        actor = build_module("ncap", policy_meta(cfg).config)
         policy = GaussianPolicy(actor, engine.action_dim, float(np.log(0.5)), learn_std=False)
 
         def act(obs):
@@ -277,7 +276,7 @@ def train_all(plans: list[dict], jobs: int) -> None:
 
 
 def curve(run: Path) -> dict:
-    rows = rd.read_metrics(run / rd.METRICS_FILE)
+    rows = RunDir(run).metrics_rows()
     return {"steps": [r["steps"] for r in rows], "return": [r["eval_return_mean"] for r in rows],
             "train_s": [r.get("train_s", r["time_s"]) for r in rows]}
 
@@ -424,7 +423,7 @@ def zero_spread(plan: dict) -> dict:
     for label, runs in plan.items():
         values = []
         for name, _ in runs:
-            rows = rd.read_metrics(WORK / name / rd.METRICS_FILE)
+            rows = RunDir(WORK / name).metrics_rows()
             values += [r["frac_zero_spread"] for r in rows if "frac_zero_spread" in r and not np.isnan(r["frac_zero_spread"])]
         out[label] = round(float(np.mean(values)), 4) if values else None
     return out
@@ -455,7 +454,7 @@ def main() -> None:
     todo = ([plan] if "train" in sections else []) + ([ablations] if "ablations" in sections else [])
     if todo:
         train_all(todo, args.jobs)
-    if "train" in sections or ("train" in out and all((WORK / n / rd.SUMMARY_FILE).is_file() for r in plan.values() for n, _ in r)):
+    if "train" in sections or ("train" in out and all(RunDir(WORK / n).finished for r in plan.values() for n, _ in r)):
         out["train"] = collect(plan)
     if "ablations" in sections:
         out["ablations"] = collect(ablations)

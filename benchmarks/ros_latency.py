@@ -50,8 +50,10 @@ from embodied_ros.adapters import SwimmerAdapter
 from embodied_ros.malformed import random_malformed
 from embodied_ros.monitor import RobotMonitor
 from embodied_ros.reference import in_process_distance
-from policies.checkpoint import find_policy_dir, load_policy, read_meta
-from policies.numpy_inference import numpy_policy
+from policies.bundle import read_meta
+from policies.protocol import EnvInterface
+from policies.registry import load_policy
+from policies.run_dir import RunDir
 
 WORK = ROOT / "benchmarks" / ".work" / "ros"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -112,11 +114,11 @@ def policy_dirs(quick: bool) -> dict[str, Path]:
     out = {}
     for kind, steps in (("ncap", 20_000), ("mlp", 60_000)):
         reference = ROOT / "benchmarks" / ".work" / "full" / f"curve_{kind}_s0"
-        if (reference / "checkpoints" / "final" / "policy.json").is_file():
+        if RunDir(reference).has_policy():
             out[kind] = reference
             continue
         run = WORK / f"train_{kind}"
-        if not (run / "checkpoints" / "final" / "policy.json").is_file():
+        if not RunDir(run).has_policy():
             print(f"training a {kind} policy for the benchmark ({steps} steps)", flush=True)
             subprocess.run([sys.executable, "-m", "agents.train", "env=swimmer", f"policy={kind}",
                             f"algo.total_timesteps={steps}", "seed=0", f"hydra.run.dir={run}"], cwd=ROOT, check=True,
@@ -172,14 +174,14 @@ def in_process_floor(run: Path, rate: float, ticks: int, inference: str, priorit
 
     Run on this process's main thread with the same scheduling as the nodes it is set beside.
     """
-    policy_dir = find_policy_dir(run)
+    policy_dir = RunDir(run).policy()
     meta = read_meta(policy_dir)
     cfg = {**meta.env, "control_timestep": 1.0 / rate}
     adapter = SwimmerAdapter(cfg)
     env = envs.make_from_config(cfg).unwrapped
     env.reset(seed=0)
-    policy = load_policy(policy_dir, adapter.obs_dim, adapter.command_size, adapter.layout)
-    forward = numpy_policy(policy) if inference == "numpy" else policy.act
+    policy = load_policy(policy_dir, EnvInterface.of(adapter.env))
+    forward = policy.numpy_forward() if inference == "numpy" else policy.act
     low, high = adapter.action_low, adapter.action_high
     work_us = []
     if priority > 0:
@@ -225,9 +227,9 @@ def distance_run(run: Path, seed: int, steps: int, real_time: bool, tag: str) ->
         graph.close()
         stop(sim)
         stop(pol)
-    adapter = SwimmerAdapter(read_meta(find_policy_dir(run)).env)
+    adapter = SwimmerAdapter(RunDir.env_config_of(run))
     ros = float(np.linalg.norm(adapter.head_xy(end) - adapter.head_xy(start)))
-    ref = in_process_distance(find_policy_dir(run), start, steps)
+    ref = in_process_distance(RunDir(run).policy(), start, steps)
     return {"seed": seed, "real_time": real_time, "steps": steps, "ros_m": ros, "in_process_m": ref,
             "ratio": ros / ref}
 
@@ -242,7 +244,7 @@ def fuzz_run(run: Path, n_malformed: int, tag: str) -> dict:
     graph = Graph(env)
     m = graph.monitor
     pub = m.node.create_publisher(JointState, "/robot/joint_states", 100)
-    adapter = SwimmerAdapter(read_meta(find_policy_dir(run)).env)
+    adapter = SwimmerAdapter(RunDir.env_config_of(run))
     sim = gym.make(adapter.env_config["id"]).unwrapped
     sim.reset(seed=0)
     rng = np.random.default_rng(0)

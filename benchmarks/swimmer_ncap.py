@@ -37,15 +37,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
-from agents import run_dir as rd  # noqa: E402
-from agents.builders import actor_config, env_signature, make_env, observation_layout  # noqa: E402
+from agents.builders import make_env  # noqa: E402
 from agents.rollout import EVAL_SEED_BASE, run_episodes  # noqa: E402
 from benchmarks.common import Jobs, compose_cfg, machine, mean_std, summary, write_json_atomic  # noqa: E402
-from policies.checkpoint import InferencePolicy, PolicyMeta, load_policy  # noqa: E402
-from policies.registry import build_actor  # noqa: E402
+from policies import registry  # noqa: E402
+from policies.protocol import EnvInterface, Policy  # noqa: E402
+from policies.run_dir import RunDir  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work"
+REFERENCE_CURVES = ROOT / "agents" / "reference_curves.json"  # package data: agents.train plots it
 RESULTS = ROOT / "benchmarks" / "results"
 SEEDS = [0, 1, 2]
 TRANSFER_LENGTHS = list(range(3, 14))
@@ -60,31 +62,27 @@ ABLATIONS = [(s, c, i) for s in (True, False) for c in (True, False) for i in (T
 
 
 def curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    rows = rd.read_metrics(run / rd.METRICS_FILE)
+    rows = RunDir(run).metrics_rows()
     return np.array([r["steps"] for r in rows]), np.array([r["eval_return_mean"] for r in rows])
 
 
 # --- evaluation helpers -------------------------------------------------------------------
 def evaluate_run(run: Path, env_cfg: dict, episodes: int, seed: int = 0) -> list[float]:
     env = make_env(env_cfg)
-    obs_dim, action_dim, _, _ = env_signature(env)
-    policy = load_policy(rd.checkpoint_dir(run, rd.FINAL), obs_dim, action_dim, observation_layout(env))
-    result = run_episodes(env, policy.act, episodes, seed=EVAL_SEED_BASE + seed)
+    policy = registry.load_policy(RunDir(run).policy(), EnvInterface.of(env))
+    result = run_episodes(env, policy, episodes, seed=EVAL_SEED_BASE + seed)
     env.close()
     return result.returns
 
 
-def untrained(policy_overrides: list[str], env_cfg: dict, init_seed: int) -> tuple[InferencePolicy, object]:
-    cfg = compose_cfg(policy_overrides)
+def untrained(policy_overrides: list[str], env_cfg: dict, init_seed: int) -> tuple[Policy, object]:
+    """An untrained policy (NCAP's random init drawn from ``init_seed``) and its env."""
+    cfg = OmegaConf.to_container(compose_cfg(policy_overrides).policy, resolve=True)
+    if "init_seed" in registry.get(cfg["kind"]).config_class.__dataclass_fields__:
+        cfg["actor"]["init_seed"] = init_seed
     env = make_env(env_cfg)
-    obs_dim, _, low, high = env_signature(env)
-    acfg = actor_config(cfg.policy, env)
     torch.manual_seed(init_seed)
-    if cfg.policy.kind == "ncap":
-        acfg["init_seed"] = init_seed
-    actor = build_actor(cfg.policy.kind, acfg).eval()
-    meta = PolicyMeta(kind=cfg.policy.kind, actor_config=acfg, obs_dim=obs_dim, action_low=low, action_high=high, env=env_cfg)
-    return InferencePolicy(actor, meta, None, None), env
+    return registry.initial_policy(cfg, env, env_cfg), env
 
 
 def env_with(**kw) -> dict:
@@ -109,7 +107,7 @@ def section_init(out: dict, quick: bool) -> None:
         returns = []
         for seed in range(n):
             policy, env = untrained(overrides, SWIM6, init_seed=seed)
-            returns += run_episodes(env, policy.act, 1, seed=EVAL_SEED_BASE + seed).returns
+            returns += run_episodes(env, policy, 1, seed=EVAL_SEED_BASE + seed).returns
             env.close()
         res[label] = {**mean_std(returns), "returns": returns}
         print(f"  init {label}: {res[label]['mean']:.1f} ± {res[label]['std']:.1f}", flush=True)
@@ -221,7 +219,7 @@ def section_transfer(out: dict, runs: dict[int, Path], source: Path, quick: bool
     for n, run in runs.items():
         env_cfg = env_with(n_links=n)
         policy, env = untrained(["policy=ncap"], env_cfg, 0)
-        init = run_episodes(env, policy.act, episodes, seed=EVAL_SEED_BASE).returns
+        init = run_episodes(env, policy, episodes, seed=EVAL_SEED_BASE).returns
         env.close()
         zero_shot = evaluate_run(source, env_cfg, episodes)
         trained = evaluate_run(run, env_cfg, episodes)
@@ -256,7 +254,7 @@ def section_ablations(out: dict, runs: dict[str, list[Path]], quick: bool) -> No
         init = []
         for seed in range(draws):
             policy, env = untrained(ablation_overrides(*a), SWIM6, init_seed=seed)
-            init += run_episodes(env, policy.act, 1, seed=EVAL_SEED_BASE + seed).returns
+            init += run_episodes(env, policy, 1, seed=EVAL_SEED_BASE + seed).returns
             env.close()
         trained = [summary(r)["return_mean"] for r in runs[name]]
         params = summary(runs[name][0])["params"]
@@ -332,7 +330,7 @@ def section_gym(out: dict, runs: dict[str, list[Path]], quick: bool) -> None:
     res = {}
     env_cfg = {"name": "swimmer_gym", "id": "embodied/SwimmerGym-v5"}
     policy, env = untrained(["env=swimmer_gym", "policy=ncap", "policy.actor.oscillator_period=80"], env_cfg, 0)
-    res["ncap_untrained_T80"] = mean_std(run_episodes(env, policy.act, 3 if quick else 10, seed=EVAL_SEED_BASE).returns)
+    res["ncap_untrained_T80"] = mean_std(run_episodes(env, policy, 3 if quick else 10, seed=EVAL_SEED_BASE).returns)
     env.close()
     for label, paths in runs.items():
         finals = [summary(p)["return_mean"] for p in paths]
@@ -499,6 +497,8 @@ def main() -> None:
         out["reference_curves"] = {key: {
             f"MLP + PPO (benchmark, mean of {len(SEEDS)} seeds)": out["curves"]["mlp"]["mean_curve"],
         }}
+        if not args.quick:  # the curve agents.train draws beside a run on the same env
+            write_json_atomic(REFERENCE_CURVES, out["reference_curves"])
     if transfer:
         section_transfer(out, transfer, curves["ncap"][0], args.quick)
     if ablations:

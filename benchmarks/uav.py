@@ -38,13 +38,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402,F401  (registers the env ids)
-from agents.builders import env_signature, make_env  # noqa: E402
+from agents.builders import make_env  # noqa: E402
 from agents.rollout import EVAL_SEED_BASE  # noqa: E402
 from benchmarks.common import Jobs, compose_cfg, machine, mean_std, summary, write_json_atomic  # noqa: E402
 from envs.quadrotor_model import PRESETS, quadrotor_mjcf  # noqa: E402
-from policies.checkpoint import load_policy  # noqa: E402
-from policies.numpy_inference import numpy_policy  # noqa: E402
 from policies.pid import pid_for_env  # noqa: E402
+from policies.protocol import EnvInterface  # noqa: E402
+from policies.registry import load_policy  # noqa: E402
+from policies.run_dir import RunDir  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work" / "uav"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -176,13 +177,9 @@ def env_config(task: str, gust: float, vehicle: str = "cf2", base: dict | None =
 
 
 def controller(kind: str, env, run: Path | None):
-    """(act, reset) for the PID or a trained run's deployable policy (NumPy forward)."""
-    if kind == "pid":
-        pid = pid_for_env(env)
-        return pid.act, pid.reset
-    obs_dim, action_dim, _, _ = env_signature(env)
-    policy = load_policy(run / "checkpoints" / "final", obs_dim, action_dim)
-    return numpy_policy(policy) or policy.act, None
+    """(act, reset) for the PID or a trained run's deployable policy (NumPy forward where it has one)."""
+    policy = pid_for_env(env) if kind == "pid" else load_policy(RunDir(run).policy(), EnvInterface.of(env))
+    return policy.numpy_forward() or policy.act, policy.reset
 
 
 def evaluate(job: tuple) -> dict:
@@ -196,8 +193,7 @@ def evaluate(job: tuple) -> dict:
     rows = []
     for ep in range(episodes):
         obs, info = env.reset(seed=EVAL_SEED_BASE + ep)
-        if reset:
-            reset()
+        reset()
         done = False
         while not done:
             obs, _, term, trunc, info = env.step(act(obs))
@@ -238,7 +234,7 @@ def section_eval(out: dict, runs: dict, episodes: int, jobs: int, only: set[str]
                 if t != task or (only is not None and method not in only):
                     continue
                 for run in paths:
-                    if (run / "checkpoints" / "final").is_dir():
+                    if RunDir(run).has_policy():
                         plan.append((method, str(run), task, gust, "cf2", episodes))
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -305,7 +301,7 @@ def plot(runs: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     controllers = [("pid", None, "PID")] + [(a, runs[(t, a)][0], f"{a.upper()} seed 0") for t in ("hover",) for a in ALGOS
-                                             if runs.get((t, a)) and (runs[(t, a)][0] / "checkpoints/final").is_dir()]
+                                             if runs.get((t, a)) and RunDir(runs[(t, a)][0]).has_policy()]
     for kind, run, label in controllers:
         tr = trace(kind, run, "hover", 0)
         t = np.arange(len(tr["err"])) * tr["dt"]
@@ -315,7 +311,7 @@ def plot(runs: dict, path: Path) -> None:
     axes[0].set(xlabel="time (s)", ylabel="position error (m)", title="hover, cf2, 3 m/s gusts (episode seed 10000)")
     axes[0].legend()
     controllers = [("pid", None, "PID")] + [(a, runs[(t, a)][0], f"{a.upper()} seed 0") for t in ("waypoints",) for a in ALGOS
-                                             if runs.get((t, a)) and (runs[(t, a)][0] / "checkpoints/final").is_dir()]
+                                             if runs.get((t, a)) and RunDir(runs[(t, a)][0]).has_policy()]
     course = None
     for kind, run, label in controllers:
         tr = trace(kind, run, "waypoints", 0)

@@ -13,24 +13,14 @@ statistics kept in buffers, so a checkpoint carries them. It predicts normalised
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
-from policies.checkpoint import CheckpointError, atomic_write, load_versioned_json, read_weights
-
-FORMAT = "embodied-mtact"
-FORMAT_VERSION = 1
-KIND = "mtact"
-WEIGHTS_FILE = "policy.safetensors"  # the same names as the flat-policy format; is_mtact_dir tells them apart
-META_FILE = "policy.json"
 STD_CLIP = (1e-2, 10.0)  # RoboAgent's clip on normalisation std
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -402,77 +392,17 @@ class MTACT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-# ---------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------- what it reads
+
+INSTRUCTION_CHARS = 1000  # the longest instruction the text input takes
 
 
-def save_mtact(directory: str | Path, model: MTACT, meta: dict) -> None:
-    """Write ``policy.safetensors`` (weights + normalisation buffers) and ``policy.json``, each atomically."""
-    reserved = {"format", "version", "kind", "config"} & set(meta)
-    if reserved:
-        raise ValueError(f"meta may not set {', '.join(sorted(reserved))}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": FORMAT}))
-    doc = {"format": FORMAT, "version": FORMAT_VERSION, "kind": KIND, "config": model.config.to_dict(), **meta}
-    text = json.dumps(doc, indent=2)
-    atomic_write(directory / META_FILE, lambda p: Path(p).write_text(text))
-
-
-def is_mtact_dir(directory: str | Path) -> bool:
-    """Whether ``directory/policy.json`` is an MT-ACT checkpoint (rather than a flat policy)."""
-    try:
-        data = json.loads((Path(directory) / META_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == FORMAT
-
-
-def _mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str | None:
-    """A short description of how the stored tensors differ from the model's, or None if they fit."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    if missing:
-        return f"{len(missing)} tensors missing (e.g. {missing[0]})"
-    if unexpected:
-        return f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})"
-    for k, v in own.items():
-        if tuple(tensors[k].shape) != tuple(v.shape):
-            return f"{k} is {tuple(tensors[k].shape)} in the file, {tuple(v.shape)} for the config"
-    return None
-
-
-def read_mtact_meta(directory: str | Path) -> tuple[MTACTConfig, dict]:
-    """-> (model config, meta) from ``policy.json`` alone: what a node checks before it loads any weights."""
-    meta_path = Path(directory) / META_FILE
-    if not meta_path.is_file():
-        raise CheckpointError(f"no {META_FILE} in {directory}")
-    data = load_versioned_json(meta_path, FORMAT, FORMAT_VERSION, CheckpointError)
-    if data.get("kind") != KIND:
-        raise CheckpointError(f"{meta_path} holds policy kind {data.get('kind')!r}, not {KIND!r}")
-    if not isinstance(data.get("config"), dict):
-        raise CheckpointError(f"{meta_path} has no MT-ACT config")
-    try:
-        config = MTACTConfig.from_dict(data["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{meta_path} has a bad MT-ACT config: {e}") from None
-    return config, {k: v for k, v in data.items() if k not in ("format", "version", "kind", "config")}
-
-
-def load_mtact(directory: str | Path) -> tuple[MTACT, dict]:
-    """-> (model in eval mode, the meta passed to ``save_mtact``); CheckpointError (one line) on any defect."""
-    directory = Path(directory)
-    weights = directory / WEIGHTS_FILE
-    config, meta = read_mtact_meta(directory)
-    model = MTACT(config)
-    tensors = read_weights(directory)
-    problem = _mismatch(model, tensors)
-    if problem is None:
-        try:
-            model.load_state_dict(tensors)
-        except RuntimeError as e:
-            problem = str(e).strip().splitlines()[-1].strip()[:200]
-    if problem:
-        raise CheckpointError(f"weights in {weights} do not match the config in {META_FILE}: {problem}")
-    return model.eval(), meta
+def observation_description(config: MTACTConfig) -> dict:
+    """The Dict observation keys this model reads (its bundle's ``observation``): cameras and proprio,
+    or proprio and object state for the state-only variant, and the instruction's words."""
+    keys = {cam: {"shape": [config.image_size, config.image_size, 3], "dtype": "uint8"} for cam in config.cameras}
+    keys["proprio"] = {"shape": [config.proprio_dim], "dtype": "float64"}
+    if not config.cameras:
+        keys["object_state"] = {"shape": [config.object_dim], "dtype": "float64"}
+    keys["instruction"] = {"text": INSTRUCTION_CHARS}
+    return {"keys": keys}

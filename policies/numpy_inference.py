@@ -1,26 +1,22 @@
 """NumPy forward passes of the deployable policies, for the ROS node's hot path.
 
-Why: on a control loop that sleeps between ticks, every call runs with cold caches, and an eager
-torch forward of these tiny networks then costs 0.3-0.5 ms in operator dispatch alone, against
-0.03-0.07 ms for the same arithmetic in NumPy (``benchmarks/ros_latency.py`` measures both).
-Each function here mirrors one actor's ``forward`` and is checked against it: by the tests on
-many configurations, and by :func:`numpy_policy` itself on random observations before use.
-Kinds (or NCAP variants) without a NumPy forward give ``None`` and stay on torch.
+Why: on a control loop that sleeps between ticks every call runs with cold caches, and an eager
+torch forward of these tiny networks then spends most of its time in operator dispatch, where
+the same arithmetic in NumPy does not (``benchmarks/ros_latency.py`` measures both). Each
+function mirrors one actor's ``forward`` and is checked against it: by the tests on many
+configurations, and by :meth:`policies.vector_policy.VectorPolicy.numpy_forward` on random
+observations before use. Actors (or NCAP variants) without a NumPy forward give ``None``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from policies.checkpoint import InferencePolicy
 from policies.mlp import MLPActor
 from policies.ncap import NCAP
-
-Forward = Callable[[np.ndarray], np.ndarray]
+from policies.protocol import Forward
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
@@ -99,43 +95,3 @@ def ncap_forward(actor: NCAP) -> Forward | None:
         return m_d - m_v
 
     return forward
-
-
-ACTOR_FORWARDS = {MLPActor: mlp_forward, NCAP: ncap_forward}
-
-
-def numpy_policy(policy: InferencePolicy, check_samples: int = 64, atol: float = 1e-4) -> Forward | None:
-    """The policy's ``act`` in NumPy (normalisation, actor, clipping), or None if unavailable.
-
-    Before returning, compares with the torch policy on ``check_samples`` random observations
-    (with integer clock values, which exercise the oscillator's phase) and returns None if any action differs by more than ``atol``.
-    """
-    make = ACTOR_FORWARDS.get(type(policy.actor))
-    actor = make(policy.actor) if make is not None else None
-    if actor is None:
-        return None
-    low, high = _array(policy.low), _array(policy.high)
-    if policy.normalizes:
-        # In float32, as torch normalises: the clock feature then reaches the oscillator bit-identical.
-        mean = policy.obs_mean.numpy()
-        std = np.sqrt(policy.obs_var.numpy() + np.float32(1e-8))
-        clip = np.float32(policy.meta.obs_clip)
-
-        def act(obs: np.ndarray) -> np.ndarray:
-            normalized = np.clip((np.asarray(obs, dtype=np.float32) - mean) / std, -clip, clip)
-            return np.clip(actor(normalized.astype(np.float64)), low, high)
-    else:
-
-        def act(obs: np.ndarray) -> np.ndarray:
-            return np.clip(actor(np.asarray(obs, dtype=np.float64)), low, high)
-
-    rng = np.random.default_rng(0)
-    dim = policy.meta.obs_dim
-    samples = rng.normal(size=(check_samples, dim))
-    time_index = getattr(getattr(policy.actor, "config", None), "time_index", None)
-    if time_index is not None:  # integer clocks exercise the oscillator's phase boundaries
-        samples[:, time_index] = rng.integers(0, 1000, size=check_samples) / policy.actor.config.time_scale_steps
-    for obs in samples:
-        if not np.allclose(act(obs), policy.act(obs), atol=atol, rtol=0.0):
-            return None
-    return act

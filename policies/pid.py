@@ -26,6 +26,7 @@ import numpy as np
 from envs.quadrotor_model import GRAVITY, QuadrotorParams
 from envs.uav import UAVLayout, action_from_thrust
 from envs.uav_control import RATE_GAINS, Mixer, RateLoop, rotation_error
+from policies.protocol import EnvInterface, Policy, PolicyError, PolicyMeta
 
 
 @dataclass
@@ -44,8 +45,21 @@ class PIDGains:
     att_yaw: float = 3.0         # 1/s
     rate: tuple[float, float, float] = (20.0, 20.0, 8.0)  # 1/s
 
+    def __post_init__(self):
+        self.rate = tuple(float(r) for r in self.rate)
+        for f in fields(self):
+            values = self.rate if f.name == "rate" else (getattr(self, f.name),)
+            if len(values) != (3 if f.name == "rate" else 1) or not all(math.isfinite(v) and v >= 0 for v in values):
+                raise ValueError(f"PID gain {f.name} must be finite and >= 0, got {getattr(self, f.name)}")
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["rate"] = list(self.rate)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PIDGains:
+        return gains_for("", d)
 
 
 # Tuned in still air on the hover task (benchmarks/uav.py reports the result): the 27 g vehicle
@@ -64,17 +78,17 @@ def gains_for(preset_name: str, overrides: dict | None = None) -> PIDGains:
     if unknown:
         raise ValueError(f"unknown PID gain(s) {sorted(unknown)}; known: {sorted(known)}")
     base.update(overrides or {})
-    base["rate"] = tuple(base["rate"])
     return PIDGains(**base)
 
 
 @dataclass
-class CascadedPID:
+class CascadedPID(Policy):
     params: QuadrotorParams
     gains: PIDGains
     control_dt: float
     action_mode: str = "rotor"
     layout: UAVLayout = field(default_factory=UAVLayout)
+    meta: PolicyMeta | None = None
 
     def __post_init__(self):
         self.mixer = Mixer(self.params)
@@ -135,9 +149,14 @@ class CascadedPID:
         return action_from_thrust(rotors, p.hover_thrust, p.thrust_max).astype(np.float32)
 
 
-def pid_for_env(env, overrides: dict | None = None) -> CascadedPID:
+def pid_for_env(env, overrides: dict | None = None, env_config: dict | None = None) -> CascadedPID:
     """The tuned controller for an ``embodied/UAV*`` env (its preset, rate and action mode)."""
     uav = env.unwrapped
     if not hasattr(uav, "params") or not hasattr(uav, "control_dt"):
-        raise ValueError("policy pid flies the UAV envs only (env=uav_hover or env=uav_waypoints)")
-    return CascadedPID(uav.params, gains_for(uav.params.name, overrides), uav.control_dt, uav.action_mode, uav.layout)
+        raise PolicyError("policy pid flies the UAV envs only (env=uav_hover or env=uav_waypoints)")
+    try:
+        gains = gains_for(uav.params.name, overrides)
+    except (TypeError, ValueError) as e:
+        raise PolicyError(str(e)) from None
+    meta = PolicyMeta.for_env("pid", gains.to_dict(), env_config or {}, EnvInterface.of(env))
+    return CascadedPID(uav.params, gains, uav.control_dt, uav.action_mode, uav.layout, meta)

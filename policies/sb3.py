@@ -17,7 +17,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
 from policies.mlp import ACTIVATIONS
-from policies.registry import build_actor
+from policies.registry import build_module
 
 
 class _ActorCriticNets(nn.Module):
@@ -69,7 +69,7 @@ class ActorCriticAdapter(ActorCriticPolicy):
         super().__init__(observation_space, action_space, lr_schedule, log_std_init=log_std_init, **kwargs)
 
     def _build_mlp_extractor(self) -> None:
-        actor = build_actor(self.actor_kind, self.actor_config)
+        actor = build_module(self.actor_kind, self.actor_config)
         self.mlp_extractor = _ActorCriticNets(
             actor, self.features_dim, int(np.prod(self.action_space.shape)), self.critic_arch, self.critic_activation
         )

@@ -23,13 +23,15 @@ sends one safe command, then silence); ``~/reset`` (Trigger) restarts the policy
 adapter's memory of the last command (latched context, such as an instruction, is kept).
 Diagnostics go to ``/diagnostics`` once a second.
 
-Observations are what the adapter's ``observation`` returns: a vector for the swimmer and the
-UAV, run by a flat policy (NumPy or torch); for the kitchen the env's Dict (images, proprio, object
-state), with the task's words in ``adapter.instruction``, run by an MT-ACT run in torch
-(:mod:`embodied_ros.chunked_policy`). MT-ACT predicts chunks of actions, and its chunk scheduler
+The policy is whatever the run's bundle holds, loaded through :mod:`policies.registry` and driven
+through the one policy interface (``reset``, ``act``): the node never asks its kind. Observations
+are what the adapter's ``observation`` returns, the env's own: a vector for the swimmer and the
+UAV, the kitchen's Dict (images, proprio, the instruction's words). Where the policy offers a
+NumPy forward the node uses it (``inference:=numpy``). A stateful policy (MT-ACT's action chunks)
 starts afresh at every episode boundary the node sees: ``~/reset``, re-enabling, the watchdog's
 recovery and each message on a latched topic (the kitchen's ``instruction``, said at every episode
-start and task change).
+start and task change). ``chunk_schedule``, ``execute_steps`` and ``task`` are passed to the
+policy's loader as its options; a policy that takes none refuses them.
 """
 
 from __future__ import annotations
@@ -47,16 +49,18 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
 from embodied_ros.adapters import InvalidMessage, make_adapter
-from embodied_ros.chunked_policy import load_chunked_policy
 from embodied_ros.params import declare_parameters
 from embodied_ros.process import StartupError, run_node, spin_until_shutdown
-from policies.checkpoint import CheckpointError, find_policy_dir, load_policy, read_meta
-from policies.mtact import is_mtact_dir
-from policies.numpy_inference import numpy_policy
+from policies.bundle import read_meta
+from policies.language import LanguageModelMissing
+from policies.protocol import EnvInterface, PolicyError
+from policies.registry import load_policy
+from policies.run_dir import RunDir
 
 TRIGGERS = ("state", "timer")
 INFERENCE = ("numpy", "torch")
-CHUNK_PARAMETERS = ("chunk_schedule", "execute_steps", "task")  # MT-ACT's; flat policies take none
+# Node parameters that are the policy loader's options (policies.registry), by option name.
+POLICY_OPTIONS = {"schedule": "chunk_schedule", "execute_steps": "execute_steps", "task": "task"}
 LATENCY_WINDOW = 2000  # samples kept for the diagnostics percentiles
 
 
@@ -81,11 +85,10 @@ class PolicyNode(Node):
             raise StartupError(f"parameter watchdog_periods must be >= 1, got {p['watchdog_periods']}")
         if p["inference"] not in INFERENCE:
             raise StartupError(f"parameter inference must be 'numpy' or 'torch', got {p['inference']!r}")
-        self.chunked = None  # an MT-ACT forward: its chunk scheduler restarts at episode boundaries
         try:
-            directory = find_policy_dir(p["run_dir"], p["checkpoint"])
-            kind = self._load_mtact(directory, p) if is_mtact_dir(directory) else self._load_vector(directory, p)
-        except (CheckpointError, ValueError) as e:
+            directory = RunDir.find_policy(p["run_dir"], p["checkpoint"])
+            self._load(directory, p)
+        except (PolicyError, ValueError) as e:
             raise StartupError(str(e)) from None
         self.rng = np.random.default_rng(p["seed"])
         self.rate = p["rate"] if p["rate"] > 0 else 1.0 / self.adapter.control_dt
@@ -139,53 +142,33 @@ class PolicyNode(Node):
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         # One thread is enough for these tiny networks and avoids pool wake-up jitter.
         torch.set_num_threads(1)
-        # Warm up: the first call allocates; MT-ACT also loads its sentence encoder now, not at the first state.
-        zero = self.adapter.zero_observation()
-        if self.chunked is not None:
-            self.chunked.warm_up(zero)
-        else:
-            self.forward(zero)
-        schedule = f", {self.chunked.schedule}" if self.chunked is not None else ""
+        # Warm up: the first call allocates (MT-ACT also loads its sentence encoder) now, not at the first state.
+        try:
+            self.policy.warm_up(self.adapter.zero_observation())
+        except LanguageModelMissing as e:
+            raise StartupError(str(e)) from None
+        details = "".join(f", {k} {v}" for k, v in self.policy.diagnostics().items() if k == "chunk_schedule")
         self.get_logger().info(
-            f"policy {kind} from {directory} driving {self.adapter.robot} at {self.rate:.1f} Hz "
-            f"(trigger={self.trigger}, {self.backend} inference{schedule}, "
+            f"policy {self.policy.meta.kind} from {directory} driving {self.adapter.robot} at {self.rate:.1f} Hz "
+            f"(trigger={self.trigger}, {self.backend} inference{details}, "
             f"output {'enabled' if self.enabled else 'disabled'})"
         )
 
-    def _load_vector(self, directory, p: dict) -> str:
-        """A flat policy (NCAP, MLP) for a vector observation; NumPy inference where it has a NumPy forward."""
+    def _load(self, directory, p: dict) -> None:
+        """The bundle's policy on the adapter of the env it was trained on; NumPy inference where it has one."""
         meta = read_meta(directory)
-        self.adapter = a = make_adapter(p["robot"], meta.env)
-        if a.dict_observation:
-            raise StartupError(f"robot {a.robot}: its observation is a Dict ({', '.join(a.layout)}) for an MT-ACT "
-                               f"policy, and {directory} holds a flat {meta.kind} policy")
-        given = [name for name in CHUNK_PARAMETERS if p[name]]
-        if given:
-            raise StartupError(f"parameters {', '.join(given)} are for MT-ACT policies; {directory} holds a flat "
-                               f"{meta.kind} policy")
-        self.policy = load_policy(directory, a.obs_dim, a.command_size, a.layout)
+        self.adapter = make_adapter(p["robot"], meta.env)
+        options = {name: p[param] for name, param in POLICY_OPTIONS.items()}
+        self.policy = load_policy(directory, EnvInterface.of(self.adapter.env), options)
         if not p["deterministic"] and self.policy.meta.action_std is None:
-            raise StartupError(f"deterministic:=false needs an action std, and {directory} stores none")
+            raise StartupError(f"deterministic:=false samples around a trained Gaussian's std, and the "
+                               f"{meta.kind} policy in {directory} stores none")
         self.forward, self.backend = self.policy.act, "torch"
         if p["inference"] == "numpy":
-            fast = numpy_policy(self.policy)
-            if fast is None:
-                self.get_logger().warning(f"no NumPy forward for policy kind {meta.kind}; inference runs in torch")
-            else:
+            fast = self.policy.numpy_forward()
+            if fast is not None:
                 self.forward, self.backend = fast, "numpy"
         self.action_std = None if p["deterministic"] else np.asarray(self.policy.meta.action_std)
-        return meta.kind
-
-    def _load_mtact(self, directory, p: dict) -> str:
-        """An MT-ACT run for a Dict observation: torch (no NumPy forward), deterministic (z = 0, no dropout)."""
-        if not p["deterministic"]:
-            raise StartupError("deterministic:=false samples around a trained Gaussian, and MT-ACT has none "
-                               "(its CVAE runs with z = 0)")
-        self.chunked, self.adapter = load_chunked_policy(directory, p["robot"], p["chunk_schedule"],
-                                                         p["execute_steps"], p["task"])
-        self.policy, self.forward, self.backend = self.chunked.policy, self.chunked, "torch"
-        self.action_std = None
-        return "mtact"
 
     def _declare_parameters(self) -> dict:
         defaults = {
@@ -277,7 +260,7 @@ class PolicyNode(Node):
             return
         try:
             action = self.forward(obs)
-        except InvalidMessage as e:  # an instruction the policy cannot follow (a one-hot MT-ACT's unknown task)
+        except (InvalidMessage, PolicyError) as e:  # an instruction the policy cannot follow (an unknown task)
             self._reject(str(e))
             self._publish(self.adapter.safe_command(), safe=True)
             return
@@ -356,13 +339,12 @@ class PolicyNode(Node):
         self.adapter.reset()
         self._restart_policy()
         response.success = True
-        response.message = "policy clock reset" + (", chunks dropped" if self.chunked is not None else "")
+        response.message = "policy clock reset, policy restarted"
         return response
 
     def _restart_policy(self) -> None:
         """A new episode for a stateful (chunking) policy: nothing predicted before it is executed after it."""
-        if self.chunked is not None:
-            self.chunked.reset()
+        self.policy.reset()
 
     # --- diagnostics ---------------------------------------------------------------------
     def diagnostics(self) -> dict[str, str]:
@@ -383,7 +365,7 @@ class PolicyNode(Node):
             "state_age_ms_p50": f"{age50:.3f}", "state_age_ms_p99": f"{age99:.3f}",
             "loop_jitter_ms_p99": f"{jit99:.3f}", "loop_jitter_ms_max": f"{jitmax:.3f}",
             "rate_hz": f"{self.rate:.3f}",
-            **(self.chunked.diagnostics() if self.chunked is not None else {}),
+            **self.policy.diagnostics(),
         }
 
     def _publish_diagnostics(self) -> None:

@@ -38,12 +38,12 @@ from std_srvs.srv import Trigger
 
 import envs
 from embodied_ros.adapters import adapter_class, make_adapter
-from embodied_ros.chunked_policy import mtact_adapter
 from embodied_ros.params import declare_parameters
 from embodied_ros.process import StartupError, run_node
 from envs import swimmer, uav
-from policies.checkpoint import CheckpointError, atomic_write, find_policy_dir, read_meta
-from policies.mtact import META_FILE, is_mtact_dir, read_mtact_meta
+from policies.atomic import atomic_write
+from policies.protocol import PolicyError
+from policies.run_dir import RunDir
 
 DEFAULT_ENVS = {
     "swimmer": {"name": "swimmer", "id": envs.SWIMMER, "task": "swim", "n_links": 6},
@@ -56,41 +56,16 @@ SCENE_PARAMETERS = ("task", "level", "cameras")  # the kitchen's; empty = the ru
 DIVERGED = (swimmer.SimulationDiverged, uav.SimulationDiverged)
 
 
-def run_policy_dir(run_dir: str) -> Path | None:
-    """The policy directory of the run the sim serves (looked up once), or None without a run."""
-    if not run_dir:
-        return None
-    try:
-        return find_policy_dir(run_dir)
-    except CheckpointError as e:
-        raise StartupError(str(e)) from None
-
-
-def env_config_for(robot: str, directory: Path | None) -> dict:
-    """The env a run's policy (flat or MT-ACT) was trained on, so the sim matches it; the robot's default otherwise."""
-    if directory is not None:
+def env_config_for(robot: str, run_dir: str) -> dict:
+    """The env the run's policy was trained on, so the sim matches it; the robot's default without a run."""
+    if run_dir:
         try:
-            if is_mtact_dir(directory):
-                env = read_mtact_meta(directory)[1].get("env")
-                if not isinstance(env, dict):
-                    raise CheckpointError(f"{directory / META_FILE} has no env config (the env the policy was trained on)")
-                return dict(env)
-            return dict(read_meta(directory).env)
-        except CheckpointError as e:
+            return RunDir.env_config_of(run_dir)
+        except PolicyError as e:
             raise StartupError(str(e)) from None
     if robot not in DEFAULT_ENVS:
         raise StartupError(f"unknown robot {robot!r} (known: {', '.join(DEFAULT_ENVS)})")
     return dict(DEFAULT_ENVS[robot])
-
-
-def policy_topics(robot: str, directory: Path | None) -> list[str] | None:
-    """The state topics the run's policy reads, when not all the robot's: an MT-ACT's cameras, its object state."""
-    if directory is None or not is_mtact_dir(directory):
-        return None
-    try:
-        return [t.name for t in mtact_adapter(directory, robot)[2].topics]
-    except (CheckpointError, ValueError) as e:
-        raise StartupError(str(e)) from None
 
 
 def scene_overrides(robot: str, params: dict) -> dict:
@@ -120,8 +95,7 @@ class SimRobotNode(Node):
     def __init__(self, **kwargs):
         super().__init__("sim", **kwargs)
         p = self._declare_parameters()
-        policy_dir = run_policy_dir(p["run_dir"])
-        env_cfg = {**env_config_for(p["robot"], policy_dir), **scene_overrides(p["robot"], p)}
+        env_cfg = {**env_config_for(p["robot"], p["run_dir"]), **scene_overrides(p["robot"], p)}
         try:
             if p["rate"] > 0:
                 env_cfg = adapter_class(p["robot"]).with_rate(env_cfg, p["rate"])
@@ -129,8 +103,8 @@ class SimRobotNode(Node):
             self.env = envs.make_from_config(self.adapter.sim_env_config(env_cfg)).unwrapped
         except (ValueError, TypeError, gym.error.Error) as e:
             raise StartupError(f"cannot build the {p['robot']} sim: {e}") from None
-        # Whom to wait for (await_subscribers) on which topic: the policy may read fewer topics than the sim says.
-        self.awaited = policy_topics(p["robot"], policy_dir) or [t.name for t in self.adapter.topics]
+        # Whom to wait for (await_subscribers): the env config says which state topics exist.
+        self.awaited = [t.name for t in self.adapter.topics]
         self.dt = float(self.env.dt)
         self.real_time = p["real_time"]
         self.lockstep_timeout = p["lockstep_timeout"]
