@@ -100,8 +100,9 @@ def prepare(cfg: DictConfig, run: RunDir) -> bool:
     return run.resumable() is not None
 
 
-def train(cfg: DictConfig, run: RunDir) -> dict:
+def train(cfg: DictConfig, run: RunDir | str | Path) -> dict:
     """Train as configured into ``run``; returns the summary (also written to summary.json)."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
     validate(cfg)
     run.path.mkdir(parents=True, exist_ok=True)
     prepare(cfg, run)

@@ -54,7 +54,7 @@ TRANSFER_LENGTHS = list(range(3, 14))
 THRESHOLDS = [800, 850, 900]
 SWIM6 = {"name": "swimmer", "id": "embodied/Swimmer-v0", "task": "swim", "n_links": 6,
          "fluid_density": 3000.0, "fluid_viscosity": 0.0}
-ZOO_SWIMMER = {  # rl-baselines3-zoo benchmark.md, Swimmer-v3, 1 run each (anchors/ncap.md 5.2)
+ZOO_SWIMMER = {  # rl-baselines3-zoo benchmark.md, Swimmer-v3, 1 run each
     "TRPO": (365.7, 2.1), "TD3": (359.1, 1.2), "ARS": (355.3, 12.8), "SAC": (345.6, 3.1),
     "TQC": (339.4, 1.5), "PPO": (281.6, 9.7), "A2C": (200.6, 2.5),
 }

@@ -20,6 +20,17 @@ class MLPConfig:
     activation: str = "tanh"
     squash: bool = False  # tanh on the output (SAC's deterministic action)
 
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        for name in ("obs_dim", "action_dim"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.hidden, list | tuple) or not all(
+                isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.hidden):
+            raise ValueError(f"hidden must be a list of positive layer widths, got {self.hidden!r}")
+        self.hidden = list(self.hidden)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -33,8 +44,6 @@ class MLPActor(nn.Module):
 
     def __init__(self, config: MLPConfig):
         super().__init__()
-        if config.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {config.activation!r}; choose one of {sorted(ACTIVATIONS)}")
         self.config = config
         layers: list[nn.Module] = []
         width = config.obs_dim

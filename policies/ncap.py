@@ -23,6 +23,10 @@ import torch
 from torch import nn
 
 
+TASK_CONTROLS = ("none", "hardcoded", "learned")
+MAX_JOINTS = 64
+
+
 def graded(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0.0, 1.0)
 
@@ -46,6 +50,20 @@ class NCAPConfig:
     time_scale_steps: int = 1000
     target_slice: tuple[int, int] | None = None
     init_seed: int = 0
+
+    def __post_init__(self):
+        if self.task_control not in TASK_CONTROLS:
+            raise ValueError(f"task_control must be one of {', '.join(TASK_CONTROLS)}, got {self.task_control!r}")
+        for name in ("oscillator_period", "oscillator_sharpness", "joint_limit"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not self.learn_period and round(self.oscillator_period) < 2:
+            raise ValueError(f"oscillator_period must be at least 2 control steps, got {self.oscillator_period}")
+        if not 1 <= self.n_joints <= MAX_JOINTS:
+            raise ValueError(f"n_joints must be 1..{MAX_JOINTS}, got {self.n_joints}")
+        if self.time_scale_steps < 1:
+            raise ValueError(f"time_scale_steps must be positive, got {self.time_scale_steps}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -89,8 +107,6 @@ class NCAP(nn.Module):
 
     def __init__(self, config: NCAPConfig):
         super().__init__()
-        if config.task_control not in ("none", "hardcoded", "learned"):
-            raise ValueError(f"task_control must be none|hardcoded|learned, got {config.task_control!r}")
         if config.task_control != "none" and config.target_slice is None:
             raise ValueError("NCAP task_control needs the target in the observation (navigate task)")
         if config.n_joints < 2 and not config.weight_sharing:

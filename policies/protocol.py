@@ -64,7 +64,7 @@ def observation_mismatch(reads: dict, offered: dict) -> str | None:
     if "shape" not in offered:
         return f"the policy reads a {list(reads['shape'])} array, the env gives {'a Dict' if 'keys' in offered else 'text'}"
     if list(reads["shape"]) != list(offered["shape"]):
-        return f"the policy reads shape {list(reads['shape'])}, the env gives {list(offered['shape'])}"
+        return f"the policy reads observations of shape {list(reads['shape'])}, the env gives {list(offered['shape'])}"
     return None
 
 

@@ -18,7 +18,7 @@ import gymnasium as gym
 import torch
 from torch import nn
 
-from policies.bundle import Bundle, BundleError, read_bundle
+from policies.bundle import META_FILE, WEIGHTS_FILE, Bundle, BundleError, read_bundle
 from policies.mlp import MLPActor, MLPConfig
 from policies.ncap import NCAP, NCAPConfig
 from policies.numpy_inference import mlp_forward, ncap_forward
@@ -48,7 +48,9 @@ def config_object(kind: PolicyKind, config: dict):
     """The kind's config instance; PolicyError naming the kind and the problem."""
     try:
         return kind.config_class.from_dict(dict(config))
-    except (TypeError, KeyError, ValueError) as e:
+    except KeyError as e:
+        raise PolicyError(f"bad {kind.name} policy config: missing {e}") from None
+    except (TypeError, ValueError) as e:
         raise PolicyError(f"bad {kind.name} policy config: {e}") from None
 
 
@@ -69,7 +71,7 @@ def build_module(kind_name: str, config: dict) -> nn.Module:
 
 def load_module(kind_name: str, bundle: Bundle, tensors: dict[str, torch.Tensor]) -> nn.Module:
     """The kind's module from the bundle's config with ``tensors`` loaded; BundleError on any mismatch."""
-    meta_file = bundle.directory / "policy.json"
+    meta_file = bundle.directory / META_FILE
     try:
         module = build_module(kind_name, bundle.meta.config)
     except PolicyError as e:
@@ -77,7 +79,7 @@ def load_module(kind_name: str, bundle: Bundle, tensors: dict[str, torch.Tensor]
     own = module.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
-    weights = bundle.directory / "policy.safetensors"
+    weights = bundle.directory / WEIGHTS_FILE
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
         raise BundleError(f"{weights}: tensors do not match the {kind_name} config in policy.json ({what})")
@@ -240,10 +242,17 @@ def load_policy(path: str | Path, env: EnvInterface | None = None, options: dict
     kind = get(bundle.meta.kind)
     if kind.load is None:
         raise BundleError(f"{bundle.directory}: policy kind {kind.name} is not loaded from a bundle")
+    try:
+        config_object(kind, bundle.meta.config)
+    except PolicyError as e:
+        raise BundleError(f"{bundle.directory / META_FILE}: config: {e}") from None
     options = {k: v for k, v in (options or {}).items() if v not in (None, "", 0)}
     _check_options(kind, options)
     if env is not None:
-        bundle.meta = fit_to_env(bundle.meta, env, kind)
+        try:
+            bundle.meta = fit_to_env(bundle.meta, env, kind)
+        except PolicyError as e:
+            raise PolicyError(f"the policy in {bundle.directory} does not fit this env: {e}") from None
     return kind.load(bundle, options)
 
 
@@ -254,7 +263,7 @@ def fit_to_env(meta: PolicyMeta, env: EnvInterface, kind: PolicyKind | None = No
         meta = kind.retarget(meta, env)
     problem = observation_mismatch(meta.observation, env.observation)
     if problem:
-        raise PolicyError(f"policy does not fit the env: {problem}")
+        raise PolicyError(problem)
     if env.action_dim != meta.action_dim:
-        raise PolicyError(f"policy outputs {meta.action_dim} actions, the env takes {env.action_dim}")
+        raise PolicyError(f"the policy outputs {meta.action_dim} actions, the env takes {env.action_dim}")
     return meta

@@ -1,4 +1,4 @@
-"""The NCAP swimmer circuit (policies/ncap.py) against the spec in docs/anchors/ncap.md §1.2-1.4."""
+"""The NCAP swimmer circuit (policies/ncap.py) against the paper's spec (Bhattasali, Zador & Engel 2022, §2)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from policies.ncap import NCAP, NCAPConfig, count_parameters
-from policies.registry import build_actor
+from policies.registry import build_module as build_actor
 
 J = 5
 LIMIT = 2 * math.pi / 6  # joint limit of the 6-link body

@@ -11,20 +11,21 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from stable_baselines3 import PPO
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
-
-from agents.builders import actor_config, make_env
+from agents.builders import make_env
 from agents.errors import UserError
-from policies.checkpoint import load_policy, read_meta
+from agents.sb3_trainer import SB3Trainer
+from agents.trainer_state import load_state
+from policies.bundle import read_meta
 from policies.ncap import NCAP
-from policies.registry import build_actor
+from policies.protocol import EnvInterface, PolicyError
+from policies.registry import build_module, load_policy, make_config
+from policies.run_dir import RunDir
 from policies.sb3 import ActorCriticAdapter
 
 from conftest import CONFIG_DIR, compose_train
 
 RUN_FILES = ["config.yaml", "metrics.csv", "learning_curve.png", "summary.json"]
-FINAL_FILES = ["model.zip", "policy.json", "policy.safetensors", "vecnormalize.pkl"]
+FINAL_FILES = ["policy.json", "policy.safetensors", "trainer_state.json", "trainer_state.safetensors"]
 ENVS = sorted(p.stem for p in (CONFIG_DIR / "env").glob("*.yaml"))
 POLICIES = sorted(p.stem for p in (CONFIG_DIR / "policy").glob("*.yaml"))
 SWIMMER_ENVS = [e for e in ENVS if e.startswith("swimmer")]
@@ -39,6 +40,11 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def actor_config(policy_cfg, env) -> dict:
+    """The full actor config the trainers build for this policy config and env."""
+    return make_config(policy_cfg.kind, OmegaConf.to_container(policy_cfg.actor, resolve=True), EnvInterface.of(env))
+
+
 # --- run directory --------------------------------------------------------------------------
 
 
@@ -50,9 +56,11 @@ def test_run_directory_has_all_files(request, run_fixture):
     final = run / "checkpoints" / "final"
     for name in FINAL_FILES:
         assert (final / name).is_file() and (final / name).stat().st_size > 0, name
-    # periodic checkpoints (checkpoint_every=1024) are complete too, and nothing temporary is left
-    periodic = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert "step_1024" in periodic and "step_2048" in periodic
+    # periodic checkpoints (checkpoint_every=1024, after each update) and the resumable last one are complete
+    # too, and nothing temporary is left
+    periodic = RunDir(run).checkpoints()
+    assert "step_1024" in periodic and "last" in periodic
+    assert RunDir(run).resumable() is not None
     leftovers = [p for p in run.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name or p.name.endswith(".old")]
     assert not leftovers, leftovers
     assert (run / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -67,7 +75,7 @@ def test_ncap_summary(ncap_run):
     assert summary["steps"] == 4096
     assert summary["eval_episodes"] == 2
     assert summary["run_dir"] == str(ncap_run)
-    # NCAP starts near 800 (anchors/ncap.md 4b); a few thousand steps must not wreck it.
+    # NCAP starts near 800 (benchmarks/results/swimmer_ncap.md); a few thousand steps must not wreck it.
     assert summary["return_mean"] > 600
     assert 0 <= summary["return_std"] < summary["return_mean"]
     assert set(summary["steps_to_return"]) == {"800", "850", "900", "950"}
@@ -101,7 +109,7 @@ def test_metrics_rows_have_increasing_steps(request, run_fixture):
 
 
 def test_ncap_sign_constraints_after_training(ncap_run):
-    policy = load_policy(ncap_run / "checkpoints" / "final")
+    policy = load_policy(RunDir(ncap_run).policy())
     actor = policy.actor
     assert isinstance(actor, NCAP)
     moved = False
@@ -117,12 +125,22 @@ def test_ncap_sign_constraints_after_training(ncap_run):
     assert policy(obs)[0].item() <= 0.0
 
 
-def test_ncap_std_stays_fixed(ncap_run):
-    model = PPO.load(ncap_run / "checkpoints" / "final" / "model.zip", device="cpu")
-    assert isinstance(model.policy, ActorCriticAdapter)
-    assert not model.policy.log_std.requires_grad
+def trainer_from(run: Path, tmp_path: Path) -> SB3Trainer:
+    """An SB3 trainer with the run's config, restored from the run's final state (no pickle read)."""
+    cfg = OmegaConf.create(RunDir(run).read_config())
+    trainer = SB3Trainer(cfg, RunDir(tmp_path / "restored"), [])
+    trainer.restore(load_state(RunDir(run).policy()))
+    return trainer
+
+
+def test_ncap_std_stays_fixed(ncap_run, tmp_path):
+    trainer = trainer_from(ncap_run, tmp_path)
+    assert isinstance(trainer.model.policy, ActorCriticAdapter)
+    assert not trainer.model.policy.log_std.requires_grad
     log_std_init = OmegaConf.load(ncap_run / "config.yaml").policy.log_std_init
-    torch.testing.assert_close(model.policy.log_std.detach(), torch.full((5,), float(log_std_init)), atol=1e-6, rtol=0)
+    expected = torch.full((5,), float(log_std_init))
+    torch.testing.assert_close(trainer.model.policy.log_std.detach(), expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(read_meta(RunDir(ncap_run).policy()).action_std, np.exp(expected.numpy()), rtol=1e-6)
 
 
 def _episode_observations(n=30):
@@ -137,36 +155,36 @@ def _episode_observations(n=30):
     return np.array(out)
 
 
-def test_sb3_zip_matches_inference_policy_ncap(ncap_run):
-    final = ncap_run / "checkpoints" / "final"
-    model = PPO.load(final / "model.zip", device="cpu")
-    policy = load_policy(final, obs_dim=24, action_dim=5)
+def test_sb3_model_matches_deployed_policy_ncap(ncap_run, tmp_path):
+    trainer = trainer_from(ncap_run, tmp_path)
+    policy = load_policy(RunDir(ncap_run).policy(), EnvInterface.of(gym.make("embodied/Swimmer-v0")))
     assert not policy.normalizes  # NCAP reads raw joint angles and the clock
     obs = _episode_observations()
-    sb3_actions, _ = model.predict(obs, deterministic=True)
+    sb3_actions, _ = trainer.model.predict(obs, deterministic=True)
     np.testing.assert_allclose(policy.act(obs), sb3_actions, atol=1e-6)
     for o, a in zip(obs[:5], sb3_actions[:5]):
         np.testing.assert_allclose(policy.act(o), a, atol=1e-6)
 
 
-def test_sb3_zip_matches_inference_policy_mlp(mlp_run):
-    final = mlp_run / "checkpoints" / "final"
-    model = PPO.load(final / "model.zip", device="cpu")
-    venv = VecNormalize.load(str(final / "vecnormalize.pkl"), DummyVecEnv([lambda: gym.make("embodied/Swimmer-v0")]))
-    policy = load_policy(final, obs_dim=24, action_dim=5)
+def test_sb3_model_matches_deployed_policy_mlp(mlp_run, tmp_path):
+    """The bundle's weights and observation statistics are SB3's (restored from the safetensors state)."""
+    trainer = trainer_from(mlp_run, tmp_path)
+    venv = trainer.venv
+    policy = load_policy(RunDir(mlp_run).policy())
     assert policy.normalizes
     np.testing.assert_allclose(policy.obs_mean.numpy(), venv.obs_rms.mean, rtol=1e-5, atol=1e-6)
     obs = _episode_observations()
-    sb3_actions, _ = model.predict(venv.normalize_obs(obs), deterministic=True)
+    sb3_actions, _ = trainer.model.predict(venv.normalize_obs(obs), deterministic=True)
     np.testing.assert_allclose(policy.act(obs), sb3_actions, atol=1e-5)
     venv.close()
 
 
 def test_policy_json_records_the_env(ncap_run):
-    meta = read_meta(ncap_run / "checkpoints" / "final")
+    meta = read_meta(RunDir(ncap_run).policy())
     assert meta.kind == "ncap" and meta.obs_dim == 24 and meta.steps == 4096
     assert meta.env["id"] == "embodied/Swimmer-v0" and meta.env["n_links"] == 6
-    assert meta.actor_config["time_index"] == 23 and meta.actor_config["joint_slice"] == [0, 5]
+    assert meta.config["time_index"] == 23 and meta.config["joint_slice"] == [0, 5]
+    assert meta.control_dt == pytest.approx(0.03)
 
 
 def test_training_is_reproducible_for_a_seed(ncap_run, tmp_path):
@@ -178,8 +196,8 @@ def test_training_is_reproducible_for_a_seed(ncap_run, tmp_path):
     a = train_in_process(tmp_path / "a", overrides)
     b = train_in_process(tmp_path / "b", overrides)
     assert a["return_mean"] == b["return_mean"]
-    pa = load_policy(tmp_path / "a" / "checkpoints" / "final").actor.state_dict()
-    pb = load_policy(tmp_path / "b" / "checkpoints" / "final").actor.state_dict()
+    pa = load_policy(RunDir(tmp_path / "a").policy()).actor.state_dict()
+    pb = load_policy(RunDir(tmp_path / "b").policy()).actor.state_dict()
     for k in pa:
         torch.testing.assert_close(pa[k], pb[k], rtol=0, atol=0)
 
@@ -273,7 +291,7 @@ def test_make_env_and_actor_config_for_every_pair(env_name, policy_name):
         actor_cfg = actor_config(cfg.policy, env)
         obs_dim = env.observation_space.shape[0]
         action_dim = env.action_space.shape[0]
-        actor = build_actor(cfg.policy.kind, actor_cfg)
+        actor = build_module(cfg.policy.kind, actor_cfg)
         obs, _ = env.reset(seed=0)
         for _ in range(3):
             with torch.no_grad():
@@ -303,7 +321,7 @@ def test_make_env_and_actor_config_for_every_pair(env_name, policy_name):
 def test_ncap_on_swimmer_gym_reads_the_joint_angles():
     cfg = compose_train(["env=swimmer_gym", "policy=ncap", "policy.actor.oscillator_period=80"])
     env = make_env(cfg.env)
-    actor = build_actor("ncap", actor_config(cfg.policy, env))
+    actor = build_module("ncap", actor_config(cfg.policy, env))
     obs = np.zeros(9)
     obs[0] = 1.5  # the front body's absolute angle must be ignored
     obs[1] = np.radians(50)  # joint 1 bent dorsally by half its range
@@ -326,12 +344,12 @@ def test_env_overrides_reach_the_env():
 def test_task_control_needs_navigate():
     cfg = compose_train(["env=swimmer", "policy=ncap", "policy.actor.task_control=hardcoded"])
     env = make_env(cfg.env)
-    with pytest.raises(UserError, match="navigate"):
+    with pytest.raises(PolicyError, match="navigate"):
         actor_config(cfg.policy, env)
     env.close()
     cfg = compose_train(["env=swimmer_navigate", "policy=ncap", "policy.actor.task_control=learned"])
     env = make_env(cfg.env)
-    actor = build_actor("ncap", actor_config(cfg.policy, env))
+    actor = build_module("ncap", actor_config(cfg.policy, env))
     assert actor.config.target_slice == (5, 7)
     env.close()
 
