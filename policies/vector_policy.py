@@ -61,12 +61,12 @@ class VectorPolicy(Policy, nn.Module):
             out["obs_mean"], out["obs_var"] = self.obs_mean, self.obs_var
         return out
 
-    def numpy_forward(self) -> Forward | None:
+    def numpy_forward(self, atol: float = NUMPY_CHECK_ATOL) -> Forward | None:
         """``act`` in NumPy (normalisation, actor, clipping), or None if the actor has none or it disagrees.
 
         Compared with torch on random observations first (integer clock values where the actor
         reads a clock, which exercise an oscillator's phase); any action off by more than
-        ``NUMPY_CHECK_ATOL`` gives None.
+        ``atol`` gives None.
         """
         actor = self._numpy_actor(self.actor) if self._numpy_actor is not None else None
         if actor is None:
@@ -93,7 +93,7 @@ class VectorPolicy(Policy, nn.Module):
         if time_index is not None:
             samples[:, time_index] = rng.integers(0, 1000, size=NUMPY_CHECK_SAMPLES) / config.time_scale_steps
         for obs in samples:
-            if not np.allclose(act(obs), self.act(obs), atol=NUMPY_CHECK_ATOL, rtol=0.0):
+            if not np.allclose(act(obs), self.act(obs), atol=atol, rtol=0.0):
                 return None
         return act
 

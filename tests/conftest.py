@@ -63,6 +63,20 @@ def compose_train(overrides: list[str]):
         return compose("train", overrides=list(overrides), return_hydra_config=False)
 
 
+def restored_sb3_trainer(run: Path, scratch: Path):
+    """An SB3 trainer built from a run's config and restored from its final state (no pickle read)."""
+    from omegaconf import OmegaConf
+
+    from agents.sb3_trainer import SB3Trainer
+    from agents.trainer_state import load_state
+    from policies.run_dir import RunDir
+
+    cfg = OmegaConf.create(RunDir(run).read_config())
+    trainer = SB3Trainer(cfg, RunDir(scratch), [])
+    trainer.restore(load_state(RunDir(run).policy()))
+    return trainer
+
+
 def train_in_process(run_dir: Path, overrides: list[str]) -> dict:
     from agents.train import train
 

@@ -1,6 +1,6 @@
 """The NumPy forward passes (policies/numpy_inference.py) against the torch policies they mirror.
 
-The ROS node drives the robot with ``numpy_policy(policy)`` instead of ``policy.act``; these
+The ROS node drives the robot with ``policy.numpy_forward()`` instead of ``policy.act``; these
 tests keep the two equal on every actor configuration the configs can produce, on perturbed
 weights (both signs, every clamp active), with and without observation normalisation, and on
 the trained fixtures' real observations.
@@ -16,11 +16,13 @@ from torch import nn
 
 import envs  # noqa: F401  (registers the embodied/ env ids)
 from envs.swimmer import swimmer_layout
-from policies import numpy_inference
-from policies.checkpoint import InferencePolicy, PolicyMeta, load_policy
+from policies import numpy_inference, registry
 from policies.mlp import MLPActor, MLPConfig
 from policies.ncap import NCAP, NCAPConfig
-from policies.numpy_inference import numpy_policy
+from policies.protocol import PolicyMeta
+from policies.registry import load_policy
+from policies.run_dir import RunDir
+from policies.vector_policy import VectorPolicy as InferencePolicy
 
 ATOL = 1e-5
 N_RANDOM = 500
@@ -32,16 +34,22 @@ ENV = {"name": "swimmer", "id": "embodied/Swimmer-v0"}
 
 def wrap(actor: nn.Module, kind: str, actor_config: dict, obs_dim: int, action_dim: int,
          normalize: bool, seed: int, low: float = -1.0, high: float = 1.0) -> InferencePolicy:
-    """An InferencePolicy around ``actor``; with ``normalize`` random statistics and obs_clip 5."""
-    meta = PolicyMeta(kind=kind, actor_config=actor_config, obs_dim=obs_dim,
-                      action_low=[low] * action_dim, action_high=[high] * action_dim, env=dict(ENV))
+    """A VectorPolicy around ``actor`` with its kind's NumPy forward; with ``normalize`` random statistics and
+    clip 5."""
+    meta = PolicyMeta(kind=kind, config=actor_config, env=dict(ENV), observation={"shape": [obs_dim]},
+                      action_low=[low] * action_dim, action_high=[high] * action_dim)
     mean = var = None
     if normalize:
         gen = torch.Generator().manual_seed(1000 + seed)
         mean = 0.2 * torch.randn(obs_dim, generator=gen)
         var = 0.25 + 2.0 * torch.rand(obs_dim, generator=gen)
-        meta.obs_clip = 5.0
-    return InferencePolicy(actor.eval(), meta, mean, var)
+        meta.normalization = {"clip": 5.0}
+    forward = registry.KINDS[kind].numpy_forward if kind in registry.KINDS else None
+    return InferencePolicy(actor.eval(), meta, mean, var, numpy_actor=forward)
+
+
+def numpy_policy(policy: InferencePolicy, atol: float = 1e-4):
+    return policy.numpy_forward(atol=atol)
 
 
 def perturb(actor: nn.Module, seed: int) -> None:
@@ -240,7 +248,7 @@ def test_normalization_clip_is_applied():
     assert_matches(policy, obs)
 
 
-# --- what numpy_policy refuses --------------------------------------------------------------
+# --- what numpy_forward refuses --------------------------------------------------------------
 
 
 class TinyActor(nn.Module):
@@ -275,7 +283,7 @@ def test_subclass_of_known_actor_returns_none():
 def test_corrupted_mlp_forward_is_rejected(monkeypatch):
     """A NumPy forward that disagrees with torch (here: all zeros) is never returned."""
     policy = mlp_policy([64, 64], "tanh", seed=1)
-    monkeypatch.setitem(numpy_inference.ACTOR_FORWARDS, MLPActor, lambda actor: lambda obs: np.zeros(5))
+    policy._numpy_actor = lambda actor: lambda obs: np.zeros(5)
     assert numpy_policy(policy) is None
 
 
@@ -284,7 +292,7 @@ def test_corrupted_ncap_forward_is_rejected(monkeypatch):
     policy = ncap_policy(seed=0)
     real = numpy_inference.ncap_forward
     assert numpy_policy(policy) is not None
-    monkeypatch.setitem(numpy_inference.ACTOR_FORWARDS, NCAP, lambda actor: lambda obs: -real(actor)(obs))
+    policy._numpy_actor = lambda actor: lambda obs: -real(actor)(obs)
     assert numpy_policy(policy) is None
 
 
@@ -314,7 +322,7 @@ def test_phase_shifted_ncap_forward_differs_on_the_clock_sweep():
 def test_phase_shifted_ncap_forward_is_rejected(monkeypatch):
     """A NumPy NCAP forward with the oscillator one step off is rejected by the self-check."""
     policy = ncap_policy(randomize=False)
-    monkeypatch.setitem(numpy_inference.ACTOR_FORWARDS, NCAP, phase_shifted)
+    policy._numpy_actor = phase_shifted
     assert numpy_policy(policy) is None
 
 
@@ -322,7 +330,7 @@ def test_corrupted_forward_rejected_within_tolerance(monkeypatch):
     """Differences above ``atol`` are rejected; below it they are accepted."""
     policy = mlp_policy([32], "tanh", seed=2)
     real = numpy_inference.mlp_forward
-    monkeypatch.setitem(numpy_inference.ACTOR_FORWARDS, MLPActor, lambda actor: lambda obs: real(actor)(obs) + 1e-3)
+    policy._numpy_actor = lambda actor: lambda obs: real(actor)(obs) + 1e-3
     assert numpy_policy(policy, atol=1e-4) is None
     # Outputs pushed past the clip bounds stay clipped, so a tolerance above the shift accepts it.
     assert numpy_policy(policy, atol=1e-2) is not None
@@ -350,7 +358,7 @@ def rollout_observations(policy: InferencePolicy, n: int = 200, seed: int = 0) -
 @pytest.mark.parametrize("run", ["ncap_run", "mlp_run"])
 def test_trained_policy_numpy_matches_torch(run, request):
     """The deployed (trained, loaded from disk) policies run identically in NumPy."""
-    policy = load_policy(request.getfixturevalue(run) / "checkpoints" / "final")
+    policy = load_policy(RunDir(request.getfixturevalue(run)).policy())
     fast = numpy_policy(policy)
     assert fast is not None
     obs = rollout_observations(policy)

@@ -26,8 +26,10 @@ from agents.batched_rollout import BatchedEnvs
 from agents.es import ESTrainer, OpenES, centered_ranks
 from agents.grpo import GRPOTrainer, clipped_surrogate, grpo_loss, k3_kl, outcome_advantages, process_advantages
 from envs.snapshot import restore_snapshot, take_snapshot
-from policies.checkpoint import load_policy, read_meta
+from policies.bundle import read_meta
 from policies.pid import pid_for_env
+from policies.registry import load_policy
+from policies.run_dir import RunDir
 
 from conftest import (
     SUMMARY_LINE_EVAL,
@@ -352,7 +354,7 @@ def test_restore_one_snapshot_into_all_envs():
 
 def test_grpo_start_groups_share_a_state_within_a_group_only():
     cfg = compose_train(["env=swimmer", "policy=ncap", *GRPO_SMALL, "algo.groups=3", "algo.group_size=2", *POP_TINY])
-    trainer = GRPOTrainer(cfg, Path("."), loggers=[])
+    trainer = GRPOTrainer(cfg, RunDir("."), loggers=[])
     try:
         start = trainer.start_groups(3, 2)
         assert start.shape == (6, trainer.engine.obs_dim)
@@ -512,7 +514,7 @@ def test_open_es_maximises_a_quadratic():
 
 def test_es_batched_members_act_with_their_own_parameters():
     cfg = compose_train(["env=swimmer", "policy=ncap", *ES_SMALL, "algo.population=4", *POP_TINY])
-    trainer = ESTrainer(cfg, Path("."), loggers=[])
+    trainer = ESTrainer(cfg, RunDir("."), loggers=[])
     try:
         candidates = trainer.es.ask()
         obs = trainer.engine.reset([1, 2, 3, 4])
@@ -574,8 +576,8 @@ def test_population_run_directory_like_ppo(population_runs, name):
     run, total = population_runs[name]
     for f in ("config.yaml", "metrics.csv", "summary.json", "learning_curve.png"):
         assert (run / f).is_file() and (run / f).stat().st_size > 0, f
-    final = run / "checkpoints" / "final"
-    for f in ("policy.safetensors", "policy.json"):
+    final = RunDir(run).policy()
+    for f in ("policy.safetensors", "policy.json", "trainer_state.json", "trainer_state.safetensors"):
         assert (final / f).is_file(), f
     summary = json.loads((run / "summary.json").read_text())
     cfg = OmegaConf.load(run / "config.yaml")
@@ -598,12 +600,11 @@ def test_grpo_cli_last_line_and_periodic_checkpoints(grpo_cli_run):
     assert m, last
     assert int(m["steps"]) == 2000 and int(m["params"]) == 4
     assert "Traceback" not in proc.stderr
-    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert checkpoints == ["final", "step_1600", "step_800"]
-    assert read_meta(run / "checkpoints" / "step_800").steps == 800
+    assert RunDir(run).checkpoints() == ["final", "last", "step_1600", "step_800"]
+    assert read_meta(RunDir(run).policy("step_800")).steps == 800
     assert not [p for p in run.rglob("*") if p.name.endswith((".tmp", ".old"))]
-    meta = read_meta(run / "checkpoints" / "final")
-    assert meta.obs_clip is None  # NCAP reads raw observations
+    meta = read_meta(RunDir(run).policy())
+    assert meta.normalization is None  # NCAP reads raw observations
     np.testing.assert_allclose(meta.action_std, [0.5] * 5, rtol=1e-5)  # the tuned fixed sigma
 
 
@@ -621,9 +622,9 @@ def test_evaluate_loads_population_runs(population_runs, run_cli, name):
 
 def test_uav_mlp_run_exports_observation_statistics(population_runs):
     run, _ = population_runs["uav_mlp_grpo"]
-    final = run / "checkpoints" / "final"
+    final = RunDir(run).policy()
     meta = read_meta(final)
-    assert meta.kind == "mlp" and meta.obs_clip == 10.0
+    assert meta.kind == "mlp" and meta.normalization == {"clip": 10.0}
     policy = load_policy(final)
     assert policy.normalizes
     mean, var = policy.obs_mean.numpy(), policy.obs_var.numpy()
@@ -636,12 +637,12 @@ def test_uav_mlp_run_exports_observation_statistics(population_runs):
 def test_trained_mlp_exports_what_it_trained():
     """The exported policy (normaliser + actor mean, clipped to the bounds) acts as the trainer's policy did."""
     cfg = compose_train(["env=uav_hover", "policy=mlp", *GRPO_SMALL, *POP_TINY])
-    trainer = GRPOTrainer(cfg, Path("."), loggers=[])
+    trainer = GRPOTrainer(cfg, RunDir("."), loggers=[])
     try:
         stats = trainer.iteration()
         assert trainer.steps > 0 and 0.0 <= stats["frac_zero_spread"] <= 1.0
-        policy, mean, var = trainer.export()
-        assert policy.normalizes and mean is not None
+        policy = trainer.export()
+        assert policy.normalizes
         obs = trainer.engine.reset([5, 6, 7, 8, 9, 10, 11, 12])
         with torch.no_grad():
             own = trainer.policy.actor(torch.as_tensor(trainer.normalizer(obs))).numpy()
@@ -654,7 +655,7 @@ def test_trained_mlp_exports_what_it_trained():
 def test_grpo_kl_coef_builds_a_frozen_reference(kl_coef):
     cfg = compose_train(["env=swimmer", "policy=ncap", *GRPO_SMALL, "algo.advantage=process",
                          f"algo.kl_coef={kl_coef}", *POP_TINY])
-    trainer = GRPOTrainer(cfg, Path("."), loggers=[])
+    trainer = GRPOTrainer(cfg, RunDir("."), loggers=[])
     try:
         before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
         stats = trainer.iteration()
@@ -751,16 +752,14 @@ def test_swimmer_batch_step_steps_only_the_active_envs(workers):
 @pytest.mark.parametrize("name", ["es", "uav_mlp_grpo"])
 def test_ros_policy_node_deploys_population_runs(population_runs, ros_context, name):
     """A GRPO or ES run deploys like a PPO run: the ROS policy node acts as the exported policy does."""
-    from policies.checkpoint import find_policy_dir
-
     from conftest import capturing_policy_node
 
     run, _ = population_runs[name]
     robot = "uav" if name.startswith("uav") else "swimmer"
     node, published = capturing_policy_node(ros_context, run, robot=robot)
-    env = envs.make_from_config(read_meta(find_policy_dir(run)).env).unwrapped
+    env = envs.make_from_config(RunDir.env_config_of(run)).unwrapped
     obs, _ = env.reset(seed=3)
-    policy = load_policy(find_policy_dir(run))
+    policy = load_policy(RunDir(run).policy())
     try:
         for topic, msg in node.adapter.encode_state(env, node.get_clock().now().nanoseconds).items():
             node._make_callback(topic)(msg)

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+
 from agents.builders import make_env
 from agents.errors import UserError
-from agents.sb3_trainer import SB3Trainer
-from agents.trainer_state import load_state
 from policies.bundle import read_meta
 from policies.ncap import NCAP
 from policies.protocol import EnvInterface, PolicyError
@@ -22,7 +21,7 @@ from policies.registry import build_module, load_policy, make_config
 from policies.run_dir import RunDir
 from policies.sb3 import ActorCriticAdapter
 
-from conftest import CONFIG_DIR, compose_train
+from conftest import CONFIG_DIR, compose_train, restored_sb3_trainer
 
 RUN_FILES = ["config.yaml", "metrics.csv", "learning_curve.png", "summary.json"]
 FINAL_FILES = ["policy.json", "policy.safetensors", "trainer_state.json", "trainer_state.safetensors"]
@@ -125,16 +124,8 @@ def test_ncap_sign_constraints_after_training(ncap_run):
     assert policy(obs)[0].item() <= 0.0
 
 
-def trainer_from(run: Path, tmp_path: Path) -> SB3Trainer:
-    """An SB3 trainer with the run's config, restored from the run's final state (no pickle read)."""
-    cfg = OmegaConf.create(RunDir(run).read_config())
-    trainer = SB3Trainer(cfg, RunDir(tmp_path / "restored"), [])
-    trainer.restore(load_state(RunDir(run).policy()))
-    return trainer
-
-
 def test_ncap_std_stays_fixed(ncap_run, tmp_path):
-    trainer = trainer_from(ncap_run, tmp_path)
+    trainer = restored_sb3_trainer(ncap_run, tmp_path / "restored")
     assert isinstance(trainer.model.policy, ActorCriticAdapter)
     assert not trainer.model.policy.log_std.requires_grad
     log_std_init = OmegaConf.load(ncap_run / "config.yaml").policy.log_std_init
@@ -156,7 +147,7 @@ def _episode_observations(n=30):
 
 
 def test_sb3_model_matches_deployed_policy_ncap(ncap_run, tmp_path):
-    trainer = trainer_from(ncap_run, tmp_path)
+    trainer = restored_sb3_trainer(ncap_run, tmp_path / "restored")
     policy = load_policy(RunDir(ncap_run).policy(), EnvInterface.of(gym.make("embodied/Swimmer-v0")))
     assert not policy.normalizes  # NCAP reads raw joint angles and the clock
     obs = _episode_observations()
@@ -168,7 +159,7 @@ def test_sb3_model_matches_deployed_policy_ncap(ncap_run, tmp_path):
 
 def test_sb3_model_matches_deployed_policy_mlp(mlp_run, tmp_path):
     """The bundle's weights and observation statistics are SB3's (restored from the safetensors state)."""
-    trainer = trainer_from(mlp_run, tmp_path)
+    trainer = restored_sb3_trainer(mlp_run, tmp_path / "restored")
     venv = trainer.venv
     policy = load_policy(RunDir(mlp_run).policy())
     assert policy.normalizes

@@ -19,21 +19,24 @@ import torch
 from gymnasium.envs.mujoco.utils import check_mujoco_reset_state
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3 import PPO, SAC
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from torch import nn
 
 import envs
 from agents.sb3_trainer import export_policy
 from envs import uav
 from envs.quadrotor_model import GRAVITY, PRESETS, preset, quadrotor_mjcf
-from envs.uav import PHYSICS_TIMESTEP, UAVEnv, UAVLayout, action_from_thrust, thrust_from_action, uav_observation
+from envs.uav import PHYSICS_TIMESTEP, UAVEnv, action_from_thrust, thrust_from_action, uav_observation
 from envs.uav_control import Mixer, allocation_matrix
-from policies.checkpoint import InferencePolicy, PolicyMeta, load_policy, read_meta
+from policies.bundle import read_meta
 from policies.mlp import MLPActor, MLPConfig
-from policies.numpy_inference import numpy_policy
+from policies.numpy_inference import mlp_forward
 from policies.pid import pid_for_env
+from policies.protocol import EnvInterface, PolicyMeta
+from policies.registry import load_policy
+from policies.run_dir import RunDir
+from policies.vector_policy import VectorPolicy
 
-from conftest import SUMMARY_LINE_EVAL, TINY, check_quietly, train_in_process
+from conftest import SUMMARY_LINE_EVAL, TINY, check_quietly, restored_sb3_trainer, train_in_process
 
 VEHICLES = sorted(PRESETS)  # cf2, x2
 TASKS = ("hover", "waypoints")
@@ -899,27 +902,28 @@ def _uav_observations(env_cfg: dict, n: int = 40) -> np.ndarray:
     return np.array(out)
 
 
-def _check_run(run, summary, algo_cls):
-    final = run / "checkpoints" / "final"
-    for name in ("model.zip", "policy.json", "policy.safetensors", "vecnormalize.pkl"):
+def _check_run(run, summary, algo_cls, scratch):
+    final = RunDir(run).policy()
+    for name in ("policy.json", "policy.safetensors", "trainer_state.json", "trainer_state.safetensors"):
         assert (final / name).is_file(), name
     for name in ("config.yaml", "metrics.csv", "summary.json"):
         assert (run / name).is_file(), name
     assert np.isfinite(summary["return_mean"])
     meta = read_meta(final)
     assert meta.env["id"] == envs.UAV and meta.env["task"] == "hover" and meta.env["episode_seconds"] == 1.0
-    policy = load_policy(final, obs_dim=HOVER_SIZE, action_dim=4, layout=UAVLayout().to_dict())
-    assert policy.normalizes and policy.meta.kind == "mlp"
+    policy = load_policy(final, EnvInterface.of(envs.make_from_config(meta.env)))
+    assert policy.normalizes and policy.meta.kind == "mlp" and policy.meta.obs_dim == HOVER_SIZE
     obs = _uav_observations(meta.env)
     actions = policy.act(obs)
     assert actions.shape == (len(obs), 4) and np.all(np.abs(actions) <= 1.0)
 
-    venv = VecNormalize.load(str(final / "vecnormalize.pkl"), DummyVecEnv([lambda: envs.make_from_config(meta.env)]))
-    model = algo_cls.load(final / "model.zip", env=venv, device="cpu")
+    trainer = restored_sb3_trainer(run, scratch)
+    model, venv = trainer.model, trainer.venv
+    assert isinstance(model, algo_cls)
     try:
         np.testing.assert_allclose(policy.obs_mean.numpy(), venv.obs_rms.mean, rtol=1e-5, atol=1e-6)
-        # the exported actor of the saved SB3 model acts as the loaded policy does
-        exported, _, _ = export_policy(model, read_meta(final))
+        # the exported actor of the restored SB3 model acts as the loaded policy does
+        exported = export_policy(model, trainer.meta)
         np.testing.assert_allclose(policy.act(obs), exported.act(obs), atol=1e-6)
         for name, tensor in exported.actor.state_dict().items():
             torch.testing.assert_close(policy.actor.state_dict()[name], tensor.float(), rtol=0, atol=0)
@@ -933,25 +937,25 @@ def _check_run(run, summary, algo_cls):
     return policy, obs
 
 
-def test_ppo_run_on_uav_hover(uav_ppo_run):
+def test_ppo_run_on_uav_hover(uav_ppo_run, tmp_path):
     run, summary = uav_ppo_run
     assert summary["algo"] == "ppo" and summary["env"] == "uav_hover" and summary["steps"] == 1024
-    policy, _ = _check_run(run, summary, PPO)
+    policy, _ = _check_run(run, summary, PPO, tmp_path / "restored")
     assert policy.actor.config.squash is False and policy.meta.action_std is not None
     assert "hover_rmse" in summary and "crash" in summary
 
 
-def test_sac_run_on_uav_hover(uav_sac_run):
+def test_sac_run_on_uav_hover(uav_sac_run, tmp_path):
     run, summary = uav_sac_run
     assert summary["algo"] == "sac" and summary["env"] == "uav_hover" and summary["policy"] == "mlp"
     assert summary["steps"] >= 2000
-    policy, obs = _check_run(run, summary, SAC)
+    policy, obs = _check_run(run, summary, SAC, tmp_path / "restored")
     assert isinstance(policy.actor, MLPActor) and policy.actor.config.squash is True
-    assert policy.meta.actor_config["squash"] is True and policy.meta.action_std is None
+    assert policy.meta.config["squash"] is True and policy.meta.action_std is None
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) >= 3  # header, step 0, step 1000, ...
     # the ROS node's NumPy path agrees with the SAC policy too
-    fast = numpy_policy(policy)
+    fast = policy.numpy_forward()
     assert fast is not None
     np.testing.assert_allclose(np.stack([fast(o) for o in obs]), policy.act(obs), atol=1e-5)
 
@@ -970,15 +974,15 @@ def test_numpy_policy_squashed_mlp(activation, normalize):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=2.0 / m.in_features**0.5)
                 nn.init.normal_(m.bias, std=0.5)
-    meta = PolicyMeta(kind="mlp", actor_config=cfg.to_dict(), obs_dim=HOVER_SIZE, action_low=[-1.0] * 4,
-                      action_high=[1.0] * 4, env={"name": "uav_hover", "id": envs.UAV})
+    meta = PolicyMeta(kind="mlp", config=cfg.to_dict(), env={"name": "uav_hover", "id": envs.UAV},
+                      observation={"shape": [HOVER_SIZE]}, action_low=[-1.0] * 4, action_high=[1.0] * 4)
     mean = var = None
     if normalize:
         gen = torch.Generator().manual_seed(1)
         mean, var = 0.2 * torch.randn(HOVER_SIZE, generator=gen), 0.25 + torch.rand(HOVER_SIZE, generator=gen)
-        meta.obs_clip = 5.0
-    policy = InferencePolicy(actor.eval(), meta, mean, var)
-    fast = numpy_policy(policy)
+        meta.normalization = {"clip": 5.0}
+    policy = VectorPolicy(actor.eval(), meta, mean, var, numpy_actor=mlp_forward)
+    fast = policy.numpy_forward()
     assert fast is not None
     obs = np.random.default_rng(0).normal(size=(300, HOVER_SIZE)) * 2.0
     expected = policy.act(obs)
@@ -1002,7 +1006,7 @@ def test_init_from_starts_waypoints_from_a_hover_run(uav_ppo_run, tmp_path):
     train_in_process(run, ["env=uav_waypoints", "policy=mlp", "algo=ppo", "algo.total_timesteps=1024", "seed=0",
                            *TINY, "env.episode_seconds=1", "env.n_lookahead=0", f"init_from={hover}",
                            "algo.sb3.learning_rate=0.0"])  # no update: the result must equal the start
-    start, finished = load_policy(hover / "checkpoints" / "final"), load_policy(run / "checkpoints" / "final")
+    start, finished = load_policy(RunDir(hover).policy()), load_policy(RunDir(run).policy())
     for name, value in start.actor.state_dict().items():
         torch.testing.assert_close(finished.actor.state_dict()[name], value)
     # the observation statistics are the hover run's, held (the policy's inputs keep their meaning)
@@ -1018,7 +1022,7 @@ def test_init_from_a_mismatched_run_is_one_line_error(uav_ppo_run, run_cli):
     assert "does not fit" in line or "observations" in line
     result = run_cli("agents.train", "env=uav_hover", "policy=mlp", "algo=ppo", "init_from=/nonexistent/run",
                      "algo.total_timesteps=256", "progress_bar=false")
-    assert_one_line_error(result, "no checkpoints/final/model.zip")
+    assert_one_line_error(result, "init_from", "/nonexistent/run", "does not exist")
 
 
 def test_error_clip_shortens_the_observed_error_only():
