@@ -115,7 +115,7 @@ def validate(cfg: DictConfig) -> None:
 def evaluate_chunk_policy(cfg: DictConfig, policy_dir: Path) -> dict:
     """Success rates of a kitchen MT-ACT run, per task and overall, at ``level``."""
     from agents.kitchen_eval import evaluate_success
-    from envs.kitchen_variation import LEVELS
+    from envs.kitchen.variation import LEVELS
     from policies.mtact import read_mtact_meta
 
     if cfg.level not in LEVELS:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import policies.checkpoint as ckpt
-from envs.swimmer import swimmer_layout
+from envs.swimmer.env import swimmer_layout
 from policies.checkpoint import (
     META_FILE,
     WEIGHTS_FILE,

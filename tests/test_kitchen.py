@@ -1,6 +1,6 @@
-"""The Franka kitchen: env (envs/kitchen.py, its docstring is the spec), scene edits
-(envs/kitchen_model.py), instructions (envs/kitchen_instructions.py) and scripted experts
-(envs/kitchen_experts.py).
+"""The Franka kitchen: env (envs/kitchen/env.py, its docstring is the spec), scene edits
+(envs/kitchen/model.py), instructions (envs/kitchen/instructions.py) and scripted experts
+(envs/kitchen/experts.py).
 
 State-only envs everywhere except the camera tests, which are gated on a GL probe run in a
 subprocess (skipped on a developer machine without GL, failing when ``CI`` is set).
@@ -14,7 +14,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
-from envs.kitchen import (
+from envs.kitchen.env import (
     OBJECT_SLICES,
     OBJECT_STATE_SIZE,
     SUCCESS_THRESHOLD,
@@ -24,9 +24,9 @@ from envs.kitchen import (
     task_error,
     task_success,
 )
-from envs.kitchen_experts import make_expert
-from envs.kitchen_instructions import INSTRUCTIONS
-from envs.kitchen_model import ARM_JOINTS
+from envs.kitchen.experts import make_expert
+from envs.kitchen.instructions import INSTRUCTIONS
+from envs.kitchen.model import ARM_JOINTS
 from envs.snapshot import restore_snapshot, take_snapshot
 
 from conftest import CONFIG_DIR, check_quietly

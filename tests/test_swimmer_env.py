@@ -1,4 +1,4 @@
-"""The N-link swimmer env (envs/swimmer.py, envs/swimmer_model.py) and the Swimmer-v5 wrapper."""
+"""The N-link swimmer env (envs/swimmer/env.py, envs/swimmer/model.py) and the Swimmer-v5 wrapper."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs
-from envs.swimmer import (
-    SimulationDiverged,
+from envs.physics import SimulationDiverged
+from envs.swimmer.env import (
     SwimmerEnv,
     navigate_reward,
     swimmer_layout,
     swimmer_observation,
 )
-from envs.swimmer_model import joint_limit, swimmer_mjcf
+from envs.swimmer.model import joint_limit, swimmer_mjcf
 
 from conftest import check_quietly
 

@@ -1,5 +1,5 @@
-"""The quadrotor UAV embodiment: env (envs/uav.py, its docstring is the spec), vehicle model
-(envs/quadrotor_model.py), mixer and motor lag (envs/uav_control.py), the cascaded PID
+"""The quadrotor UAV embodiment: env (envs/uav/env.py, its docstring is the spec), vehicle model
+(envs/uav/model.py), mixer and motor lag (envs/uav/control.py), the cascaded PID
 (policies/pid.py), the CLIs with policy=pid, and short PPO and SAC runs on the hover task.
 
 Hand-made states are set with ``set_state`` on a level vehicle at rest: with every rotor at the
@@ -24,10 +24,17 @@ from torch import nn
 
 import envs
 from agents.sb3_trainer import export_policy
-from envs import uav
-from envs.quadrotor_model import GRAVITY, PRESETS, preset, quadrotor_mjcf
-from envs.uav import PHYSICS_TIMESTEP, UAVEnv, UAVLayout, action_from_thrust, thrust_from_action, uav_observation
-from envs.uav_control import Mixer, allocation_matrix
+from envs.uav.control import Mixer, allocation_matrix
+from envs.uav.env import (
+    PHYSICS_TIMESTEP,
+    UAVEnv,
+    UAVLayout,
+    action_from_thrust,
+    proximity_reward,
+    thrust_from_action,
+    uav_observation,
+)
+from envs.uav.model import GRAVITY, PRESETS, preset, quadrotor_mjcf
 from policies.checkpoint import InferencePolicy, PolicyMeta, load_policy, read_meta
 from policies.mlp import MLPActor, MLPConfig
 from policies.numpy_inference import numpy_policy
@@ -670,7 +677,7 @@ def test_waypoint_reward_counts_passed_waypoints():
     place(env, first + (0.2, 0.0, 0.0))
     _, reward, terminated, _, info = env.step(np.zeros(4))
     assert info["waypoints_reached"] == 0 and not terminated
-    assert reward == pytest.approx(uav.proximity_reward(info["position_error"]), abs=1e-9)
+    assert reward == pytest.approx(proximity_reward(info["position_error"]), abs=1e-9)
     lingering = reward
     # within the radius: reached, the next waypoint becomes the target, and the reward is 1 + p(d_next)
     place(env, first + (0.1, 0.0, 0.0))
@@ -680,7 +687,7 @@ def test_waypoint_reward_counts_passed_waypoints():
     second = env.target
     assert np.linalg.norm(second - first) >= 1.0  # legs are waypoint_spacing long
     assert info["position_error"] == pytest.approx(np.linalg.norm(second - env.state()[0]))
-    assert reward == pytest.approx(1.0 + uav.proximity_reward(info["position_error"]), abs=1e-9)
+    assert reward == pytest.approx(1.0 + proximity_reward(info["position_error"]), abs=1e-9)
     assert reward > lingering  # passing always pays more than lingering before the waypoint
     # moving toward it with body rates: 1 + p(d) + 10·(d_prev − d) − rate_penalty·‖ω‖²
     place(env, second + (0.6, 0.0, 0.0), vel=(-1.0, 0.0, 0.0), rates=(0.0, 0.0, 0.5))
@@ -689,7 +696,7 @@ def test_waypoint_reward_counts_passed_waypoints():
     pos, _, _, rates = env.state()
     d = float(np.linalg.norm(second - pos))
     assert d < d_prev
-    assert reward == pytest.approx(1.0 + uav.proximity_reward(d) + 10.0 * (d_prev - d)
+    assert reward == pytest.approx(1.0 + proximity_reward(d) + 10.0 * (d_prev - d)
                                    - RATE_PENALTY * float(rates @ rates), abs=1e-9)
 
 
@@ -707,7 +714,7 @@ def test_completing_the_course_is_success_and_the_vehicle_holds():
     assert info["time_to_complete"] == pytest.approx(3 * env.control_dt)
     # done: the target stays at the last waypoint and every step pays N + p(d)
     np.testing.assert_allclose(env.target, course[-1])
-    assert reward == pytest.approx(3.0 + uav.proximity_reward(info["position_error"]), abs=1e-9)
+    assert reward == pytest.approx(3.0 + proximity_reward(info["position_error"]), abs=1e-9)
     done = False
     while not done:
         _, reward, terminated, truncated, info = env.step(np.zeros(4))
@@ -1033,7 +1040,7 @@ def test_error_clip_shortens_the_observed_error_only():
     assert float(np.linalg.norm(observed)) == pytest.approx(0.5)
     np.testing.assert_allclose(observed / 0.5, env.state()[2].T @ (env.target - pos) / true_error, atol=1e-12)
     # the reward sees the true distance
-    assert reward == pytest.approx(uav.proximity_reward(true_error), abs=0.05)
+    assert reward == pytest.approx(proximity_reward(true_error), abs=0.05)
     place(env, env.target + (0.2, 0.0, 0.0))  # within the clip: unchanged
     obs, *_ = env.step(np.zeros(4))
     np.testing.assert_allclose(obs[slice(*env.layout.position_error)],

@@ -8,7 +8,7 @@ the watchdog's recovery, and each ``instruction`` message (a robot says it at ev
 and task change). A chunk never outlives its episode or task.
 
 The language input is the instruction's frozen MiniLM embedding; the one-hot baseline needs a task
-instead: the node's ``task`` parameter, else the task whose wording (``envs/kitchen_instructions.py``)
+instead: the node's ``task`` parameter, else the task whose wording (``envs/kitchen/instructions.py``)
 the instruction is.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from embodied_ros.adapters import InvalidMessage, RobotAdapter, adapter_class, make_adapter
 from embodied_ros.process import StartupError
-from envs.kitchen_instructions import INSTRUCTIONS, instruction, task_of
+from envs.kitchen.instructions import INSTRUCTIONS, instruction, task_of
 from policies.chunking import ChunkExecutor
 from policies.language import LanguageModelMissing
 from policies.mtact import META_FILE, MTACTConfig, read_mtact_meta

@@ -41,7 +41,7 @@ from embodied_ros.adapters import adapter_class, make_adapter
 from embodied_ros.chunked_policy import mtact_adapter
 from embodied_ros.params import declare_parameters
 from embodied_ros.process import StartupError, run_node
-from envs import swimmer, uav
+from envs.physics import SimulationDiverged
 from policies.checkpoint import CheckpointError, atomic_write, find_policy_dir, read_meta
 from policies.mtact import META_FILE, is_mtact_dir, read_mtact_meta
 
@@ -53,7 +53,6 @@ DEFAULT_ENVS = {
                 "cameras": ["scene", "wrist"], "image_size": 96},
 }
 SCENE_PARAMETERS = ("task", "level", "cameras")  # the kitchen's; empty = the run's (or the default) env
-DIVERGED = (swimmer.SimulationDiverged, uav.SimulationDiverged)
 
 
 def run_policy_dir(run_dir: str) -> Path | None:
@@ -293,7 +292,7 @@ class SimRobotNode(Node):
         else:
             try:
                 _, _, terminated, _, info = self.env.step(command)
-            except DIVERGED as e:
+            except SimulationDiverged as e:
                 self.get_logger().error(f"{e}; starting a new episode")
                 self._reset_env()
             else:

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from envs.kitchen import OBJECT_SLICES, TASK_BY_NAME, KitchenEnv, qpos_layout, task_success
-from envs.kitchen_model import ARM_JOINTS, GRIPPER_SITE
+from envs.kitchen.env import OBJECT_SLICES, TASK_BY_NAME, KitchenEnv, qpos_layout, task_success
+from envs.kitchen.model import ARM_JOINTS, GRIPPER_SITE
 
 OPEN, CLOSED = 1.0, 0.0
 
@@ -164,7 +164,7 @@ def _interp_rot(r0: np.ndarray, r1: np.ndarray, s: float) -> np.ndarray:
 
 
 class KitchenExpert:
-    """Scripted expert for a :class:`~envs.kitchen.KitchenEnv`'s task (or task sequence)."""
+    """Scripted expert for a :class:`~envs.kitchen.env.KitchenEnv`'s task (or task sequence)."""
 
     def __init__(self, env, noise: float = 0.0, seed: int | None = None):
         env = getattr(env, "unwrapped", env)

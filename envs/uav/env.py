@@ -1,7 +1,7 @@
 """Quadrotor hover and waypoint flight with wind, gusts and vehicle randomisation.
 
 ## Description
-One quadrotor (``vehicle`` preset ``cf2`` or ``x2``, see ``envs/quadrotor_model.py``) above a ground
+One quadrotor (``vehicle`` preset ``cf2`` or ``x2``, see ``envs/uav/model.py``) above a ground
 plane. Physics runs at 500 Hz (2 ms, MuJoCo Euler); the agent acts at ``control_hz`` (100 Hz by
 default). Rotor thrusts follow the command through the model's first-order motor lag.
 
@@ -31,7 +31,7 @@ far waypoint, inside the range a hover policy was trained on); the reward uses t
 - ``action_mode=rotor``: per-rotor thrust commands; -1 is 0 N, 0 is the nominal hover thrust
   and +1 is ``thrust_max``, linear in between (so an untrained policy starts near hover).
 - ``action_mode=ctbr``: collective thrust (same map, on the total) and body-rate setpoints
-  (±``max_body_rate`` rad/s), tracked by :class:`envs.uav_control.RateLoop` and the mixer at the
+  (±``max_body_rate`` rad/s), tracked by :class:`envs.uav.control.RateLoop` and the mixer at the
   physics rate.
 
 ## Reward (per control step)
@@ -79,8 +79,8 @@ from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
 from envs.physics import SimulationDiverged, instability_warned
-from envs.quadrotor_model import QuadrotorParams, preset, quadrotor_mjcf
-from envs.uav_control import RATE_GAINS, Mixer, RateLoop
+from envs.uav.control import RATE_GAINS, Mixer, RateLoop
+from envs.uav.model import QuadrotorParams, preset, quadrotor_mjcf
 
 TASKS = ("hover", "waypoints")
 ACTION_MODES = ("rotor", "ctbr")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.quadrotor_model import QuadrotorParams
+from envs.uav.model import QuadrotorParams
 
 
 def allocation_matrix(p: QuadrotorParams) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 ## Description
 A Franka Panda with a parallel gripper in the Franka Kitchen of D4RL / Gymnasium-Robotics
-(scene and its edits: ``envs/kitchen_model.py``). Physics runs at 500 Hz (2 ms); the agent acts
+(scene and its edits: ``envs/kitchen/model.py``). Physics runs at 500 Hz (2 ms); the agent acts
 at 12.5 Hz (40 physics steps per action), the Franka Kitchen benchmark's rate.
 
 ## Tasks (``task``: one name, or a sequence of distinct names done in that order)
@@ -21,7 +21,7 @@ Success is the benchmark's: the task's object joints within ``||q - goal|| < 0.3
 
 In a sequence only the current task is checked; once within the threshold it counts as done
 (and stays done, as in the benchmark) and the next one becomes current. Every task has several
-instruction paraphrases (``envs/kitchen_instructions.py``); ``paraphrase`` picks one by index
+instruction paraphrases (``envs/kitchen/instructions.py``); ``paraphrase`` picks one by index
 (``None``: drawn per episode), ``reset(options={"paraphrase": k})`` overrides it for an episode.
 
 ## Observation (``Dict``)
@@ -48,7 +48,7 @@ The robot at the model's home keyframe plus uniform noise of ±``reset_noise`` r
 joint (gripper closed), every object at rest in its closed / initial state (the kettle on the
 bottom-left burner), all velocities zero, servo targets at the start pose. Seeded.
 
-## Levels (``level``, RoboAgent's generalisation levels; :mod:`envs.kitchen_variation`)
+## Levels (``level``, RoboAgent's generalisation levels; :mod:`envs.kitchen.variation`)
 ``L0`` the training distribution; ``L1`` new object poses (the kitchen, each wall cabinet, the
 microwave and the kettle's start shifted by a few cm) and lighting; ``L2`` adds new surface
 textures and colours and distractor objects on the counter; ``L3`` is the L1 scene with
@@ -64,7 +64,7 @@ per task (200 = 16 s each). The env keeps that clock itself (the registered id h
 
 ## Speed (2 CPU cores, OSMesa)
 About 530 steps/s state-only and 58 steps/s with the two default 96x96 cameras. The render
-edits in ``envs/kitchen_model.py`` are what makes cameras usable: a 96x96 scene frame of the
+edits in ``envs/kitchen/model.py`` are what makes cameras usable: a 96x96 scene frame of the
 wheel's model as shipped takes ~600 ms, ~20 ms without shadows, reflections, multisampling,
 skybox and the oversized buffer, ~8-10 ms with the low-poly arm.
 
@@ -86,8 +86,8 @@ import numpy as np
 from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
-from envs.kitchen_instructions import draw_paraphrase, instruction
-from envs.kitchen_model import (
+from envs.kitchen.instructions import draw_paraphrase, instruction
+from envs.kitchen.model import (
     ARM_ACTUATORS,
     ARM_JOINTS,
     CAMERAS,
@@ -99,7 +99,7 @@ from envs.kitchen_model import (
     compile_kitchen,
     kitchen_spec,
 )
-from envs.kitchen_variation import SceneVariation, add_distractors, check_level
+from envs.kitchen.variation import SceneVariation, add_distractors, check_level
 from envs.physics import SimulationDiverged, instability_warned
 
 PHYSICS_TIMESTEP = 0.002
@@ -393,7 +393,7 @@ class KitchenEnv(MujocoEnv, utils.EzPickle):
 
     # --- gymnasium API ---------------------------------------------------------------------------
     def _randomise_scene(self) -> None:
-        """Per-episode scene variation of ``level`` (:mod:`envs.kitchen_variation`; L0 restores the nominal scene)."""
+        """Per-episode scene variation of ``level`` (:mod:`envs.kitchen.variation`; L0 restores the nominal scene)."""
         self.variation.apply(self.level, self.np_random, self.data)
 
     def reset_model(self) -> dict[str, np.ndarray]:

@@ -50,7 +50,7 @@ from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
 from envs.physics import SimulationDiverged, instability_warned
-from envs.swimmer_model import HEAD_XML, joint_limit, swimmer_mjcf
+from envs.swimmer.model import HEAD_XML, joint_limit, swimmer_mjcf
 
 __all__ = ["SimulationDiverged", "SwimmerEnv", "navigate_reward", "swim_reward", "swimmer_layout", "swimmer_observation"]
 
