@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from envs.uav.control import RATE_GAINS, Mixer, RateLoop, rotation_error
-from envs.uav.env import UAVLayout, action_from_thrust
+from envs.uav.control import RATE_GAINS, Mixer, RateLoop, action_from_thrust, rotation_error
 from envs.uav.model import GRAVITY, QuadrotorParams
+from envs.uav.observation import UAVLayout
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The quadrotor UAV embodiment: env (envs/uav/env.py, its docstring is the spec), vehicle model
-(envs/uav/model.py), mixer and motor lag (envs/uav/control.py), the cascaded PID
+(envs/uav/model.py), thrust map, mixer and motor lag (envs/uav/control.py), observation
+(envs/uav/observation.py), disturbances (envs/uav/disturbances.py), the cascaded PID
 (policies/pid.py), the CLIs with policy=pid, and short PPO and SAC runs on the hover task.
 
 Hand-made states are set with ``set_state`` on a level vehicle at rest: with every rotor at the
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import gymnasium as gym
 import mujoco
@@ -24,17 +28,11 @@ from torch import nn
 
 import envs
 from agents.sb3_trainer import export_policy
-from envs.uav.control import Mixer, allocation_matrix
-from envs.uav.env import (
-    PHYSICS_TIMESTEP,
-    UAVEnv,
-    UAVLayout,
-    action_from_thrust,
-    proximity_reward,
-    thrust_from_action,
-    uav_observation,
-)
+from envs.uav.control import Mixer, action_from_thrust, allocation_matrix, thrust_from_action
+from envs.uav.env import PHYSICS_TIMESTEP, UAVEnv
 from envs.uav.model import GRAVITY, PRESETS, preset, quadrotor_mjcf
+from envs.uav.observation import UAVLayout, uav_observation
+from envs.uav.rewards import proximity_reward
 from policies.checkpoint import InferencePolicy, PolicyMeta, load_policy, read_meta
 from policies.mlp import MLPActor, MLPConfig
 from policies.numpy_inference import numpy_policy
@@ -221,6 +219,16 @@ def test_waypoint_course_geometry():
         legs = np.linalg.norm(np.diff(np.vstack([start, course]), axis=0), axis=1)
         assert np.all((legs >= 1.0 - 1e-9) & (legs <= 2.0 + 1e-9)), legs
         assert np.all(np.abs(course[:, :2]) <= 2.5 + 1e-9) and np.all((course[:, 2] >= 0.5) & (course[:, 2] <= 3.5))
+
+
+def test_controller_modules_load_without_the_env():
+    """The PID and the ROS 2 adapter read control, observation and model; none of them pulls in the gym env."""
+    code = ("import sys, policies.pid, envs.uav.control, envs.uav.observation, envs.uav.model, envs.uav.disturbances, "
+            "envs.uav.rewards; loaded = [m for m in ('envs.uav.env', 'gymnasium.envs.mujoco') if m in sys.modules]; "
+            "assert not loaded, loaded")
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 # --- vehicle model: hover, allocation, mixer, motor lag --------------------------------------

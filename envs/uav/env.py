@@ -71,7 +71,6 @@ waypoints: all passed), ``waypoints_reached``, ``time_to_complete`` (s, present 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import mujoco
 import numpy as np
@@ -79,124 +78,15 @@ from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
 from envs.physics import SimulationDiverged, instability_warned
-from envs.uav.control import RATE_GAINS, Mixer, RateLoop
+from envs.uav.control import RATE_GAINS, Mixer, RateLoop, thrust_from_action
+from envs.uav.disturbances import GustField, drag_force
 from envs.uav.model import QuadrotorParams, preset, quadrotor_mjcf
+from envs.uav.observation import UAVLayout, uav_observation
+from envs.uav.rewards import PROGRESS_GAIN, proximity_reward
 
 TASKS = ("hover", "waypoints")
 ACTION_MODES = ("rotor", "ctbr")
 PHYSICS_TIMESTEP = 0.002
-
-
-@dataclass(frozen=True)
-class UAVLayout:
-    """Half-open index ranges of the observation's parts."""
-
-    position_error: tuple[int, int] = (0, 3)
-    velocity: tuple[int, int] = (3, 6)
-    attitude: tuple[int, int] = (6, 15)
-    angular_velocity: tuple[int, int] = (15, 18)
-    last_action: tuple[int, int] = (18, 22)
-    n_lookahead: int = 0
-
-    @property
-    def lookahead(self) -> tuple[int, int]:
-        return (22, 22 + 3 * self.n_lookahead)
-
-    @property
-    def size(self) -> int:
-        return 22 + 3 * self.n_lookahead
-
-    def to_dict(self) -> dict:
-        return {
-            "position_error": list(self.position_error), "velocity": list(self.velocity),
-            "attitude": list(self.attitude), "angular_velocity": list(self.angular_velocity),
-            "last_action": list(self.last_action), "lookahead": list(self.lookahead), "size": self.size,
-        }
-
-
-def yaw_rotation(yaw: float) -> np.ndarray:
-    c, s = math.cos(yaw), math.sin(yaw)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-def uav_observation(position, velocity, rotation, angular_velocity, last_action, target,
-                    lookahead=(), target_yaw: float = 0.0, error_clip: float | None = None) -> np.ndarray:
-    """The observation from world-frame state (shared with the ROS 2 adapter).
-
-    ``rotation`` maps body to world, ``velocity`` is world-frame, ``angular_velocity`` body-frame.
-    ``error_clip`` (m) shortens a longer position error to that length, same direction.
-    """
-    r = np.asarray(rotation, dtype=np.float64).reshape(3, 3)
-    p = np.asarray(position, dtype=np.float64)
-    error = np.asarray(target, dtype=np.float64) - p
-    if error_clip is not None:
-        norm = float(np.linalg.norm(error))
-        if norm > error_clip:
-            error = error * (error_clip / norm)
-    parts = [
-        r.T @ error,
-        r.T @ np.asarray(velocity, dtype=np.float64),
-        (yaw_rotation(target_yaw).T @ r).ravel() if target_yaw else r.ravel(),
-        np.asarray(angular_velocity, dtype=np.float64),
-        np.asarray(last_action, dtype=np.float64),
-    ]
-    parts += [r.T @ (np.asarray(w, dtype=np.float64) - p) for w in lookahead]
-    return np.concatenate(parts)
-
-
-def thrust_from_action(a: np.ndarray | float, hover: float, maximum: float) -> np.ndarray:
-    """-1 → 0 N, 0 → hover thrust, +1 → maximum, linear on each side."""
-    a = np.clip(a, -1.0, 1.0)
-    return np.where(a < 0.0, hover * (1.0 + a), hover + a * (maximum - hover))
-
-
-def action_from_thrust(thrust: np.ndarray | float, hover: float, maximum: float) -> np.ndarray:
-    """Inverse of :func:`thrust_from_action` (for scripted controllers)."""
-    t = np.clip(thrust, 0.0, maximum)
-    return np.where(t < hover, t / hover - 1.0, (t - hover) / (maximum - hover))
-
-
-def proximity_reward(distance: float) -> float:
-    """In (0, 1]: the wide term pulls from afar, the 5 cm one rewards centimetre precision."""
-    return 0.5 * math.exp(-distance / 0.5) + 0.5 * math.exp(-distance / 0.05)
-
-
-class GustField:
-    """Constant wind plus 1−cos discrete gusts at exponentially distributed times."""
-
-    def __init__(self, wind, gust_speed: float, gust_interval: float, gust_duration: tuple[float, float], rng,
-                 schedule: dict | None = None):
-        self.wind = np.asarray(wind, dtype=np.float64)
-        self.speed = float(gust_speed)
-        self.interval = float(gust_interval)
-        self.duration = (float(gust_duration[0]), float(gust_duration[1]))
-        self.rng = rng
-        if schedule is None:
-            self.start = self._next_start(0.0)
-            self.length, self.direction = self._draw()
-        else:  # restored from a snapshot: nothing drawn
-            self.start, self.length = float(schedule["start"]), float(schedule["length"])
-            self.direction = np.array(schedule["direction"], dtype=np.float64)
-
-    def schedule(self) -> dict:
-        """The current gust (start, length, direction): with the rng state, all a snapshot needs."""
-        return {"start": self.start, "length": self.length, "direction": self.direction.copy()}
-
-    def _next_start(self, after: float) -> float:
-        return after + (self.rng.exponential(self.interval) if self.speed > 0 else math.inf)
-
-    def _draw(self) -> tuple[float, np.ndarray]:
-        heading = self.rng.uniform(-math.pi, math.pi)
-        return self.rng.uniform(*self.duration), np.array([math.cos(heading), math.sin(heading), 0.0])
-
-    def velocity(self, t: float) -> np.ndarray:
-        if t >= self.start + self.length:
-            self.start = self._next_start(self.start + self.length)
-            self.length, self.direction = self._draw()
-        if t < self.start:
-            return self.wind
-        phase = (t - self.start) / self.length
-        return self.wind + self.direction * (0.5 * self.speed * (1.0 - math.cos(2.0 * math.pi * phase)))
 
 
 class UAVEnv(MujocoEnv, utils.EzPickle):
@@ -399,9 +289,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
 
     def _apply_drag(self) -> None:
         self._air = self._gusts.velocity(self.time) if self._gusts is not None else np.zeros(3)
-        v_rel = self.data.qvel[:3] - self._air
-        p = self.params
-        self.data.xfrc_applied[self._body, :3] = -(p.drag_linear + p.drag_quadratic * np.linalg.norm(v_rel)) * v_rel
+        self.data.xfrc_applied[self._body, :3] = drag_force(self.data.qvel[:3], self._air, self.params)
 
     def _step_physics(self, action: np.ndarray) -> np.ndarray:
         """Advance one control period; returns the mean rotor thrust command."""
@@ -544,7 +432,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         w_rate, w_smooth = self.penalties
         reward = -w_rate * float(rate @ rate) - w_smooth * float(np.sum((action - self._last_action) ** 2))
         if self.task == "waypoints":
-            reward += 10.0 * (before - error)  # progress, measured to the waypoint of the step's start
+            reward += PROGRESS_GAIN * (before - error)  # progress, measured to the waypoint of the step's start
             while self._wp_index < len(self._waypoints) and error <= self.waypoint_radius:
                 self._wp_index += 1
                 if self._wp_index == len(self._waypoints):

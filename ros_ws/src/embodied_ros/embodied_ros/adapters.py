@@ -35,7 +35,8 @@ from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 import envs
 from envs.kitchen.env import FRAME_SKIP, OBJECT_STATE_SIZE, PHYSICS_TIMESTEP, proprio_from_joints
 from envs.kitchen.model import ARM_JOINTS, FINGER_ACTUATORS, FINGER_JOINTS, FINGER_TRAVEL
-from envs.uav.env import action_from_thrust, thrust_from_action, uav_observation
+from envs.uav.control import action_from_thrust, thrust_from_action
+from envs.uav.observation import uav_observation
 
 
 class InvalidMessage(ValueError):
@@ -297,7 +298,7 @@ class UAVAdapter(RobotAdapter):
     ``envs/uav/model.py``). ``odom`` (nav_msgs/Odometry) gives the position and orientation
     of ``base_link`` in ``odom`` and, as REP-105 says, its twist in ``child_frame_id`` axes (the
     body frame); the adapter rotates the linear velocity to the world with the message's own
-    orientation before handing the state to :func:`envs.uav.env.uav_observation`. ``imu``
+    orientation before handing the state to :func:`envs.uav.observation.uav_observation`. ``imu``
     (sensor_msgs/Imu, in ``base_link``: no tf here, so the IMU must be published in the body
     frame) gives the body rates from the gyro; its orientation and acceleration are published by
     the sim but not used. On ``waypoints`` the course arrives on ``goal`` (nav_msgs/Path in the
