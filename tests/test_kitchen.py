@@ -175,12 +175,15 @@ def test_sequence_counts_in_order():
     env.set_state(qpos, np.zeros(env.model.nv))
     _, reward, terminated, _, info = env.step(hold_still(env))
     assert info["n_completed"] == 0 and reward == 0.0 and info["task"] == "slide_cabinet"
+    assert info["reward_tasks_completed"] == 0.0
     assert info["instruction"] == "open the slide cabinet"
     qpos = env.data.qpos.copy()
     qpos[adr["slide_cabinet"]] = 0.37  # now both, in one step
     env.set_state(qpos, np.zeros(env.model.nv))
     _, reward, terminated, _, info = env.step(hold_still(env))
     assert info["completed"] == {"slide_cabinet": True, "microwave": True} and reward == 2.0
+    assert info["reward_tasks_completed"] == 2.0 and [k for k in info if k.startswith("reward_")] == [
+        "reward_tasks_completed"]
     assert info["is_success"] and terminated
     env.close()
 

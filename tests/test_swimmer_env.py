@@ -304,6 +304,19 @@ def test_swim_reward_is_clipped_forward_speed():
     assert np.any(np.array(speeds) < 0) or np.any(rewards == 0.0)
 
 
+@pytest.mark.parametrize("task", ["swim", "navigate"])
+def test_reward_term_in_info(task):
+    env = gym.make(envs.SWIMMER, task=task)
+    _, info = env.reset(seed=0)
+    assert not any(key.startswith("reward_") for key in info)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        _, reward, _, _, info = env.step(rng.uniform(-1, 1, 5))
+        assert [key for key in info if key.startswith("reward_")] == [f"reward_{task}"]
+        assert info[f"reward_{task}"] == reward
+    env.close()
+
+
 def test_navigate_reward_values():
     assert navigate_reward(0.0) == 1.0
     assert navigate_reward(0.05) == 1.0

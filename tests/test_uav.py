@@ -625,6 +625,58 @@ def test_upside_down_is_a_crash(task):
     assert not terminated and info["crash"] is False
 
 
+HOVER_TERMS = ("rate_penalty", "smoothness_penalty", "proximity", "crash_penalty")
+WAYPOINT_TERMS = ("rate_penalty", "smoothness_penalty", "progress", "waypoint_bonus", "proximity", "crash_penalty")
+
+
+def sum_in_order(values) -> float:
+    """Left to right, the order the env adds its terms in (float addition is not associative)."""
+    total, *rest = values
+    for value in rest:
+        total += value
+    return total
+
+
+@pytest.mark.parametrize("action_mode", MODES)
+@pytest.mark.parametrize("task", TASKS)
+def test_reward_terms_in_info_add_up_to_the_reward(task, action_mode):
+    env = UAVEnv(task=task, action_mode=action_mode, gust_speed=1.0, waypoint_radius=0.3)
+    obs, info = env.reset(seed=3)
+    assert not any(key.startswith("reward_") for key in info)  # reset has no reward
+    names = HOVER_TERMS if task == "hover" else WAYPOINT_TERMS
+    pid = pid_for_env(env)
+    pid.reset()
+    rng = np.random.default_rng(0)
+    done = False
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(np.clip(pid.act(obs) + rng.normal(0, 0.1, 4), -1, 1))
+        done = terminated or truncated
+        assert tuple(key[len("reward_"):] for key in info if key.startswith("reward_")) == names
+        assert reward == sum_in_order(info[f"reward_{name}"] for name in names)  # exactly, not approximately
+        assert info["reward_proximity"] == proximity_reward(info["position_error"])
+        assert info["reward_crash_penalty"] == (-env.crash_penalty if terminated else 0.0)
+        if task == "waypoints":
+            assert info["reward_waypoint_bonus"] == info["waypoints_reached"]
+
+
+def test_reward_terms_of_a_crash_and_a_passed_waypoint():
+    env = quiet_env(task="waypoints", n_waypoints=3, waypoint_radius=0.15)
+    env.reset(seed=0)
+    first = env.target.copy()
+    place(env, first + (0.1, 0.0, 0.0))
+    _, reward, _, _, info = env.step(np.zeros(4))
+    assert info["reward_waypoint_bonus"] == 1.0 and info["reward_crash_penalty"] == 0.0
+    assert info["reward_proximity"] == proximity_reward(info["position_error"])  # to the next waypoint
+    assert info["reward_progress"] == pytest.approx(0.0, abs=1e-9)  # at rest: measured to the waypoint just passed
+    assert info["reward_rate_penalty"] == pytest.approx(0.0, abs=1e-12)
+    assert info["reward_smoothness_penalty"] == 0.0  # the same (zero) action as the reset's last action
+    place(env, (0.0, 0.0, 2.0), quat=(0.0, 1.0, 0.0, 0.0))  # upside down
+    _, reward, terminated, _, info = env.step(np.ones(4))
+    assert terminated and info["reward_crash_penalty"] == -10.0
+    assert info["reward_smoothness_penalty"] == pytest.approx(-SMOOTHNESS_PENALTY * 4.0)
+    assert reward == sum_in_order(info[f"reward_{name}"] for name in WAYPOINT_TERMS)
+
+
 @pytest.mark.parametrize("pos", [(3.2, 0.0, 1.5), (0.0, -3.2, 1.5), (-3.1, 3.1, 1.0), (0.0, 0.0, 4.2)])
 def test_leaving_the_flight_volume(pos):
     env = quiet_env(arena_half_width=3.0, ceiling=4.0)

@@ -71,7 +71,7 @@ skybox and the oversized buffer, ~8-10 ms with the low-poly arm.
 ## Info
 ``task`` (the current task, the last one once all are done), ``instruction`` (its words),
 ``errors`` (per episode task, ``||q - goal||``), ``completed`` (per episode task), ``n_completed``,
-``is_success`` (all done).
+``is_success`` (all done); after a step, the reward as its one term, ``reward_tasks_completed``.
 """
 
 from __future__ import annotations
@@ -452,6 +452,11 @@ class KitchenEnv(MujocoEnv, utils.EzPickle):
         self.data.ctrl[self._arm_ctrl] = action[:7]
         self.data.ctrl[self._finger_ctrl] = action[7] * FINGER_TRAVEL
 
+    def _get_rew(self, newly_completed: int) -> tuple[float, dict[str, float]]:
+        """The reward and its one named term: the tasks completed in this step."""
+        reward = float(newly_completed)
+        return reward, {"tasks_completed": reward}
+
     def step(self, action):
         self.apply_action(action)
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
@@ -466,12 +471,14 @@ class KitchenEnv(MujocoEnv, utils.EzPickle):
                 break
             self._done[k] = True
             newly += 1
+        reward, reward_info = self._get_rew(newly)
         info = self._info(object_state)
+        info.update({f"reward_{name}": value for name, value in reward_info.items()})
         terminated = self.terminate_on_success and info["is_success"]
         truncated = not terminated and self._step_count >= self.max_steps
         if self.render_mode == "human":
             self.render()
-        return self._get_obs(), float(newly), bool(terminated), bool(truncated), info
+        return self._get_obs(), reward, bool(terminated), bool(truncated), info
 
     def close(self):
         if self._renderer is not None:

@@ -32,7 +32,8 @@ Joint angles uniform within their limits, heading uniform in [-π, π), at rest 
 ## Info
 ``forward_speed`` (m/s along the heading), ``distance_travelled`` (m, head from its start),
 ``distance_to_target`` (m, nose to target), ``x_position``/``y_position`` of the head;
-``is_success`` on ``navigate`` (nose within the 0.1 m target).
+``is_success`` on ``navigate`` (nose within the 0.1 m target); after a step, the reward as its
+one term, ``reward_swim`` or ``reward_navigate``.
 
 ## Differences from dm_control
 dm_control's head row of ``body_velocities`` takes ωz from a subtree linear velocity (always 0
@@ -292,10 +293,13 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
             info["is_success"] = dist <= TARGET_SIZE
         return info
 
-    def _reward(self, info: dict) -> float:
+    def _get_rew(self, forward_speed: float, distance_to_target: float) -> tuple[float, dict[str, float]]:
+        """The reward and its one named term: the task's (``swim`` or ``navigate``)."""
         if self.task == "swim":
-            return swim_reward(info["forward_speed"])
-        return navigate_reward(info["distance_to_target"])
+            reward = swim_reward(forward_speed)
+        else:
+            reward = navigate_reward(distance_to_target)
+        return reward, {self.task: reward}
 
     # --- batched stepping (agents.batched_rollout) -------------------------------------------
     def _advance(self, action: np.ndarray) -> None:
@@ -355,7 +359,8 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
                 "check fluid parameters and action scale"
             )
         info = self._info()
-        reward = self._reward(info)
+        reward, reward_info = self._get_rew(info["forward_speed"], info["distance_to_target"])
+        info.update({f"reward_{name}": value for name, value in reward_info.items()})
         if self.render_mode == "human":
             self.render()
         return obs, reward, False, False, info

@@ -46,6 +46,11 @@ far waypoint, inside the range a hover policy was trained on); the reward uses t
   remaining step.
 - Both: ``−crash_penalty`` (10) when the episode ends in a crash or leaves the flight volume.
 
+``info`` carries every term as ``reward_<term>``, each its signed share, summing to the reward:
+``reward_rate_penalty``, ``reward_smoothness_penalty``, on ``waypoints`` ``reward_progress`` and
+``reward_waypoint_bonus`` (``k``), then ``reward_proximity`` (``p(d)``) and ``reward_crash_penalty``
+(0 unless the episode ends in a crash or out of the volume).
+
 ## Termination
 Crash (any ground contact, or tilted past 90°) or leaving the flight volume
 (``|x|, |y| > arena_half_width`` or ``z > ceiling``). Truncation after ``episode_seconds``; a
@@ -65,12 +70,14 @@ motor's thrust by ``motor_strength`` (ranges sampled uniformly).
 ``control_effort`` (episode mean of Σ|T_i − T_hover| / (4·T_hover)), ``crash``,
 ``out_of_bounds``, ``is_success`` (hover: RMSE below ``success_radius`` at the end of the episode;
 waypoints: all passed), ``waypoints_reached``, ``time_to_complete`` (s, present once the course is done), ``wind``
-(the air velocity, m/s).
+(the air velocity, m/s); after a step, the reward terms (``reward_*``, see Reward).
 """
 
 from __future__ import annotations
 
 import math
+import operator
+from functools import reduce
 
 import mujoco
 import numpy as np
@@ -414,6 +421,36 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
             info["time_to_complete"] = self._completed_at
         return info
 
+    def _pass_waypoints(self, pos: np.ndarray, error: float) -> float:
+        """Count every waypoint now within ``waypoint_radius`` as passed; returns the distance to the current one."""
+        while self._wp_index < len(self._waypoints) and error <= self.waypoint_radius:
+            self._wp_index += 1
+            if self._wp_index == len(self._waypoints):
+                self._completed_at = self._step_count * self.control_dt
+            error = float(np.linalg.norm(self.target - pos))
+        self.model.site_pos[self._target_site] = self.target
+        return error
+
+    def _get_rew(self, action: np.ndarray, rate: np.ndarray, before: float, after: float, error: float,
+                 failed: bool) -> tuple[float, dict[str, float]]:
+        """The reward and its named terms, each its signed share of the reward.
+
+        ``before`` and ``after`` are the distances (m) to the waypoint the step started with, at the
+        step's start and end; ``error`` is the distance to the current one; ``failed``: a crash or
+        leaving the flight volume. The terms are added left to right in the order written here.
+        """
+        w_rate, w_smooth = self.penalties
+        terms = {
+            "rate_penalty": -w_rate * float(rate @ rate),
+            "smoothness_penalty": -w_smooth * float(np.sum((action - self._last_action) ** 2)),
+        }
+        if self.task == "waypoints":
+            terms["progress"] = PROGRESS_GAIN * (before - after)
+            terms["waypoint_bonus"] = float(self._wp_index)  # each waypoint passed raises every later step's reward by 1
+        terms["proximity"] = proximity_reward(error)
+        terms["crash_penalty"] = -self.crash_penalty if failed else 0.0
+        return reduce(operator.add, terms.values()), terms
+
     def step(self, action):
         action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape != (4,) or not np.all(np.isfinite(action)):
@@ -424,30 +461,18 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         self._step_count += 1
         true_state = self.state()
         pos, _, rot, rate = true_state
-        error = float(np.linalg.norm(self.target - pos))
-        self._sq_errors[self._step_count % self.rmse_steps] = error**2
+        after = float(np.linalg.norm(self.target - pos))
+        self._sq_errors[self._step_count % self.rmse_steps] = after**2
         hover = self.params.hover_thrust
         self._effort_sum += float(np.abs(thrust - hover).sum() / (len(thrust) * hover))
-
-        w_rate, w_smooth = self.penalties
-        reward = -w_rate * float(rate @ rate) - w_smooth * float(np.sum((action - self._last_action) ** 2))
-        if self.task == "waypoints":
-            reward += PROGRESS_GAIN * (before - error)  # progress, measured to the waypoint of the step's start
-            while self._wp_index < len(self._waypoints) and error <= self.waypoint_radius:
-                self._wp_index += 1
-                if self._wp_index == len(self._waypoints):
-                    self._completed_at = self._step_count * self.control_dt
-                error = float(np.linalg.norm(self.target - pos))
-            self.model.site_pos[self._target_site] = self.target
-            reward += self._wp_index  # each waypoint passed raises every later step's reward by 1
-        reward += proximity_reward(error)
-        self._last_action = action
+        error = self._pass_waypoints(pos, after) if self.task == "waypoints" else after
         crash = self._crashed(rot)
         out = not crash and self._out_of_bounds(pos)
-        if crash or out:
-            reward -= self.crash_penalty
-        info = self._info(crash, out, error)
         terminated = crash or out
+        reward, reward_info = self._get_rew(action, rate, before, after, error, terminated)
+        self._last_action = action
+        info = self._info(crash, out, error)
+        info.update({f"reward_{name}": value for name, value in reward_info.items()})
         truncated = not terminated and self._step_count >= self.max_steps
         if self.render_mode == "human":
             self.render()
