@@ -8,6 +8,8 @@ subprocess (skipped on a developer machine without GL, failing when ``CI`` is se
 
 from __future__ import annotations
 
+import pickle
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from envs.kitchen.env import (
     SUCCESS_THRESHOLD,
     TASK_BY_NAME,
     TASKS,
+    KitchenConfig,
     KitchenEnv,
     task_error,
     task_success,
@@ -88,6 +91,18 @@ def test_bad_kwargs():
         KitchenEnv(paraphrase=9, cameras=[])
     with pytest.raises(ValueError, match="image_size"):
         KitchenEnv(image_size=[64, 64, 3], cameras=[])
+
+
+def test_config_is_the_one_keyword_list():
+    env = KitchenEnv(task=["kettle", "microwave"], cameras=[], steps_per_task=50)
+    assert env.config == KitchenConfig(task=["kettle", "microwave"], cameras=[], steps_per_task=50)
+    assert env.tasks == ("kettle", "microwave") and env.cameras == () and env.max_steps == 100
+    clone = pickle.loads(pickle.dumps(env))  # EzPickle rebuilds it from the same keywords
+    assert clone.config == env.config and clone.tasks == env.tasks
+    env.close()
+    clone.close()
+    with pytest.raises(TypeError, match="'camera'"):
+        KitchenEnv(camera=[])
 
 
 def test_action_validation(state_env):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import gymnasium as gym
 import mujoco
@@ -15,6 +16,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 import envs
 from envs.physics import SimulationDiverged
 from envs.swimmer.env import (
+    SwimmerConfig,
     SwimmerEnv,
     navigate_reward,
     swimmer_layout,
@@ -150,6 +152,18 @@ def test_invalid_task_raises(bad):
         SwimmerEnv(task=bad)
     with pytest.raises(ValueError):
         gym.make(envs.SWIMMER, task=bad)
+
+
+def test_config_is_the_one_keyword_list():
+    env = SwimmerEnv(task="navigate", n_links=5, control_timestep=0.02)
+    assert env.config == SwimmerConfig(task="navigate", n_links=5, control_timestep=0.02)
+    assert env.frame_skip == 10
+    clone = pickle.loads(pickle.dumps(env))  # EzPickle rebuilds it from the same keywords
+    assert clone.config == env.config and clone.layout == env.layout
+    with pytest.raises(ValueError, match="control_timestep"):
+        SwimmerEnv(control_timestep=0.003)
+    with pytest.raises(TypeError, match="'n_link'"):
+        SwimmerEnv(n_link=5)
 
 
 def test_negative_fluid_parameters_raise():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ from torch import nn
 import envs
 from agents.sb3_trainer import export_policy
 from envs.uav.control import Mixer, action_from_thrust, allocation_matrix, thrust_from_action
-from envs.uav.env import PHYSICS_TIMESTEP, UAVEnv
+from envs.uav.env import PHYSICS_TIMESTEP, UAVConfig, UAVEnv
 from envs.uav.model import GRAVITY, PRESETS, preset, quadrotor_mjcf
 from envs.uav.observation import UAVLayout, uav_observation
 from envs.uav.rewards import proximity_reward
@@ -157,10 +158,22 @@ def test_observation_size_matches_layout(task, n_lookahead, size):
     (dict(waypoint_spacing=(0.0, 1.0)), "waypoint_spacing"),
     (dict(target=(0.0, 1.5)), "target"),
     (dict(wind=(1.0, 0.0)), "wind"),
+    (dict(init_tilt_deg=-5.0), "init_tilt_deg"),
+    (dict(n_waypoints=0), "n_waypoints"),
+    (dict(n_lookahead=-1), "n_lookahead"),
 ])
 def test_bad_kwargs_raise_value_error(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         UAVEnv(**kwargs)
+
+
+def test_config_is_the_one_keyword_list():
+    env = UAVEnv(task="waypoints", wind=(1.0, 0.0, 0.0), n_lookahead=2)
+    assert env.config == UAVConfig(task="waypoints", wind=(1.0, 0.0, 0.0), n_lookahead=2)
+    clone = pickle.loads(pickle.dumps(env))  # EzPickle rebuilds it from the same keywords
+    assert clone.config == env.config and clone.layout == env.layout
+    with pytest.raises(TypeError, match="'wnd'"):
+        UAVEnv(wnd=(1.0, 0.0, 0.0))
 
 
 @pytest.mark.parametrize("control_hz", [50.0, 100.0, 250.0, 500.0])

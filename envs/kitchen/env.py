@@ -3,7 +3,8 @@
 ## Description
 A Franka Panda with a parallel gripper in the Franka Kitchen of D4RL / Gymnasium-Robotics
 (scene and its edits: ``envs/kitchen/model.py``). Physics runs at 500 Hz (2 ms); the agent acts
-at 12.5 Hz (40 physics steps per action), the Franka Kitchen benchmark's rate.
+at 12.5 Hz (40 physics steps per action), the Franka Kitchen benchmark's rate. The keyword
+arguments are the fields of :class:`KitchenConfig`, each with its unit.
 
 ## Tasks (``task``: one name, or a sequence of distinct names done in that order)
 Success is the benchmark's: the task's object joints within ``||q - goal|| < 0.3`` of the goal
@@ -219,52 +220,67 @@ def close_renderer(renderer: mujoco.Renderer) -> None:
     renderer.close()
 
 
-class KitchenEnv(MujocoEnv, utils.EzPickle):
-    metadata = {"render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"], "render_fps": 12}
+def _camera_names(cameras: str | Sequence[str]) -> tuple[str, ...]:
+    return (cameras,) if isinstance(cameras, str) else tuple(cameras)
 
-    def __init__(
-        self,
-        task: str | Sequence[str] = "microwave",
-        paraphrase: int | None = 0,
-        cameras: Sequence[str] = (SCENE_CAMERA, WRIST_CAMERA),
-        image_size: int | Sequence[int] = 96,
-        reset_noise: float = 0.02,
-        steps_per_task: int = 200,
-        terminate_on_success: bool = True,
-        level: str = "L0",
-        render_mode: str | None = None,
-        width: int = 320,
-        height: int = 240,
-        camera_name: str | None = SCENE_CAMERA,
-    ):
-        self.tasks = parse_tasks(task)
-        cameras = (cameras,) if isinstance(cameras, str) else tuple(cameras)
+
+@dataclass(frozen=True)
+class KitchenConfig:
+    """The env's keyword arguments (``KitchenEnv(**kwargs)``, the keys of ``env=kitchen``), checked on construction."""
+
+    task: str | Sequence[str] = "microwave"  # one task of TASKS, or a sequence of distinct ones done in order
+    paraphrase: int | None = 0  # index of the instructions' wording; None: drawn per episode
+    cameras: Sequence[str] = (SCENE_CAMERA, WRIST_CAMERA)  # one image per camera in the observation; []: state only
+    image_size: int | Sequence[int] = 96  # px, the camera images' side, or [height, width]
+    reset_noise: float = 0.02  # rad, uniform noise on each arm joint at reset
+    steps_per_task: int = 200  # control steps (16 s) per task before truncation
+    terminate_on_success: bool = True  # end the episode once every task is done
+    level: str = "L0"  # scene variation level, L0-L3 (envs.kitchen.variation)
+    render_mode: str | None = None  # gymnasium's render mode
+    width: int = 320  # px, rendered image width (render(), not the observation's cameras)
+    height: int = 240  # px, rendered image height
+    camera_name: str | None = SCENE_CAMERA  # the camera render() uses
+
+    def __post_init__(self):
+        tasks = parse_tasks(self.task)
+        cameras = _camera_names(self.cameras)
         for cam in cameras:
             if cam not in CAMERAS:
                 raise ValueError(f"unknown kitchen camera {cam!r}; choose from {CAMERAS}")
         if len(set(cameras)) != len(cameras):
             raise ValueError(f"kitchen cameras must not repeat, got {list(cameras)}")
-        if paraphrase is not None:
-            for name in self.tasks:
-                instruction(name, int(paraphrase))  # validates the index for every task
-        if not reset_noise >= 0:
-            raise ValueError(f"reset_noise must be >= 0 rad, got {reset_noise}")
-        if int(steps_per_task) < 1:
-            raise ValueError(f"steps_per_task must be >= 1, got {steps_per_task}")
-        self.level = check_level(level)
-        utils.EzPickle.__init__(self, task, paraphrase, cameras, image_size, reset_noise, steps_per_task,
-                                terminate_on_success, level, render_mode, width, height, camera_name)
-        self.cameras = cameras
-        self.image_shape = _image_shape(image_size)
-        self.paraphrase = None if paraphrase is None else int(paraphrase)
-        self.reset_noise = float(reset_noise)
-        self.max_steps = int(steps_per_task) * len(self.tasks)
-        self.terminate_on_success = bool(terminate_on_success)
+        if self.paraphrase is not None:
+            for name in tasks:
+                instruction(name, int(self.paraphrase))  # validates the index for every task
+        if not self.reset_noise >= 0:
+            raise ValueError(f"reset_noise must be >= 0 rad, got {self.reset_noise}")
+        if int(self.steps_per_task) < 1:
+            raise ValueError(f"steps_per_task must be >= 1, got {self.steps_per_task}")
+        check_level(self.level)
+        _image_shape(self.image_size)
+
+
+class KitchenEnv(MujocoEnv, utils.EzPickle):
+    metadata = {"render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"], "render_fps": 12}
+
+    def __init__(self, **kwargs):
+        """``kwargs``: any fields of :class:`KitchenConfig`."""
+        c = KitchenConfig(**kwargs)
+        utils.EzPickle.__init__(self, **kwargs)
+        self.config = c
+        self.tasks = parse_tasks(c.task)
+        self.level = c.level
+        self.cameras = _camera_names(c.cameras)
+        self.image_shape = _image_shape(c.image_size)
+        self.paraphrase = None if c.paraphrase is None else int(c.paraphrase)
+        self.reset_noise = float(c.reset_noise)
+        self.max_steps = int(c.steps_per_task) * len(self.tasks)
+        self.terminate_on_success = bool(c.terminate_on_success)
 
         obs_space = self._observation_space()
         MujocoEnv.__init__(  # the path only passes MujocoEnv's existence check; the model is built from a spec
-            self, __file__, FRAME_SKIP, obs_space, render_mode=render_mode, width=width, height=height,
-            camera_name=camera_name if render_mode else None,
+            self, __file__, FRAME_SKIP, obs_space, render_mode=c.render_mode, width=c.width, height=c.height,
+            camera_name=c.camera_name if c.render_mode else None,
         )
         self.layout = qpos_layout(self.model)
         self._arm_ctrl = np.array([self.model.actuator(n).id for n in ARM_ACTUATORS])

@@ -4,6 +4,7 @@
 A planar chain of ``n_links`` 0.1 m capsules joined by ``n_links - 1`` motorised hinges swims
 through a fluid of density 3000 (MuJoCo's inertia-box fluid model, contacts off). Physics runs
 at 2 ms and the agent acts every 30 ms (15 substeps); an episode is 1000 control steps (30 s).
+The keyword arguments are the fields of :class:`SwimmerConfig`, each with its unit.
 
 ## Tasks
 - ``swim`` (the NCAP paper's task): per-step reward ``clip(v_fwd / 0.1, 0, 1)``, where
@@ -130,40 +131,53 @@ def swimmer_observation(
     return obs
 
 
+@dataclass(frozen=True)
+class SwimmerConfig:
+    """The env's keyword arguments (``SwimmerEnv(**kwargs)``, the keys of ``env=swimmer``), checked on construction.
+
+    ``n_links`` and the fluid are checked where the body is built (:func:`envs.swimmer.model.swimmer_mjcf`).
+    """
+
+    task: str = "swim"  # swim | navigate
+    n_links: int = 6  # body links, 3 to 15 (the NCAP paper's swimmer has 6)
+    fluid_density: float = 3000.0  # kg/m³, dm_control's swimmer fluid
+    fluid_viscosity: float = 0.0  # Pa·s
+    control_timestep: float = 0.03  # s, the action period: a multiple of the 2 ms physics step
+    time_scale_steps: int = 1000  # control steps per unit of the observed clock (an episode's length)
+    render_mode: str | None = None  # gymnasium's render mode
+    width: int = 256  # px, rendered image width
+    height: int = 256  # px, rendered image height
+    camera_name: str | None = "tracking"  # the camera render() uses
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown swimmer task {self.task!r}; choose one of {TASKS}")
+        if self.frame_skip < 1 or not math.isclose(self.frame_skip * PHYSICS_TIMESTEP, self.control_timestep):
+            raise ValueError(f"control_timestep must be a multiple of {PHYSICS_TIMESTEP} s, got {self.control_timestep}")
+
+    @property
+    def frame_skip(self) -> int:
+        """Physics steps per control step."""
+        return round(self.control_timestep / PHYSICS_TIMESTEP)
+
+
 class SwimmerEnv(MujocoEnv, utils.EzPickle):
     metadata = {"render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"], "render_fps": 33}
 
-    def __init__(
-        self,
-        task: str = "swim",
-        n_links: int = 6,
-        fluid_density: float = 3000.0,
-        fluid_viscosity: float = 0.0,
-        control_timestep: float = 0.03,
-        time_scale_steps: int = 1000,
-        render_mode: str | None = None,
-        width: int = 256,
-        height: int = 256,
-        camera_name: str | None = "tracking",
-    ):
-        if task not in TASKS:
-            raise ValueError(f"unknown swimmer task {task!r}; choose one of {TASKS}")
-        utils.EzPickle.__init__(
-            self, task, n_links, fluid_density, fluid_viscosity, control_timestep, time_scale_steps,
-            render_mode, width, height, camera_name,
-        )
-        self.task = task
-        self.n_links = n_links
-        self._xml = swimmer_mjcf(n_links, fluid_density, fluid_viscosity, PHYSICS_TIMESTEP)
-        frame_skip = round(control_timestep / PHYSICS_TIMESTEP)
-        if frame_skip < 1 or not math.isclose(frame_skip * PHYSICS_TIMESTEP, control_timestep):
-            raise ValueError(f"control_timestep must be a multiple of {PHYSICS_TIMESTEP} s, got {control_timestep}")
-        self.layout = swimmer_layout(n_links, task, time_scale_steps)
+    def __init__(self, **kwargs):
+        """``kwargs``: any fields of :class:`SwimmerConfig`."""
+        c = SwimmerConfig(**kwargs)
+        utils.EzPickle.__init__(self, **kwargs)
+        self.config = c
+        self.task = c.task
+        self.n_links = c.n_links
+        self._xml = swimmer_mjcf(c.n_links, c.fluid_density, c.fluid_viscosity, PHYSICS_TIMESTEP)
+        self.layout = swimmer_layout(c.n_links, c.task, c.time_scale_steps)
         obs_space = spaces.Box(-np.inf, np.inf, shape=(self.layout.size,), dtype=np.float64)
-        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / control_timestep))}
+        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / c.control_timestep))}
         MujocoEnv.__init__(
-            self, str(HEAD_XML), frame_skip, obs_space, render_mode=render_mode,
-            width=width, height=height, camera_name=camera_name if render_mode else None,
+            self, str(HEAD_XML), c.frame_skip, obs_space, render_mode=c.render_mode,
+            width=c.width, height=c.height, camera_name=c.camera_name if c.render_mode else None,
         )
         self._step_count = 0
         self._start_xy = np.zeros(2)
@@ -172,7 +186,7 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
         self._body_vel_index = np.array([[v, v + 1, g + 2] for v, g in zip(*self._vel_sensor_ids)]).ravel()
         # Views into MjData, looked up once (named lookups cost ~1 µs each on every step).
         self._head, self._nose, self._target = self.data.body("head"), self.data.geom("nose"), self.data.geom("target")
-        if task == "swim":
+        if c.task == "swim":
             self.model.geom_rgba[self.model.geom("target").id, 3] = 0.0  # hidden, as in NCAP's swim
 
     # --- simulation ----------------------------------------------------------------------
