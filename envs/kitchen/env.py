@@ -63,12 +63,6 @@ every task is done (``terminate_on_success``); truncates after ``steps_per_task`
 per task (200 = 16 s each). The env keeps that clock itself (the registered id has no
 ``TimeLimit``) because the limit depends on the length of the task sequence.
 
-## Speed (2 CPU cores, OSMesa)
-About 530 steps/s state-only and 58 steps/s with the two default 96x96 cameras. The render
-edits in ``envs/kitchen/model.py`` are what makes cameras usable: a 96x96 scene frame of the
-wheel's model as shipped takes ~600 ms, ~20 ms without shadows, reflections, multisampling,
-skybox and the oversized buffer, ~8-10 ms with the low-poly arm.
-
 ## Info
 ``task`` (the current task, the last one once all are done), ``instruction`` (its words),
 ``errors`` (per episode task, ``||q - goal||``), ``completed`` (per episode task), ``n_completed``,
@@ -211,10 +205,10 @@ def close_renderer(renderer: mujoco.Renderer) -> None:
 
     ``mujoco.Renderer.close`` frees the MjrContext's textures and framebuffers by id in whatever
     context is current, and every OSMesa/EGL context numbers its objects from 1: closing (or
-    garbage-collecting) one env's renderer while another env's context is current deleted the other
-    env's objects, and its camera images turned to garbage from then on.
+    garbage-collecting) one env's renderer while another env's context is current would delete the
+    other env's objects, and that env's camera images would be garbage from then on.
     """
-    gl = getattr(renderer, "_gl_context", None)  # private in mujoco 3.x; without it, close as before
+    gl = getattr(renderer, "_gl_context", None)  # private in mujoco 3.x; without it, close in the current context
     if gl is not None:
         gl.make_current()
     renderer.close()

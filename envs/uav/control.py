@@ -67,7 +67,7 @@ class RateLoop:
 
     def torque(self, rate_setpoint: np.ndarray, rate: np.ndarray) -> np.ndarray:
         # Scalar arithmetic: this runs at the physics rate in the ctbr env, where numpy's
-        # per-call overhead on 3-vectors (np.cross alone is ~8 µs) would dominate the step.
+        # per-call overhead on 3-vectors (np.cross and friends) would dominate the step.
         jx, jy, jz = self.inertia
         kx, ky, kz = self.gain
         wx, wy, wz = float(rate[0]), float(rate[1]), float(rate[2])

@@ -57,7 +57,7 @@ Crash (any ground contact, or tilted past 90°) or leaving the flight volume
 (``|x|, |y| > arena_half_width`` or ``z > ceiling``). Truncation after ``episode_seconds``; a
 finished course does not end the episode (``is_success`` stays true while the vehicle holds).
 
-## Disturbances
+## Disturbances (:mod:`envs.uav.disturbances`)
 Air drag ``F = −c₁·v_rel − c₂·|v_rel|·v_rel`` on the vehicle, with ``v_rel`` its velocity relative
 to the air and the preset's coefficients. The air moves with constant ``wind`` (m/s, world) plus
 discrete gusts: after exponentially distributed pauses (mean ``gust_interval`` s) a gust of peak
@@ -157,7 +157,8 @@ class UAVConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         frame_skip = self.frame_skip
         if frame_skip < 1 or not math.isclose(frame_skip * PHYSICS_TIMESTEP * self.control_hz, 1.0):
-            raise ValueError(f"control_hz must divide the {1 / PHYSICS_TIMESTEP:.0f} Hz physics rate, got {self.control_hz}")
+            raise ValueError(
+                f"control_hz must divide the {1 / PHYSICS_TIMESTEP:.0f} Hz physics rate, got {self.control_hz}")
         for name in ("mass_scale", "inertia_scale", "motor_strength", "gust_duration", "waypoint_spacing"):
             rng = getattr(self, name)
             if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
@@ -463,7 +464,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         }
         if self.task == "waypoints":
             terms["progress"] = PROGRESS_GAIN * (before - after)
-            terms["waypoint_bonus"] = float(self._wp_index)  # each waypoint passed raises every later step's reward by 1
+            terms["waypoint_bonus"] = float(self._wp_index)  # every waypoint passed adds 1 to each later step
         terms["proximity"] = proximity_reward(error)
         terms["crash_penalty"] = -self.crash_penalty if failed else 0.0
         return reduce(operator.add, terms.values()), terms
