@@ -5,7 +5,7 @@ RoboAgent inpaints new objects and textures into real frames with a diffusion mo
 simulation the scene itself can be changed. Each demonstration stores the simulator's ``qpos`` at
 every observation (:mod:`agents.dataset`), so re-rendering is: draw an appearance (textures and
 colours of every scene material, lighting, distractor objects on the counter; the L2 edits of
-:mod:`envs.kitchen_variation` without its pose changes, which would no longer match the recorded
+:mod:`envs.kitchen.variation` without its pose changes, which would no longer match the recorded
 motion), put each recorded ``qpos`` back and render the cameras. Actions, states, rewards and
 instructions are copied unchanged; only the images differ. Augmented copy k of episode i is
 written as ``<i>-a<k>.npz`` beside the original, with ``augmentation = k``.

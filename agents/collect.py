@@ -69,7 +69,7 @@ def record_episode(env, expert, seed: int, noise: float) -> Episode:
 def collect_task(job: dict) -> dict:
     """Collect ``episodes`` successful demonstrations of one task (in a worker process)."""
     import envs
-    from envs.kitchen_experts import make_expert
+    from envs.kitchen.experts import make_expert
 
     env = envs.make_from_config({**job["env"], "task": job["task"], "terminate_on_success": False})
     spec = episode_spec(env.observation_space, int(np.prod(env.action_space.shape)), env.unwrapped.model.nq)
@@ -115,7 +115,7 @@ def collect(cfg: DictConfig) -> dict:
         raise UserError("augment=K re-renders the cameras; it needs env.cameras (e.g. [scene, wrist])")
     if not np.isfinite(float(cfg.noise)) or float(cfg.noise) < 0:
         raise UserError(f"noise must be a finite number >= 0, got {cfg.noise}")
-    from envs.kitchen import TASKS
+    from envs.kitchen.env import TASKS
 
     tasks = list(TASKS) if cfg.task == "all" else [cfg.task]
     if tasks[0] not in TASKS:

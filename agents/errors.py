@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 
-from envs.swimmer import SimulationDiverged
+from envs.physics import SimulationDiverged
 from policies.protocol import PolicyError
 
 

@@ -90,7 +90,7 @@ def _video_path(cfg: DictConfig) -> Path | None:
 def evaluate_tasks(cfg: DictConfig, policy: Policy, env_cfg: dict, video: Path | None) -> dict:
     """Success rates per task, and overall, at ``level`` (the kitchen's protocol)."""
     from agents.kitchen_eval import evaluate_success
-    from envs.kitchen_variation import LEVELS
+    from envs.kitchen.variation import LEVELS
 
     if cfg.level not in LEVELS:
         raise UserError(f"level must be one of {', '.join(LEVELS)}, not {cfg.level!r}")

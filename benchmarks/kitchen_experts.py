@@ -49,7 +49,7 @@ LEVELS = ("L0", "L1", "L2", "L3")
 
 
 def expert_success(job: tuple[str, str, int]) -> dict:
-    from envs.kitchen_experts import make_expert
+    from envs.kitchen.experts import make_expert
 
     task, level, episodes = job
     env = envs.make_from_config(kitchen_config(task=task, cameras=[], level=level))
@@ -171,7 +171,7 @@ def main() -> None:
     json_path = args.out / "kitchen_experts.json"
     out = json.loads(json_path.read_text()) if json_path.is_file() else {}
     out.update({"date": dt.date.today().isoformat(), "quick": args.quick, "machine": machine()})
-    from envs.kitchen import TASKS
+    from envs.kitchen.env import TASKS
 
     if "speed" in sections:  # first, while nothing else runs
         steps = 200 if args.quick else 1000

@@ -83,7 +83,7 @@ def augmentations(variant: str) -> int:
 
 def ensure_noisy_dataset(episodes: int = 50, augment: int = 1) -> None:
     """Collect the noisy demonstrations once (921 s on two cores, measured); the collector resumes a partial one."""
-    from envs.kitchen import TASKS
+    from envs.kitchen.env import TASKS
 
     complete = episodes * len(TASKS) * (1 + augment)  # originals and their re-renderings
     if (NOISY_DATASET / "manifest.json").is_file() and len(list(NOISY_DATASET.glob("episodes/*/*.npz"))) >= complete:

@@ -41,7 +41,7 @@ import envs  # noqa: E402,F401  (registers the env ids)
 from agents.builders import make_env  # noqa: E402
 from agents.rollout import EVAL_SEED_BASE  # noqa: E402
 from benchmarks.common import Jobs, compose_cfg, machine, mean_std, summary, write_json_atomic  # noqa: E402
-from envs.quadrotor_model import PRESETS, quadrotor_mjcf  # noqa: E402
+from envs.uav.model import PRESETS, quadrotor_mjcf  # noqa: E402
 from policies.pid import pid_for_env  # noqa: E402
 from policies.protocol import EnvInterface  # noqa: E402
 from policies.registry import load_policy  # noqa: E402

@@ -28,20 +28,20 @@ UAV_WAYPOINTS = "embodied/UAVWaypoints-v0"
 KITCHEN = "embodied/Kitchen-v0"  # task (or task sequence) chosen by the ``task`` kwarg
 
 if SWIMMER not in registry:
-    register(SWIMMER, entry_point="envs.swimmer:SwimmerEnv", max_episode_steps=1000)
-    register(SWIMMER_SWIM, entry_point="envs.swimmer:SwimmerEnv", max_episode_steps=1000,
+    register(SWIMMER, entry_point="envs.swimmer.env:SwimmerEnv", max_episode_steps=1000)
+    register(SWIMMER_SWIM, entry_point="envs.swimmer.env:SwimmerEnv", max_episode_steps=1000,
              kwargs={"task": "swim"})
-    register(SWIMMER_NAVIGATE, entry_point="envs.swimmer:SwimmerEnv", max_episode_steps=1000,
+    register(SWIMMER_NAVIGATE, entry_point="envs.swimmer.env:SwimmerEnv", max_episode_steps=1000,
              kwargs={"task": "navigate"})
-    register(SWIMMER_GYM, entry_point="envs.gym_swimmer:make_gym_swimmer", max_episode_steps=None)
+    register(SWIMMER_GYM, entry_point="envs.swimmer.stock:make_gym_swimmer", max_episode_steps=None)
 if UAV not in registry:
     # Episodes are timed by the env itself (episode_seconds at any control_hz), so no TimeLimit.
-    register(UAV, entry_point="envs.uav:UAVEnv")
-    register(UAV_HOVER, entry_point="envs.uav:UAVEnv", kwargs={"task": "hover"})
-    register(UAV_WAYPOINTS, entry_point="envs.uav:UAVEnv", kwargs={"task": "waypoints"})
+    register(UAV, entry_point="envs.uav.env:UAVEnv")
+    register(UAV_HOVER, entry_point="envs.uav.env:UAVEnv", kwargs={"task": "hover"})
+    register(UAV_WAYPOINTS, entry_point="envs.uav.env:UAVEnv", kwargs={"task": "waypoints"})
 if KITCHEN not in registry:
     # Timed by the env itself (steps_per_task x the number of tasks in the sequence), so no TimeLimit.
-    register(KITCHEN, entry_point="envs.kitchen:KitchenEnv")
+    register(KITCHEN, entry_point="envs.kitchen.env:KitchenEnv")
 
 
 ENV_CONFIG_KEYS = ("name", "id")  # an env config's own keys; every other key is an env kwarg

@@ -5,7 +5,7 @@ executing ``n`` steps per query, ``policies/chunking.py``) turns chunks into one
 and keeps the chunks of past steps, so ``reset()`` starts every episode (or task) afresh. The
 language vector is the frozen sentence embedding of ``obs["instruction"]``, computed once per
 distinct instruction; the one-hot baseline reads a task id instead: the ``task`` option, else
-the task whose wording (``envs/kitchen_instructions.py``) the instruction is. Shared by
+the task whose wording (``envs/kitchen/instructions.py``) the instruction is. Shared by
 evaluation, the BC trainer's closed-loop checks and the ROS policy node.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from envs.kitchen_instructions import INSTRUCTIONS, instruction, task_of
+from envs.kitchen.instructions import INSTRUCTIONS, instruction, task_of
 from policies.chunking import ChunkExecutor, make_chunk_scheduler
 from policies.language import SentenceEncoder, one_hot_task
 from policies.mtact import MTACT, image_tensor

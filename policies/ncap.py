@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-
 TASK_CONTROLS = ("none", "hardcoded", "learned")
 MAX_JOINTS = 64
 

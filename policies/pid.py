@@ -10,7 +10,7 @@ parameters: mass or motor randomisation and wind are rejected by the velocity in
 - thrust vector ``m·(a* + g)``; collective thrust is its projection on the body z axis;
 - attitude P on the geometric SO(3) tilt error (Lee et al. 2010) and a separate yaw P loop to the
   target heading;
-- body-rate P with gyroscopic feed-forward and the mixer (shared with the env, ``envs/uav_control.py``).
+- body-rate P with gyroscopic feed-forward and the mixer (shared with the env, ``envs/uav/control.py``).
 
 In the env's ``rotor`` action mode all stages run here at the control rate; in ``ctbr`` mode the
 controller stops at the rate setpoint and the env's inner loop does the rest at the physics rate.
@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from envs.quadrotor_model import GRAVITY, QuadrotorParams
-from envs.uav import UAVLayout, action_from_thrust
-from envs.uav_control import RATE_GAINS, Mixer, RateLoop, rotation_error
+from envs.uav.control import RATE_GAINS, Mixer, RateLoop, action_from_thrust, rotation_error
+from envs.uav.model import GRAVITY, QuadrotorParams
+from envs.uav.observation import UAVLayout
 from policies.protocol import EnvInterface, Policy, PolicyError, PolicyMeta
 
 

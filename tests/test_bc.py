@@ -145,7 +145,7 @@ class _ExpertPolicy:
 
     def _expert(self, slot: int, task: str):
         from agents.builders import make_env
-        from envs.kitchen_experts import make_expert
+        from envs.kitchen.experts import make_expert
 
         if (slot, task) not in self.experts:
             env = make_env({"name": "kitchen", "id": "embodied/Kitchen-v0", "task": task, "cameras": []})

@@ -1,6 +1,6 @@
-"""The Franka kitchen: env (envs/kitchen.py, its docstring is the spec), scene edits
-(envs/kitchen_model.py), instructions (envs/kitchen_instructions.py) and scripted experts
-(envs/kitchen_experts.py).
+"""The Franka kitchen: env (envs/kitchen/env.py, its docstring is the spec), scene edits
+(envs/kitchen/model.py), instructions (envs/kitchen/instructions.py) and scripted experts
+(envs/kitchen/experts.py).
 
 State-only envs everywhere except the camera tests, which are gated on a GL probe run in a
 subprocess (skipped on a developer machine without GL, failing when ``CI`` is set).
@@ -8,25 +8,28 @@ subprocess (skipped on a developer machine without GL, failing when ``CI`` is se
 
 from __future__ import annotations
 
+import pickle
+
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
-from envs.kitchen import (
+from envs.kitchen.env import (
     OBJECT_SLICES,
     OBJECT_STATE_SIZE,
     SUCCESS_THRESHOLD,
     TASK_BY_NAME,
     TASKS,
+    KitchenConfig,
     KitchenEnv,
     task_error,
     task_success,
 )
-from envs.kitchen_experts import make_expert
-from envs.kitchen_instructions import INSTRUCTIONS
-from envs.kitchen_model import ARM_JOINTS
+from envs.kitchen.experts import make_expert
+from envs.kitchen.instructions import INSTRUCTIONS
+from envs.kitchen.model import ARM_JOINTS
 from envs.snapshot import restore_snapshot, take_snapshot
 
 from conftest import CONFIG_DIR, check_quietly
@@ -88,6 +91,18 @@ def test_bad_kwargs():
         KitchenEnv(paraphrase=9, cameras=[])
     with pytest.raises(ValueError, match="image_size"):
         KitchenEnv(image_size=[64, 64, 3], cameras=[])
+
+
+def test_config_is_the_one_keyword_list():
+    env = KitchenEnv(task=["kettle", "microwave"], cameras=[], steps_per_task=50)
+    assert env.config == KitchenConfig(task=["kettle", "microwave"], cameras=[], steps_per_task=50)
+    assert env.tasks == ("kettle", "microwave") and env.cameras == () and env.max_steps == 100
+    clone = pickle.loads(pickle.dumps(env))  # EzPickle rebuilds it from the same keywords
+    assert clone.config == env.config and clone.tasks == env.tasks
+    env.close()
+    clone.close()
+    with pytest.raises(TypeError, match="'camera'"):
+        KitchenEnv(camera=[])
 
 
 def test_action_validation(state_env):
@@ -175,12 +190,15 @@ def test_sequence_counts_in_order():
     env.set_state(qpos, np.zeros(env.model.nv))
     _, reward, terminated, _, info = env.step(hold_still(env))
     assert info["n_completed"] == 0 and reward == 0.0 and info["task"] == "slide_cabinet"
+    assert info["reward_tasks_completed"] == 0.0
     assert info["instruction"] == "open the slide cabinet"
     qpos = env.data.qpos.copy()
     qpos[adr["slide_cabinet"]] = 0.37  # now both, in one step
     env.set_state(qpos, np.zeros(env.model.nv))
     _, reward, terminated, _, info = env.step(hold_still(env))
     assert info["completed"] == {"slide_cabinet": True, "microwave": True} and reward == 2.0
+    assert info["reward_tasks_completed"] == 2.0 and [k for k in info if k.startswith("reward_")] == [
+        "reward_tasks_completed"]
     assert info["is_success"] and terminated
     env.close()
 

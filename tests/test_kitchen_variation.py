@@ -6,8 +6,8 @@ import mujoco
 import numpy as np
 import pytest
 
-from envs.kitchen_model import compile_kitchen, kitchen_spec
-from envs.kitchen_variation import (
+from envs.kitchen.model import compile_kitchen, kitchen_spec
+from envs.kitchen.variation import (
     APPLIANCE_SHIFT,
     KITCHEN_SHIFT,
     PARKED_Z,
@@ -114,7 +114,7 @@ def test_env_levels_draw_per_episode_and_l0_never_moves():
 
 
 def test_l3_words_instructions_with_held_out_paraphrases_only():
-    from envs.kitchen_instructions import paraphrase_pool
+    from envs.kitchen.instructions import paraphrase_pool
 
     train, l3 = kitchen(task="kettle", level="L0", paraphrase=None), kitchen(task="kettle", level="L3", paraphrase=None)
     seen_train = {train.reset(seed=s)[1] and train.episode_paraphrase for s in range(20)}
@@ -140,7 +140,7 @@ def test_snapshot_replays_an_l2_episode_exactly():
 
 
 def test_expert_succeeds_at_l1_on_fixed_seeds():
-    from envs.kitchen_experts import make_expert
+    from envs.kitchen.experts import make_expert
 
     for task in ("microwave", "kettle"):
         env = kitchen(task=task, level="L1")
@@ -159,7 +159,7 @@ def test_augmentation_changes_pixels_not_actions_or_states(tmp_path):
     import envs
     from agents.augment import rerender
     from agents.collect import record_episode
-    from envs.kitchen_experts import make_expert
+    from envs.kitchen.experts import make_expert
 
     env = envs.make_from_config({"name": "kitchen", "id": "embodied/Kitchen-v0", "task": "light_switch",
                                  "cameras": ["scene", "wrist"], "image_size": 24, "terminate_on_success": False})

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import envs  # noqa: F401  (registers the embodied/ env ids)
-from envs.swimmer import swimmer_layout
+from envs.swimmer.env import swimmer_layout
 from policies import numpy_inference, registry
 from policies.mlp import MLPActor, MLPConfig
 from policies.ncap import NCAP, NCAPConfig

@@ -30,8 +30,8 @@ from std_srvs.srv import Trigger
 
 import envs
 from embodied_ros.adapters import InvalidMessage, KitchenAdapter, SwimmerAdapter, make_adapter
-from envs.kitchen_experts import make_expert
-from envs.kitchen_instructions import INSTRUCTIONS, instruction
+from envs.kitchen.experts import make_expert
+from envs.kitchen.instructions import INSTRUCTIONS, instruction
 from policies.checkpoint import PolicyMeta, save_policy
 from policies.mlp import MLPActor, MLPConfig
 

@@ -25,7 +25,7 @@ from std_srvs.srv import Trigger
 
 import envs
 from embodied_ros.adapters import KitchenAdapter
-from envs.kitchen_instructions import INSTRUCTIONS, instruction
+from envs.kitchen.instructions import INSTRUCTIONS, instruction
 from policies.checkpoint import find_policy_dir
 from policies.mtact import MTACT, MTACTConfig, save_mtact
 from policies.mtact_inference import load_mtact_policy

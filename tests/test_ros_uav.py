@@ -26,7 +26,7 @@ from std_srvs.srv import SetBool, Trigger
 
 import envs  # noqa: F401  (registers the embodied/ env ids)
 from embodied_ros.adapters import InvalidMessage, SwimmerAdapter, UAVAdapter, make_adapter
-from envs.quadrotor_model import preset
+from envs.uav.model import preset
 from policies.checkpoint import find_policy_dir, load_policy, read_meta
 from policies.numpy_inference import numpy_policy
 from policies.pid import pid_for_env

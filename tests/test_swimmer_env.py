@@ -1,8 +1,9 @@
-"""The N-link swimmer env (envs/swimmer.py, envs/swimmer_model.py) and the Swimmer-v5 wrapper."""
+"""The N-link swimmer env (envs/swimmer/env.py, envs/swimmer/model.py) and the Swimmer-v5 wrapper."""
 
 from __future__ import annotations
 
 import math
+import pickle
 
 import gymnasium as gym
 import mujoco
@@ -13,14 +14,15 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs
-from envs.swimmer import (
-    SimulationDiverged,
+from envs.physics import SimulationDiverged
+from envs.swimmer.env import (
+    SwimmerConfig,
     SwimmerEnv,
     navigate_reward,
     swimmer_layout,
     swimmer_observation,
 )
-from envs.swimmer_model import joint_limit, swimmer_mjcf
+from envs.swimmer.model import joint_limit, swimmer_mjcf
 
 from conftest import check_quietly
 
@@ -150,6 +152,18 @@ def test_invalid_task_raises(bad):
         SwimmerEnv(task=bad)
     with pytest.raises(ValueError):
         gym.make(envs.SWIMMER, task=bad)
+
+
+def test_config_is_the_one_keyword_list():
+    env = SwimmerEnv(task="navigate", n_links=5, control_timestep=0.02)
+    assert env.config == SwimmerConfig(task="navigate", n_links=5, control_timestep=0.02)
+    assert env.frame_skip == 10
+    clone = pickle.loads(pickle.dumps(env))  # EzPickle rebuilds it from the same keywords
+    assert clone.config == env.config and clone.layout == env.layout
+    with pytest.raises(ValueError, match="control_timestep"):
+        SwimmerEnv(control_timestep=0.003)
+    with pytest.raises(TypeError, match="'n_link'"):
+        SwimmerEnv(n_link=5)
 
 
 def test_negative_fluid_parameters_raise():
@@ -302,6 +316,19 @@ def test_swim_reward_is_clipped_forward_speed():
     assert rewards.min() >= 0.0 and rewards.max() <= 1.0
     assert np.any((rewards > 0.0) & (rewards < 1.0)), "the clip's linear range was never exercised"
     assert np.any(np.array(speeds) < 0) or np.any(rewards == 0.0)
+
+
+@pytest.mark.parametrize("task", ["swim", "navigate"])
+def test_reward_term_in_info(task):
+    env = gym.make(envs.SWIMMER, task=task)
+    _, info = env.reset(seed=0)
+    assert not any(key.startswith("reward_") for key in info)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        _, reward, _, _, info = env.step(rng.uniform(-1, 1, 5))
+        assert [key for key in info if key.startswith("reward_")] == [f"reward_{task}"]
+        assert info[f"reward_{task}"] == reward
+    env.close()
 
 
 def test_navigate_reward_values():

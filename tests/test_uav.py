@@ -1,5 +1,6 @@
-"""The quadrotor UAV embodiment: env (envs/uav.py, its docstring is the spec), vehicle model
-(envs/quadrotor_model.py), mixer and motor lag (envs/uav_control.py), the cascaded PID
+"""The quadrotor UAV embodiment: env (envs/uav/env.py, its docstring is the spec), vehicle model
+(envs/uav/model.py), thrust map, mixer and motor lag (envs/uav/control.py), observation
+(envs/uav/observation.py), disturbances (envs/uav/disturbances.py), the cascaded PID
 (policies/pid.py), the CLIs with policy=pid, and short PPO and SAC runs on the hover task.
 
 Hand-made states are set with ``set_state`` on a level vehicle at rest: with every rotor at the
@@ -10,6 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import gymnasium as gym
 import mujoco
@@ -23,10 +28,11 @@ from torch import nn
 
 import envs
 from agents.sb3_trainer import export_policy
-from envs import uav
-from envs.quadrotor_model import GRAVITY, PRESETS, preset, quadrotor_mjcf
-from envs.uav import PHYSICS_TIMESTEP, UAVEnv, action_from_thrust, thrust_from_action, uav_observation
-from envs.uav_control import Mixer, allocation_matrix
+from envs.uav.control import Mixer, action_from_thrust, allocation_matrix, thrust_from_action
+from envs.uav.env import PHYSICS_TIMESTEP, UAVConfig, UAVEnv
+from envs.uav.model import GRAVITY, PRESETS, preset, quadrotor_mjcf
+from envs.uav.observation import uav_observation
+from envs.uav.rewards import proximity_reward
 from policies.bundle import read_meta
 from policies.mlp import MLPActor, MLPConfig
 from policies.numpy_inference import mlp_forward
@@ -155,10 +161,22 @@ def test_observation_size_matches_layout(task, n_lookahead, size):
     (dict(waypoint_spacing=(0.0, 1.0)), "waypoint_spacing"),
     (dict(target=(0.0, 1.5)), "target"),
     (dict(wind=(1.0, 0.0)), "wind"),
+    (dict(init_tilt_deg=-5.0), "init_tilt_deg"),
+    (dict(n_waypoints=0), "n_waypoints"),
+    (dict(n_lookahead=-1), "n_lookahead"),
 ])
 def test_bad_kwargs_raise_value_error(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         UAVEnv(**kwargs)
+
+
+def test_config_is_the_one_keyword_list():
+    env = UAVEnv(task="waypoints", wind=(1.0, 0.0, 0.0), n_lookahead=2)
+    assert env.config == UAVConfig(task="waypoints", wind=(1.0, 0.0, 0.0), n_lookahead=2)
+    clone = pickle.loads(pickle.dumps(env))  # EzPickle rebuilds it from the same keywords
+    assert clone.config == env.config and clone.layout == env.layout
+    with pytest.raises(TypeError, match="'wnd'"):
+        UAVEnv(wnd=(1.0, 0.0, 0.0))
 
 
 @pytest.mark.parametrize("control_hz", [50.0, 100.0, 250.0, 500.0])
@@ -217,6 +235,16 @@ def test_waypoint_course_geometry():
         legs = np.linalg.norm(np.diff(np.vstack([start, course]), axis=0), axis=1)
         assert np.all((legs >= 1.0 - 1e-9) & (legs <= 2.0 + 1e-9)), legs
         assert np.all(np.abs(course[:, :2]) <= 2.5 + 1e-9) and np.all((course[:, 2] >= 0.5) & (course[:, 2] <= 3.5))
+
+
+def test_controller_modules_load_without_the_env():
+    """The PID and the ROS 2 adapter read control, observation and model; none of them pulls in the gym env."""
+    code = ("import sys, policies.pid, envs.uav.control, envs.uav.observation, envs.uav.model, envs.uav.disturbances, "
+            "envs.uav.rewards; loaded = [m for m in ('envs.uav.env', 'gymnasium.envs.mujoco') if m in sys.modules]; "
+            "assert not loaded, loaded")
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 # --- vehicle model: hover, allocation, mixer, motor lag --------------------------------------
@@ -613,6 +641,58 @@ def test_upside_down_is_a_crash(task):
     assert not terminated and info["crash"] is False
 
 
+HOVER_TERMS = ("rate_penalty", "smoothness_penalty", "proximity", "crash_penalty")
+WAYPOINT_TERMS = ("rate_penalty", "smoothness_penalty", "progress", "waypoint_bonus", "proximity", "crash_penalty")
+
+
+def sum_in_order(values) -> float:
+    """Left to right, the order the env adds its terms in (float addition is not associative)."""
+    total, *rest = values
+    for value in rest:
+        total += value
+    return total
+
+
+@pytest.mark.parametrize("action_mode", MODES)
+@pytest.mark.parametrize("task", TASKS)
+def test_reward_terms_in_info_add_up_to_the_reward(task, action_mode):
+    env = UAVEnv(task=task, action_mode=action_mode, gust_speed=1.0, waypoint_radius=0.3)
+    obs, info = env.reset(seed=3)
+    assert not any(key.startswith("reward_") for key in info)  # reset has no reward
+    names = HOVER_TERMS if task == "hover" else WAYPOINT_TERMS
+    pid = pid_for_env(env)
+    pid.reset()
+    rng = np.random.default_rng(0)
+    done = False
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(np.clip(pid.act(obs) + rng.normal(0, 0.1, 4), -1, 1))
+        done = terminated or truncated
+        assert tuple(key[len("reward_"):] for key in info if key.startswith("reward_")) == names
+        assert reward == sum_in_order(info[f"reward_{name}"] for name in names)  # exactly, not approximately
+        assert info["reward_proximity"] == proximity_reward(info["position_error"])
+        assert info["reward_crash_penalty"] == (-env.crash_penalty if terminated else 0.0)
+        if task == "waypoints":
+            assert info["reward_waypoint_bonus"] == info["waypoints_reached"]
+
+
+def test_reward_terms_of_a_crash_and_a_passed_waypoint():
+    env = quiet_env(task="waypoints", n_waypoints=3, waypoint_radius=0.15)
+    env.reset(seed=0)
+    first = env.target.copy()
+    place(env, first + (0.1, 0.0, 0.0))
+    _, reward, _, _, info = env.step(np.zeros(4))
+    assert info["reward_waypoint_bonus"] == 1.0 and info["reward_crash_penalty"] == 0.0
+    assert info["reward_proximity"] == proximity_reward(info["position_error"])  # to the next waypoint
+    assert info["reward_progress"] == pytest.approx(0.0, abs=1e-9)  # at rest: measured to the waypoint just passed
+    assert info["reward_rate_penalty"] == pytest.approx(0.0, abs=1e-12)
+    assert info["reward_smoothness_penalty"] == 0.0  # the same (zero) action as the reset's last action
+    place(env, (0.0, 0.0, 2.0), quat=(0.0, 1.0, 0.0, 0.0))  # upside down
+    _, reward, terminated, _, info = env.step(np.ones(4))
+    assert terminated and info["reward_crash_penalty"] == -10.0
+    assert info["reward_smoothness_penalty"] == pytest.approx(-SMOOTHNESS_PENALTY * 4.0)
+    assert reward == sum_in_order(info[f"reward_{name}"] for name in WAYPOINT_TERMS)
+
+
 @pytest.mark.parametrize("pos", [(3.2, 0.0, 1.5), (0.0, -3.2, 1.5), (-3.1, 3.1, 1.0), (0.0, 0.0, 4.2)])
 def test_leaving_the_flight_volume(pos):
     env = quiet_env(arena_half_width=3.0, ceiling=4.0)
@@ -673,7 +753,7 @@ def test_waypoint_reward_counts_passed_waypoints():
     place(env, first + (0.2, 0.0, 0.0))
     _, reward, terminated, _, info = env.step(np.zeros(4))
     assert info["waypoints_reached"] == 0 and not terminated
-    assert reward == pytest.approx(uav.proximity_reward(info["position_error"]), abs=1e-9)
+    assert reward == pytest.approx(proximity_reward(info["position_error"]), abs=1e-9)
     lingering = reward
     # within the radius: reached, the next waypoint becomes the target, and the reward is 1 + p(d_next)
     place(env, first + (0.1, 0.0, 0.0))
@@ -683,7 +763,7 @@ def test_waypoint_reward_counts_passed_waypoints():
     second = env.target
     assert np.linalg.norm(second - first) >= 1.0  # legs are waypoint_spacing long
     assert info["position_error"] == pytest.approx(np.linalg.norm(second - env.state()[0]))
-    assert reward == pytest.approx(1.0 + uav.proximity_reward(info["position_error"]), abs=1e-9)
+    assert reward == pytest.approx(1.0 + proximity_reward(info["position_error"]), abs=1e-9)
     assert reward > lingering  # passing always pays more than lingering before the waypoint
     # moving toward it with body rates: 1 + p(d) + 10·(d_prev − d) − rate_penalty·‖ω‖²
     place(env, second + (0.6, 0.0, 0.0), vel=(-1.0, 0.0, 0.0), rates=(0.0, 0.0, 0.5))
@@ -692,7 +772,7 @@ def test_waypoint_reward_counts_passed_waypoints():
     pos, _, _, rates = env.state()
     d = float(np.linalg.norm(second - pos))
     assert d < d_prev
-    assert reward == pytest.approx(1.0 + uav.proximity_reward(d) + 10.0 * (d_prev - d)
+    assert reward == pytest.approx(1.0 + proximity_reward(d) + 10.0 * (d_prev - d)
                                    - RATE_PENALTY * float(rates @ rates), abs=1e-9)
 
 
@@ -710,7 +790,7 @@ def test_completing_the_course_is_success_and_the_vehicle_holds():
     assert info["time_to_complete"] == pytest.approx(3 * env.control_dt)
     # done: the target stays at the last waypoint and every step pays N + p(d)
     np.testing.assert_allclose(env.target, course[-1])
-    assert reward == pytest.approx(3.0 + uav.proximity_reward(info["position_error"]), abs=1e-9)
+    assert reward == pytest.approx(3.0 + proximity_reward(info["position_error"]), abs=1e-9)
     done = False
     while not done:
         _, reward, terminated, truncated, info = env.step(np.zeros(4))
@@ -1037,7 +1117,7 @@ def test_error_clip_shortens_the_observed_error_only():
     assert float(np.linalg.norm(observed)) == pytest.approx(0.5)
     np.testing.assert_allclose(observed / 0.5, env.state()[2].T @ (env.target - pos) / true_error, atol=1e-12)
     # the reward sees the true distance
-    assert reward == pytest.approx(uav.proximity_reward(true_error), abs=0.05)
+    assert reward == pytest.approx(proximity_reward(true_error), abs=0.05)
     place(env, env.target + (0.2, 0.0, 0.0))  # within the clip: unchanged
     obs, *_ = env.step(np.zeros(4))
     np.testing.assert_allclose(obs[slice(*env.layout.position_error)],

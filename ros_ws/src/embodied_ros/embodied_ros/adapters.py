@@ -33,9 +33,10 @@ from sensor_msgs.msg import Image, Imu, JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 
 import envs
-from envs.kitchen import FRAME_SKIP, OBJECT_STATE_SIZE, PHYSICS_TIMESTEP, proprio_from_joints
-from envs.kitchen_model import ARM_JOINTS, FINGER_ACTUATORS, FINGER_JOINTS, FINGER_TRAVEL
-from envs.uav import action_from_thrust, thrust_from_action, uav_observation
+from envs.kitchen.env import FRAME_SKIP, OBJECT_STATE_SIZE, PHYSICS_TIMESTEP, proprio_from_joints
+from envs.kitchen.model import ARM_JOINTS, FINGER_ACTUATORS, FINGER_JOINTS, FINGER_TRAVEL
+from envs.uav.control import action_from_thrust, thrust_from_action
+from envs.uav.observation import uav_observation
 
 
 class InvalidMessage(ValueError):
@@ -294,10 +295,10 @@ class UAVAdapter(RobotAdapter):
 
     Frames follow REP-103/105: ``odom`` is the world frame (ENU, z up, the env's world), the body
     frame ``base_link`` is FLU (x forward, y left, z up, the rotor layout of
-    ``envs/quadrotor_model.py``). ``odom`` (nav_msgs/Odometry) gives the position and orientation
+    ``envs/uav/model.py``). ``odom`` (nav_msgs/Odometry) gives the position and orientation
     of ``base_link`` in ``odom`` and, as REP-105 says, its twist in ``child_frame_id`` axes (the
     body frame); the adapter rotates the linear velocity to the world with the message's own
-    orientation before handing the state to :func:`envs.uav.uav_observation`. ``imu``
+    orientation before handing the state to :func:`envs.uav.observation.uav_observation`. ``imu``
     (sensor_msgs/Imu, in ``base_link``: no tf here, so the IMU must be published in the body
     frame) gives the body rates from the gyro; its orientation and acceleration are published by
     the sim but not used. On ``waypoints`` the course arrives on ``goal`` (nav_msgs/Path in the
@@ -502,7 +503,7 @@ class KitchenAdapter(RobotAdapter):
       policy node keeps it across its ``~/reset``. :attr:`instruction` holds the one that went
       with the last observation.
     - ``object_state`` (std_msgs/Float64MultiArray, 17 values in the env's order, see
-      ``envs/kitchen.py``): on a real robot it comes from perception. It has no header, so it
+      ``envs/kitchen/env.py``): on a real robot it comes from perception. It has no header, so it
       cannot be matched to a sample or aged: the latest one is used, as a goal is. An image
       policy that does not read it builds the adapter with ``object_state=False``; then it is
       not subscribed to and the observation has no ``object_state`` entry.
@@ -513,7 +514,7 @@ class KitchenAdapter(RobotAdapter):
       as in the kitchen MJCF, positions and velocities; other joints may be listed too.
 
     The observation is the env's own Dict (proprio with the gripper opening of
-    :func:`envs.kitchen.proprio_from_joints`, object_state, one ``uint8 (H, W, 3)`` image per
+    :func:`envs.kitchen.env.proprio_from_joints`, object_state, one ``uint8 (H, W, 3)`` image per
     camera). The command is ``std_msgs/Float64MultiArray``: 7 joint position targets (rad) and
     the gripper command in [0, 1] (0 closed, 1 open), what ros2_control's forward position
     controller takes. The safe command holds the arm where it is (see :meth:`safe_command`).
@@ -653,7 +654,7 @@ class KitchenAdapter(RobotAdapter):
     def _object_state(self, msg: Float64MultiArray) -> np.ndarray:
         if len(msg.data) != OBJECT_STATE_SIZE:
             raise InvalidMessage(
-                f"object_state: {len(msg.data)} values (need {OBJECT_STATE_SIZE}, see envs/kitchen.py)")
+                f"object_state: {len(msg.data)} values (need {OBJECT_STATE_SIZE}, see envs/kitchen/env.py)")
         return _finite(msg.data, "object_state")
 
     def _image(self, topic: str, msg: Image) -> np.ndarray:

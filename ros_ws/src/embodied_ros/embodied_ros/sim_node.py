@@ -40,7 +40,7 @@ import envs
 from embodied_ros.adapters import adapter_class, make_adapter
 from embodied_ros.params import declare_parameters
 from embodied_ros.process import StartupError, run_node
-from envs import swimmer, uav
+from envs.physics import SimulationDiverged
 from policies.atomic import atomic_write
 from policies.protocol import PolicyError
 from policies.run_dir import RunDir
@@ -53,7 +53,6 @@ DEFAULT_ENVS = {
                 "cameras": ["scene", "wrist"], "image_size": 96},
 }
 SCENE_PARAMETERS = ("task", "level", "cameras")  # the kitchen's; empty = the run's (or the default) env
-DIVERGED = (swimmer.SimulationDiverged, uav.SimulationDiverged)
 
 
 def env_config_for(robot: str, run_dir: str) -> dict:
@@ -267,7 +266,7 @@ class SimRobotNode(Node):
         else:
             try:
                 _, _, terminated, _, info = self.env.step(command)
-            except DIVERGED as e:
+            except SimulationDiverged as e:
                 self.get_logger().error(f"{e}; starting a new episode")
                 self._reset_env()
             else:

@@ -1,6 +1,6 @@
 """MJCF for the N-link swimmer, generated for any body length without dm_control.
 
-The head comes from ``assets/swimmer_head.xml``; each further 0.1 m capsule link is a child
+The head comes from ``envs/assets/swimmer_head.xml``; each further 0.1 m capsule link is a child
 of the previous one with a hinge of range ±360°/n_links, a motor, a velocimeter and a gyro,
 exactly as dm_control's ``swimmer._make_model`` builds its bodies.
 """
@@ -11,7 +11,7 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-HEAD_XML = Path(__file__).parent / "assets" / "swimmer_head.xml"
+HEAD_XML = Path(__file__).parent.parent / "assets" / "swimmer_head.xml"
 MIN_LINKS, MAX_LINKS = 3, 15
 
 

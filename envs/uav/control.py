@@ -1,15 +1,29 @@
-"""The inner loops every quadrotor controller shares: the mixer and the body-rate loop.
+"""The stages every quadrotor controller shares: the action's thrust map, the mixer and the body-rate loop.
 
 The env's ``ctbr`` action mode (collective thrust + body rates) runs :class:`RateLoop` at the
 physics rate, and the cascaded PID (``policies/pid.py``) ends in the same two stages, so the
-learned and the scripted controllers fly through one implementation.
+learned and the scripted controllers fly through one implementation. :func:`thrust_from_action`
+is how the env reads an action in newtons; :func:`action_from_thrust` is how a scripted
+controller (the PID, the ROS 2 adapter) writes one.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from envs.quadrotor_model import QuadrotorParams
+from envs.uav.model import QuadrotorParams
+
+
+def thrust_from_action(a: np.ndarray | float, hover: float, maximum: float) -> np.ndarray:
+    """-1 → 0 N, 0 → hover thrust, +1 → maximum, linear on each side."""
+    a = np.clip(a, -1.0, 1.0)
+    return np.where(a < 0.0, hover * (1.0 + a), hover + a * (maximum - hover))
+
+
+def action_from_thrust(thrust: np.ndarray | float, hover: float, maximum: float) -> np.ndarray:
+    """Inverse of :func:`thrust_from_action` (for scripted controllers)."""
+    t = np.clip(thrust, 0.0, maximum)
+    return np.where(t < hover, t / hover - 1.0, (t - hover) / (maximum - hover))
 
 
 def allocation_matrix(p: QuadrotorParams) -> np.ndarray:
@@ -53,7 +67,7 @@ class RateLoop:
 
     def torque(self, rate_setpoint: np.ndarray, rate: np.ndarray) -> np.ndarray:
         # Scalar arithmetic: this runs at the physics rate in the ctbr env, where numpy's
-        # per-call overhead on 3-vectors (np.cross alone is ~8 µs) would dominate the step.
+        # per-call overhead on 3-vectors (np.cross and friends) would dominate the step.
         jx, jy, jz = self.inertia
         kx, ky, kz = self.gain
         wx, wy, wz = float(rate[0]), float(rate[1]), float(rate[2])

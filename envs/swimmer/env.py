@@ -4,6 +4,7 @@
 A planar chain of ``n_links`` 0.1 m capsules joined by ``n_links - 1`` motorised hinges swims
 through a fluid of density 3000 (MuJoCo's inertia-box fluid model, contacts off). Physics runs
 at 2 ms and the agent acts every 30 ms (15 substeps); an episode is 1000 control steps (30 s).
+The keyword arguments are the fields of :class:`SwimmerConfig`, each with its unit.
 
 ## Tasks
 - ``swim`` (the NCAP paper's task): per-step reward ``clip(v_fwd / 0.1, 0, 1)``, where
@@ -32,7 +33,8 @@ Joint angles uniform within their limits, heading uniform in [-π, π), at rest 
 ## Info
 ``forward_speed`` (m/s along the heading), ``distance_travelled`` (m, head from its start),
 ``distance_to_target`` (m, nose to target), ``x_position``/``y_position`` of the head;
-``is_success`` on ``navigate`` (nose within the 0.1 m target).
+``is_success`` on ``navigate`` (nose within the 0.1 m target); after a step, the reward as its
+one term, ``reward_swim`` or ``reward_navigate``.
 
 ## Differences from dm_control
 dm_control's head row of ``body_velocities`` takes ωz from a subtree linear velocity (always 0
@@ -50,7 +52,7 @@ from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
 from envs.physics import SimulationDiverged, instability_warned
-from envs.swimmer_model import HEAD_XML, joint_limit, swimmer_mjcf
+from envs.swimmer.model import HEAD_XML, joint_limit, swimmer_mjcf
 
 __all__ = ["SimulationDiverged", "SwimmerEnv", "navigate_reward", "swim_reward", "swimmer_layout", "swimmer_observation"]
 
@@ -129,49 +131,63 @@ def swimmer_observation(
     return obs
 
 
+@dataclass(frozen=True)
+class SwimmerConfig:
+    """The env's keyword arguments (``SwimmerEnv(**kwargs)``, the keys of ``env=swimmer``), checked on construction.
+
+    ``n_links`` and the fluid are checked where the body is built (:func:`envs.swimmer.model.swimmer_mjcf`).
+    """
+
+    task: str = "swim"  # swim | navigate
+    n_links: int = 6  # body links, 3 to 15 (the NCAP paper's swimmer has 6)
+    fluid_density: float = 3000.0  # kg/m³, dm_control's swimmer fluid
+    fluid_viscosity: float = 0.0  # Pa·s
+    control_timestep: float = 0.03  # s, the action period: a multiple of the 2 ms physics step
+    time_scale_steps: int = 1000  # control steps per unit of the observed clock (an episode's length)
+    render_mode: str | None = None  # gymnasium's render mode
+    width: int = 256  # px, rendered image width
+    height: int = 256  # px, rendered image height
+    camera_name: str | None = "tracking"  # the camera render() uses
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown swimmer task {self.task!r}; choose one of {TASKS}")
+        if self.frame_skip < 1 or not math.isclose(self.frame_skip * PHYSICS_TIMESTEP, self.control_timestep):
+            raise ValueError(
+                f"control_timestep must be a multiple of {PHYSICS_TIMESTEP} s, got {self.control_timestep}")
+
+    @property
+    def frame_skip(self) -> int:
+        """Physics steps per control step."""
+        return round(self.control_timestep / PHYSICS_TIMESTEP)
+
+
 class SwimmerEnv(MujocoEnv, utils.EzPickle):
     metadata = {"render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"], "render_fps": 33}
 
-    def __init__(
-        self,
-        task: str = "swim",
-        n_links: int = 6,
-        fluid_density: float = 3000.0,
-        fluid_viscosity: float = 0.0,
-        control_timestep: float = 0.03,
-        time_scale_steps: int = 1000,
-        render_mode: str | None = None,
-        width: int = 256,
-        height: int = 256,
-        camera_name: str | None = "tracking",
-    ):
-        if task not in TASKS:
-            raise ValueError(f"unknown swimmer task {task!r}; choose one of {TASKS}")
-        utils.EzPickle.__init__(
-            self, task, n_links, fluid_density, fluid_viscosity, control_timestep, time_scale_steps,
-            render_mode, width, height, camera_name,
-        )
-        self.task = task
-        self.n_links = n_links
-        self._xml = swimmer_mjcf(n_links, fluid_density, fluid_viscosity, PHYSICS_TIMESTEP)
-        frame_skip = round(control_timestep / PHYSICS_TIMESTEP)
-        if frame_skip < 1 or not math.isclose(frame_skip * PHYSICS_TIMESTEP, control_timestep):
-            raise ValueError(f"control_timestep must be a multiple of {PHYSICS_TIMESTEP} s, got {control_timestep}")
-        self.layout = swimmer_layout(n_links, task, time_scale_steps)
+    def __init__(self, **kwargs):
+        """``kwargs``: any fields of :class:`SwimmerConfig`."""
+        c = SwimmerConfig(**kwargs)
+        utils.EzPickle.__init__(self, **kwargs)
+        self.config = c
+        self.task = c.task
+        self.n_links = c.n_links
+        self._xml = swimmer_mjcf(c.n_links, c.fluid_density, c.fluid_viscosity, PHYSICS_TIMESTEP)
+        self.layout = swimmer_layout(c.n_links, c.task, c.time_scale_steps)
         obs_space = spaces.Box(-np.inf, np.inf, shape=(self.layout.size,), dtype=np.float64)
-        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / control_timestep))}
+        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / c.control_timestep))}
         MujocoEnv.__init__(
-            self, str(HEAD_XML), frame_skip, obs_space, render_mode=render_mode,
-            width=width, height=height, camera_name=camera_name if render_mode else None,
+            self, str(HEAD_XML), c.frame_skip, obs_space, render_mode=c.render_mode,
+            width=c.width, height=c.height, camera_name=c.camera_name if c.render_mode else None,
         )
         self._step_count = 0
         self._start_xy = np.zeros(2)
         self._vel_sensor_ids = self._velocity_sensor_ids()
         # Per body (vx, vy, ωz): sensordata indices of the velocimeter's x, y and the gyro's z.
         self._body_vel_index = np.array([[v, v + 1, g + 2] for v, g in zip(*self._vel_sensor_ids)]).ravel()
-        # Views into MjData, looked up once (named lookups cost ~1 µs each on every step).
+        # Views into MjData, looked up by name once rather than on the per-step path.
         self._head, self._nose, self._target = self.data.body("head"), self.data.geom("nose"), self.data.geom("target")
-        if task == "swim":
+        if c.task == "swim":
             self.model.geom_rgba[self.model.geom("target").id, 3] = 0.0  # hidden, as in NCAP's swim
 
     # --- simulation ----------------------------------------------------------------------
@@ -292,10 +308,13 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
             info["is_success"] = dist <= TARGET_SIZE
         return info
 
-    def _reward(self, info: dict) -> float:
+    def _get_rew(self, forward_speed: float, distance_to_target: float) -> tuple[float, dict[str, float]]:
+        """The reward and its one named term: the task's (``swim`` or ``navigate``)."""
         if self.task == "swim":
-            return swim_reward(info["forward_speed"])
-        return navigate_reward(info["distance_to_target"])
+            reward = swim_reward(forward_speed)
+        else:
+            reward = navigate_reward(distance_to_target)
+        return reward, {self.task: reward}
 
     # --- batched stepping (agents.batched_rollout) -------------------------------------------
     def _advance(self, action: np.ndarray) -> None:
@@ -355,7 +374,8 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
                 "check fluid parameters and action scale"
             )
         info = self._info()
-        reward = self._reward(info)
+        reward, reward_info = self._get_rew(info["forward_speed"], info["distance_to_target"])
+        info.update({f"reward_{name}": value for name, value in reward_info.items()})
         if self.render_mode == "human":
             self.render()
         return obs, reward, False, False, info

@@ -2,8 +2,9 @@
 
 ## Description
 A Franka Panda with a parallel gripper in the Franka Kitchen of D4RL / Gymnasium-Robotics
-(scene and its edits: ``envs/kitchen_model.py``). Physics runs at 500 Hz (2 ms); the agent acts
-at 12.5 Hz (40 physics steps per action), the Franka Kitchen benchmark's rate.
+(scene and its edits: ``envs/kitchen/model.py``). Physics runs at 500 Hz (2 ms); the agent acts
+at 12.5 Hz (40 physics steps per action), the Franka Kitchen benchmark's rate. The keyword
+arguments are the fields of :class:`KitchenConfig`, each with its unit.
 
 ## Tasks (``task``: one name, or a sequence of distinct names done in that order)
 Success is the benchmark's: the task's object joints within ``||q - goal|| < 0.3`` of the goal
@@ -21,7 +22,7 @@ Success is the benchmark's: the task's object joints within ``||q - goal|| < 0.3
 
 In a sequence only the current task is checked; once within the threshold it counts as done
 (and stays done, as in the benchmark) and the next one becomes current. Every task has several
-instruction paraphrases (``envs/kitchen_instructions.py``); ``paraphrase`` picks one by index
+instruction paraphrases (``envs/kitchen/instructions.py``); ``paraphrase`` picks one by index
 (``None``: drawn per episode), ``reset(options={"paraphrase": k})`` overrides it for an episode.
 
 ## Observation (``Dict``)
@@ -48,7 +49,7 @@ The robot at the model's home keyframe plus uniform noise of ±``reset_noise`` r
 joint (gripper closed), every object at rest in its closed / initial state (the kettle on the
 bottom-left burner), all velocities zero, servo targets at the start pose. Seeded.
 
-## Levels (``level``, RoboAgent's generalisation levels; :mod:`envs.kitchen_variation`)
+## Levels (``level``, RoboAgent's generalisation levels; :mod:`envs.kitchen.variation`)
 ``L0`` the training distribution; ``L1`` new object poses (the kitchen, each wall cabinet, the
 microwave and the kettle's start shifted by a few cm) and lighting; ``L2`` adds new surface
 textures and colours and distractor objects on the counter; ``L3`` is the L1 scene with
@@ -62,16 +63,10 @@ every task is done (``terminate_on_success``); truncates after ``steps_per_task`
 per task (200 = 16 s each). The env keeps that clock itself (the registered id has no
 ``TimeLimit``) because the limit depends on the length of the task sequence.
 
-## Speed (2 CPU cores, OSMesa)
-About 530 steps/s state-only and 58 steps/s with the two default 96x96 cameras. The render
-edits in ``envs/kitchen_model.py`` are what makes cameras usable: a 96x96 scene frame of the
-wheel's model as shipped takes ~600 ms, ~20 ms without shadows, reflections, multisampling,
-skybox and the oversized buffer, ~8-10 ms with the low-poly arm.
-
 ## Info
 ``task`` (the current task, the last one once all are done), ``instruction`` (its words),
 ``errors`` (per episode task, ``||q - goal||``), ``completed`` (per episode task), ``n_completed``,
-``is_success`` (all done).
+``is_success`` (all done); after a step, the reward as its one term, ``reward_tasks_completed``.
 """
 
 from __future__ import annotations
@@ -86,8 +81,8 @@ import numpy as np
 from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
-from envs.kitchen_instructions import draw_paraphrase, instruction
-from envs.kitchen_model import (
+from envs.kitchen.instructions import draw_paraphrase, instruction
+from envs.kitchen.model import (
     ARM_ACTUATORS,
     ARM_JOINTS,
     CAMERAS,
@@ -99,7 +94,7 @@ from envs.kitchen_model import (
     compile_kitchen,
     kitchen_spec,
 )
-from envs.kitchen_variation import SceneVariation, add_distractors, check_level
+from envs.kitchen.variation import SceneVariation, add_distractors, check_level
 from envs.physics import SimulationDiverged, instability_warned
 
 PHYSICS_TIMESTEP = 0.002
@@ -210,61 +205,76 @@ def close_renderer(renderer: mujoco.Renderer) -> None:
 
     ``mujoco.Renderer.close`` frees the MjrContext's textures and framebuffers by id in whatever
     context is current, and every OSMesa/EGL context numbers its objects from 1: closing (or
-    garbage-collecting) one env's renderer while another env's context is current deleted the other
-    env's objects, and its camera images turned to garbage from then on.
+    garbage-collecting) one env's renderer while another env's context is current would delete the
+    other env's objects, and that env's camera images would be garbage from then on.
     """
-    gl = getattr(renderer, "_gl_context", None)  # private in mujoco 3.x; without it, close as before
+    gl = getattr(renderer, "_gl_context", None)  # private in mujoco 3.x; without it, close in the current context
     if gl is not None:
         gl.make_current()
     renderer.close()
 
 
-class KitchenEnv(MujocoEnv, utils.EzPickle):
-    metadata = {"render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"], "render_fps": 12}
+def _camera_names(cameras: str | Sequence[str]) -> tuple[str, ...]:
+    return (cameras,) if isinstance(cameras, str) else tuple(cameras)
 
-    def __init__(
-        self,
-        task: str | Sequence[str] = "microwave",
-        paraphrase: int | None = 0,
-        cameras: Sequence[str] = (SCENE_CAMERA, WRIST_CAMERA),
-        image_size: int | Sequence[int] = 96,
-        reset_noise: float = 0.02,
-        steps_per_task: int = 200,
-        terminate_on_success: bool = True,
-        level: str = "L0",
-        render_mode: str | None = None,
-        width: int = 320,
-        height: int = 240,
-        camera_name: str | None = SCENE_CAMERA,
-    ):
-        self.tasks = parse_tasks(task)
-        cameras = (cameras,) if isinstance(cameras, str) else tuple(cameras)
+
+@dataclass(frozen=True)
+class KitchenConfig:
+    """The env's keyword arguments (``KitchenEnv(**kwargs)``, the keys of ``env=kitchen``), checked on construction."""
+
+    task: str | Sequence[str] = "microwave"  # one task of TASKS, or a sequence of distinct ones done in order
+    paraphrase: int | None = 0  # index of the instructions' wording; None: drawn per episode
+    cameras: Sequence[str] = (SCENE_CAMERA, WRIST_CAMERA)  # one image per camera in the observation; []: state only
+    image_size: int | Sequence[int] = 96  # px, the camera images' side, or [height, width]
+    reset_noise: float = 0.02  # rad, uniform noise on each arm joint at reset
+    steps_per_task: int = 200  # control steps (16 s) per task before truncation
+    terminate_on_success: bool = True  # end the episode once every task is done
+    level: str = "L0"  # scene variation level, L0-L3 (envs.kitchen.variation)
+    render_mode: str | None = None  # gymnasium's render mode
+    width: int = 320  # px, rendered image width (render(), not the observation's cameras)
+    height: int = 240  # px, rendered image height
+    camera_name: str | None = SCENE_CAMERA  # the camera render() uses
+
+    def __post_init__(self):
+        tasks = parse_tasks(self.task)
+        cameras = _camera_names(self.cameras)
         for cam in cameras:
             if cam not in CAMERAS:
                 raise ValueError(f"unknown kitchen camera {cam!r}; choose from {CAMERAS}")
         if len(set(cameras)) != len(cameras):
             raise ValueError(f"kitchen cameras must not repeat, got {list(cameras)}")
-        if paraphrase is not None:
-            for name in self.tasks:
-                instruction(name, int(paraphrase))  # validates the index for every task
-        if not reset_noise >= 0:
-            raise ValueError(f"reset_noise must be >= 0 rad, got {reset_noise}")
-        if int(steps_per_task) < 1:
-            raise ValueError(f"steps_per_task must be >= 1, got {steps_per_task}")
-        self.level = check_level(level)
-        utils.EzPickle.__init__(self, task, paraphrase, cameras, image_size, reset_noise, steps_per_task,
-                                terminate_on_success, level, render_mode, width, height, camera_name)
-        self.cameras = cameras
-        self.image_shape = _image_shape(image_size)
-        self.paraphrase = None if paraphrase is None else int(paraphrase)
-        self.reset_noise = float(reset_noise)
-        self.max_steps = int(steps_per_task) * len(self.tasks)
-        self.terminate_on_success = bool(terminate_on_success)
+        if self.paraphrase is not None:
+            for name in tasks:
+                instruction(name, int(self.paraphrase))  # validates the index for every task
+        if not self.reset_noise >= 0:
+            raise ValueError(f"reset_noise must be >= 0 rad, got {self.reset_noise}")
+        if int(self.steps_per_task) < 1:
+            raise ValueError(f"steps_per_task must be >= 1, got {self.steps_per_task}")
+        check_level(self.level)
+        _image_shape(self.image_size)
+
+
+class KitchenEnv(MujocoEnv, utils.EzPickle):
+    metadata = {"render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"], "render_fps": 12}
+
+    def __init__(self, **kwargs):
+        """``kwargs``: any fields of :class:`KitchenConfig`."""
+        c = KitchenConfig(**kwargs)
+        utils.EzPickle.__init__(self, **kwargs)
+        self.config = c
+        self.tasks = parse_tasks(c.task)
+        self.level = c.level
+        self.cameras = _camera_names(c.cameras)
+        self.image_shape = _image_shape(c.image_size)
+        self.paraphrase = None if c.paraphrase is None else int(c.paraphrase)
+        self.reset_noise = float(c.reset_noise)
+        self.max_steps = int(c.steps_per_task) * len(self.tasks)
+        self.terminate_on_success = bool(c.terminate_on_success)
 
         obs_space = self._observation_space()
         MujocoEnv.__init__(  # the path only passes MujocoEnv's existence check; the model is built from a spec
-            self, __file__, FRAME_SKIP, obs_space, render_mode=render_mode, width=width, height=height,
-            camera_name=camera_name if render_mode else None,
+            self, __file__, FRAME_SKIP, obs_space, render_mode=c.render_mode, width=c.width, height=c.height,
+            camera_name=c.camera_name if c.render_mode else None,
         )
         self.layout = qpos_layout(self.model)
         self._arm_ctrl = np.array([self.model.actuator(n).id for n in ARM_ACTUATORS])
@@ -393,7 +403,7 @@ class KitchenEnv(MujocoEnv, utils.EzPickle):
 
     # --- gymnasium API ---------------------------------------------------------------------------
     def _randomise_scene(self) -> None:
-        """Per-episode scene variation of ``level`` (:mod:`envs.kitchen_variation`; L0 restores the nominal scene)."""
+        """Per-episode scene variation of ``level`` (:mod:`envs.kitchen.variation`; L0 restores the nominal scene)."""
         self.variation.apply(self.level, self.np_random, self.data)
 
     def reset_model(self) -> dict[str, np.ndarray]:
@@ -452,6 +462,11 @@ class KitchenEnv(MujocoEnv, utils.EzPickle):
         self.data.ctrl[self._arm_ctrl] = action[:7]
         self.data.ctrl[self._finger_ctrl] = action[7] * FINGER_TRAVEL
 
+    def _get_rew(self, newly_completed: int) -> tuple[float, dict[str, float]]:
+        """The reward and its one named term: the tasks completed in this step."""
+        reward = float(newly_completed)
+        return reward, {"tasks_completed": reward}
+
     def step(self, action):
         self.apply_action(action)
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
@@ -466,12 +481,14 @@ class KitchenEnv(MujocoEnv, utils.EzPickle):
                 break
             self._done[k] = True
             newly += 1
+        reward, reward_info = self._get_rew(newly)
         info = self._info(object_state)
+        info.update({f"reward_{name}": value for name, value in reward_info.items()})
         terminated = self.terminate_on_success and info["is_success"]
         truncated = not terminated and self._step_count >= self.max_steps
         if self.render_mode == "human":
             self.render()
-        return self._get_obs(), float(newly), bool(terminated), bool(truncated), info
+        return self._get_obs(), reward, bool(terminated), bool(truncated), info
 
     def close(self):
         if self._renderer is not None:

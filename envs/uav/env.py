@@ -1,9 +1,10 @@
 """Quadrotor hover and waypoint flight with wind, gusts and vehicle randomisation.
 
 ## Description
-One quadrotor (``vehicle`` preset ``cf2`` or ``x2``, see ``envs/quadrotor_model.py``) above a ground
+One quadrotor (``vehicle`` preset ``cf2`` or ``x2``, see ``envs/uav/model.py``) above a ground
 plane. Physics runs at 500 Hz (2 ms, MuJoCo Euler); the agent acts at ``control_hz`` (100 Hz by
-default). Rotor thrusts follow the command through the model's first-order motor lag.
+default). Rotor thrusts follow the command through the model's first-order motor lag. The
+keyword arguments are the fields of :class:`UAVConfig`, each with its unit.
 
 ## Tasks
 - ``hover``: reach and hold ``target`` (m, world) from a random initial state: position offset
@@ -31,7 +32,7 @@ far waypoint, inside the range a hover policy was trained on); the reward uses t
 - ``action_mode=rotor``: per-rotor thrust commands; -1 is 0 N, 0 is the nominal hover thrust
   and +1 is ``thrust_max``, linear in between (so an untrained policy starts near hover).
 - ``action_mode=ctbr``: collective thrust (same map, on the total) and body-rate setpoints
-  (±``max_body_rate`` rad/s), tracked by :class:`envs.uav_control.RateLoop` and the mixer at the
+  (±``max_body_rate`` rad/s), tracked by :class:`envs.uav.control.RateLoop` and the mixer at the
   physics rate.
 
 ## Reward (per control step)
@@ -46,12 +47,17 @@ far waypoint, inside the range a hover policy was trained on); the reward uses t
   remaining step.
 - Both: ``−crash_penalty`` (10) when the episode ends in a crash or leaves the flight volume.
 
+``info`` carries every term as ``reward_<term>``, each its signed share, summing to the reward:
+``reward_rate_penalty``, ``reward_smoothness_penalty``, on ``waypoints`` ``reward_progress`` and
+``reward_waypoint_bonus`` (``k``), then ``reward_proximity`` (``p(d)``) and ``reward_crash_penalty``
+(0 unless the episode ends in a crash or out of the volume).
+
 ## Termination
 Crash (any ground contact, or tilted past 90°) or leaving the flight volume
 (``|x|, |y| > arena_half_width`` or ``z > ceiling``). Truncation after ``episode_seconds``; a
 finished course does not end the episode (``is_success`` stays true while the vehicle holds).
 
-## Disturbances
+## Disturbances (:mod:`envs.uav.disturbances`)
 Air drag ``F = −c₁·v_rel − c₂·|v_rel|·v_rel`` on the vehicle, with ``v_rel`` its velocity relative
 to the air and the preset's coefficients. The air moves with constant ``wind`` (m/s, world) plus
 discrete gusts: after exponentially distributed pauses (mean ``gust_interval`` s) a gust of peak
@@ -65,13 +71,15 @@ motor's thrust by ``motor_strength`` (ranges sampled uniformly).
 ``control_effort`` (episode mean of Σ|T_i − T_hover| / (4·T_hover)), ``crash``,
 ``out_of_bounds``, ``is_success`` (hover: RMSE below ``success_radius`` at the end of the episode;
 waypoints: all passed), ``waypoints_reached``, ``time_to_complete`` (s, present once the course is done), ``wind``
-(the air velocity, m/s).
+(the air velocity, m/s); after a step, the reward terms (``reward_*``, see Reward).
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
+from functools import reduce
 
 import mujoco
 import numpy as np
@@ -79,8 +87,11 @@ from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
 from envs.physics import SimulationDiverged, instability_warned
-from envs.quadrotor_model import QuadrotorParams, preset, quadrotor_mjcf
-from envs.uav_control import RATE_GAINS, Mixer, RateLoop
+from envs.uav.control import RATE_GAINS, Mixer, RateLoop, thrust_from_action
+from envs.uav.disturbances import GustField, drag_force
+from envs.uav.model import QuadrotorParams, preset, quadrotor_mjcf
+from envs.uav.observation import UAVLayout, uav_observation
+from envs.uav.rewards import PROGRESS_GAIN, proximity_reward
 
 TASKS = ("hover", "waypoints")
 ACTION_MODES = ("rotor", "ctbr")
@@ -88,221 +99,125 @@ PHYSICS_TIMESTEP = 0.002
 
 
 @dataclass(frozen=True)
-class UAVLayout:
-    """Half-open index ranges of the observation's parts."""
+class UAVConfig:
+    """The env's keyword arguments (``UAVEnv(**kwargs)``, the keys of ``env=uav_*``), checked on construction."""
 
-    position_error: tuple[int, int] = (0, 3)
-    velocity: tuple[int, int] = (3, 6)
-    attitude: tuple[int, int] = (6, 15)
-    angular_velocity: tuple[int, int] = (15, 18)
-    last_action: tuple[int, int] = (18, 22)
-    n_lookahead: int = 0
+    task: str = "hover"  # hover | waypoints
+    vehicle: str = "cf2"  # preset of envs.uav.model: cf2 (27 g) | x2 (1.3 kg)
+    action_mode: str = "rotor"  # rotor: per-rotor thrusts | ctbr: collective thrust + body rates
+    control_hz: float = 100.0  # Hz, the action rate; must divide the 500 Hz physics rate
+    episode_seconds: float | None = None  # s; None: 10 on hover, 15 on waypoints
+    target: tuple[float, float, float] = (0.0, 0.0, 1.5)  # m, world frame: the hover target
+    target_yaw: float = 0.0  # rad, the heading the attitude is observed against
+    init_pos_range: float = 1.0  # m, hover start offset from the target, uniform per axis
+    init_vel_range: float = 0.5  # m/s, initial velocity, uniform per axis
+    init_tilt_deg: float = 30.0  # deg, initial roll and pitch, each uniform
+    init_rate_range: float = 1.0  # rad/s, initial body rates, uniform per axis
+    n_waypoints: int = 4  # waypoints per course
+    waypoint_radius: float = 0.15  # m, a waypoint counts as passed within this distance
+    waypoint_spacing: tuple[float, float] = (1.0, 2.0)  # m, range of each leg's length
+    n_lookahead: int = 1  # waypoints observed after the current one (waypoints only)
+    error_clip: float | None = None  # m, longest observed position error; None: not clipped
+    arena_half_width: float = 3.0  # m, the flight volume's |x| and |y| limit
+    ceiling: float = 4.0  # m, the flight volume's top
+    wind: tuple[float, float, float] = (0.0, 0.0, 0.0)  # m/s, world frame, constant
+    gust_speed: float = 0.0  # m/s, each gust's peak; 0: no gusts
+    gust_interval: float = 2.0  # s, mean pause between gusts (exponential)
+    gust_duration: tuple[float, float] = (0.5, 2.0)  # s, range of a gust's length
+    mass_scale: tuple[float, float] = (1.0, 1.0)  # range of the per-episode mass factor (inertia follows)
+    inertia_scale: tuple[float, float] = (1.0, 1.0)  # range of a further per-episode inertia factor
+    motor_strength: tuple[float, float] = (1.0, 1.0)  # range of each motor's per-episode thrust factor
+    position_noise: float = 0.0  # m, std of the observed position
+    velocity_noise: float = 0.0  # m/s, std of the observed velocity
+    gyro_noise: float = 0.0  # rad/s, std of the observed body rates
+    accel_noise: float = 0.0  # m/s², std of the accelerometer (imu() only)
+    success_radius: float = 0.1  # m, hover succeeds with a final RMSE below it
+    rmse_window: float = 2.0  # s, the window of hover_rmse
+    crash_penalty: float = 10.0  # reward lost on a crash or on leaving the flight volume
+    rate_penalty: float = 0.005  # weight of ‖ω‖² (ω in rad/s)
+    smoothness_penalty: float = 0.002  # weight of ‖Δa‖² (action units)
+    render_mode: str | None = None  # gymnasium's render mode
+    width: int = 320  # px, rendered image width
+    height: int = 240  # px, rendered image height
+    camera_name: str | None = "chase"  # the camera render() uses
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown uav task {self.task!r}; choose one of {TASKS}")
+        if self.action_mode not in ACTION_MODES:
+            raise ValueError(f"unknown action_mode {self.action_mode!r}; choose one of {ACTION_MODES}")
+        if not self.control_hz > 0:
+            raise ValueError(f"control_hz must be positive, got {self.control_hz}")
+        if self.n_waypoints < 1:
+            raise ValueError(f"n_waypoints must be >= 1, got {self.n_waypoints}")
+        if self.n_lookahead < 0:
+            raise ValueError(f"n_lookahead must be >= 0, got {self.n_lookahead}")
+        for name in ("init_pos_range", "init_vel_range", "init_tilt_deg", "init_rate_range"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        frame_skip = self.frame_skip
+        if frame_skip < 1 or not math.isclose(frame_skip * PHYSICS_TIMESTEP * self.control_hz, 1.0):
+            raise ValueError(
+                f"control_hz must divide the {1 / PHYSICS_TIMESTEP:.0f} Hz physics rate, got {self.control_hz}")
+        for name in ("mass_scale", "inertia_scale", "motor_strength", "gust_duration", "waypoint_spacing"):
+            rng = getattr(self, name)
+            if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
+                raise ValueError(f"{name} must be a range [low, high] with 0 < low <= high, got {list(rng)}")
+        for name in ("target", "wind"):
+            if len(getattr(self, name)) != 3:
+                raise ValueError(f"{name} must be a 3-vector, got {list(getattr(self, name))}")
+        preset(self.vehicle)  # names the known presets
+        if self.error_clip is not None and not self.error_clip > 0:
+            raise ValueError(f"error_clip must be a positive distance in m or null, got {self.error_clip}")
 
     @property
-    def lookahead(self) -> tuple[int, int]:
-        return (22, 22 + 3 * self.n_lookahead)
-
-    @property
-    def size(self) -> int:
-        return 22 + 3 * self.n_lookahead
-
-    def to_dict(self) -> dict:
-        return {
-            "position_error": list(self.position_error), "velocity": list(self.velocity),
-            "attitude": list(self.attitude), "angular_velocity": list(self.angular_velocity),
-            "last_action": list(self.last_action), "lookahead": list(self.lookahead), "size": self.size,
-        }
-
-
-def yaw_rotation(yaw: float) -> np.ndarray:
-    c, s = math.cos(yaw), math.sin(yaw)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-def uav_observation(position, velocity, rotation, angular_velocity, last_action, target,
-                    lookahead=(), target_yaw: float = 0.0, error_clip: float | None = None) -> np.ndarray:
-    """The observation from world-frame state (shared with the ROS 2 adapter).
-
-    ``rotation`` maps body to world, ``velocity`` is world-frame, ``angular_velocity`` body-frame.
-    ``error_clip`` (m) shortens a longer position error to that length, same direction.
-    """
-    r = np.asarray(rotation, dtype=np.float64).reshape(3, 3)
-    p = np.asarray(position, dtype=np.float64)
-    error = np.asarray(target, dtype=np.float64) - p
-    if error_clip is not None:
-        norm = float(np.linalg.norm(error))
-        if norm > error_clip:
-            error = error * (error_clip / norm)
-    parts = [
-        r.T @ error,
-        r.T @ np.asarray(velocity, dtype=np.float64),
-        (yaw_rotation(target_yaw).T @ r).ravel() if target_yaw else r.ravel(),
-        np.asarray(angular_velocity, dtype=np.float64),
-        np.asarray(last_action, dtype=np.float64),
-    ]
-    parts += [r.T @ (np.asarray(w, dtype=np.float64) - p) for w in lookahead]
-    return np.concatenate(parts)
-
-
-def thrust_from_action(a: np.ndarray | float, hover: float, maximum: float) -> np.ndarray:
-    """-1 → 0 N, 0 → hover thrust, +1 → maximum, linear on each side."""
-    a = np.clip(a, -1.0, 1.0)
-    return np.where(a < 0.0, hover * (1.0 + a), hover + a * (maximum - hover))
-
-
-def action_from_thrust(thrust: np.ndarray | float, hover: float, maximum: float) -> np.ndarray:
-    """Inverse of :func:`thrust_from_action` (for scripted controllers)."""
-    t = np.clip(thrust, 0.0, maximum)
-    return np.where(t < hover, t / hover - 1.0, (t - hover) / (maximum - hover))
-
-
-def proximity_reward(distance: float) -> float:
-    """In (0, 1]: the wide term pulls from afar, the 5 cm one rewards centimetre precision."""
-    return 0.5 * math.exp(-distance / 0.5) + 0.5 * math.exp(-distance / 0.05)
-
-
-class GustField:
-    """Constant wind plus 1−cos discrete gusts at exponentially distributed times."""
-
-    def __init__(self, wind, gust_speed: float, gust_interval: float, gust_duration: tuple[float, float], rng,
-                 schedule: dict | None = None):
-        self.wind = np.asarray(wind, dtype=np.float64)
-        self.speed = float(gust_speed)
-        self.interval = float(gust_interval)
-        self.duration = (float(gust_duration[0]), float(gust_duration[1]))
-        self.rng = rng
-        if schedule is None:
-            self.start = self._next_start(0.0)
-            self.length, self.direction = self._draw()
-        else:  # restored from a snapshot: nothing drawn
-            self.start, self.length = float(schedule["start"]), float(schedule["length"])
-            self.direction = np.array(schedule["direction"], dtype=np.float64)
-
-    def schedule(self) -> dict:
-        """The current gust (start, length, direction): with the rng state, all a snapshot needs."""
-        return {"start": self.start, "length": self.length, "direction": self.direction.copy()}
-
-    def _next_start(self, after: float) -> float:
-        return after + (self.rng.exponential(self.interval) if self.speed > 0 else math.inf)
-
-    def _draw(self) -> tuple[float, np.ndarray]:
-        heading = self.rng.uniform(-math.pi, math.pi)
-        return self.rng.uniform(*self.duration), np.array([math.cos(heading), math.sin(heading), 0.0])
-
-    def velocity(self, t: float) -> np.ndarray:
-        if t >= self.start + self.length:
-            self.start = self._next_start(self.start + self.length)
-            self.length, self.direction = self._draw()
-        if t < self.start:
-            return self.wind
-        phase = (t - self.start) / self.length
-        return self.wind + self.direction * (0.5 * self.speed * (1.0 - math.cos(2.0 * math.pi * phase)))
+    def frame_skip(self) -> int:
+        """Physics steps per control step."""
+        return round(1.0 / (self.control_hz * PHYSICS_TIMESTEP))
 
 
 class UAVEnv(MujocoEnv, utils.EzPickle):
     metadata = {"render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"], "render_fps": 50}
 
-    def __init__(
-        self,
-        task: str = "hover",
-        vehicle: str = "cf2",
-        action_mode: str = "rotor",
-        control_hz: float = 100.0,
-        episode_seconds: float | None = None,
-        target: tuple[float, float, float] = (0.0, 0.0, 1.5),
-        target_yaw: float = 0.0,
-        init_pos_range: float = 1.0,
-        init_vel_range: float = 0.5,
-        init_tilt_deg: float = 30.0,
-        init_rate_range: float = 1.0,
-        n_waypoints: int = 4,
-        waypoint_radius: float = 0.15,
-        waypoint_spacing: tuple[float, float] = (1.0, 2.0),
-        n_lookahead: int = 1,
-        error_clip: float | None = None,
-        arena_half_width: float = 3.0,
-        ceiling: float = 4.0,
-        wind: tuple[float, float, float] = (0.0, 0.0, 0.0),
-        gust_speed: float = 0.0,
-        gust_interval: float = 2.0,
-        gust_duration: tuple[float, float] = (0.5, 2.0),
-        mass_scale: tuple[float, float] = (1.0, 1.0),
-        inertia_scale: tuple[float, float] = (1.0, 1.0),
-        motor_strength: tuple[float, float] = (1.0, 1.0),
-        position_noise: float = 0.0,
-        velocity_noise: float = 0.0,
-        gyro_noise: float = 0.0,
-        accel_noise: float = 0.0,
-        success_radius: float = 0.1,
-        rmse_window: float = 2.0,
-        crash_penalty: float = 10.0,
-        rate_penalty: float = 0.005,
-        smoothness_penalty: float = 0.002,
-        render_mode: str | None = None,
-        width: int = 320,
-        height: int = 240,
-        camera_name: str | None = "chase",
-    ):
-        if task not in TASKS:
-            raise ValueError(f"unknown uav task {task!r}; choose one of {TASKS}")
-        if action_mode not in ACTION_MODES:
-            raise ValueError(f"unknown action_mode {action_mode!r}; choose one of {ACTION_MODES}")
-        if not control_hz > 0:
-            raise ValueError(f"control_hz must be positive, got {control_hz}")
-        if n_waypoints < 1 or n_lookahead < 0:
-            raise ValueError(f"n_waypoints must be >= 1 and n_lookahead >= 0, got {n_waypoints} and {n_lookahead}")
-        if min(init_pos_range, init_vel_range, init_tilt_deg, init_rate_range) < 0:
-            raise ValueError("init_pos_range, init_vel_range, init_tilt_deg and init_rate_range must be >= 0")
-        frame_skip = round(1.0 / (control_hz * PHYSICS_TIMESTEP))
-        if frame_skip < 1 or not math.isclose(frame_skip * PHYSICS_TIMESTEP * control_hz, 1.0):
-            raise ValueError(f"control_hz must divide the {1 / PHYSICS_TIMESTEP:.0f} Hz physics rate, got {control_hz}")
-        for name, rng in (("mass_scale", mass_scale), ("inertia_scale", inertia_scale),
-                          ("motor_strength", motor_strength), ("gust_duration", gust_duration),
-                          ("waypoint_spacing", waypoint_spacing)):
-            if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
-                raise ValueError(f"{name} must be a range [low, high] with 0 < low <= high, got {list(rng)}")
-        if len(target) != 3 or len(wind) != 3:
-            raise ValueError("target and wind must be 3-vectors")
-        utils.EzPickle.__init__(
-            self, task, vehicle, action_mode, control_hz, episode_seconds, target, target_yaw, init_pos_range,
-            init_vel_range, init_tilt_deg, init_rate_range, n_waypoints, waypoint_radius, waypoint_spacing,
-            n_lookahead, error_clip, arena_half_width, ceiling, wind, gust_speed, gust_interval, gust_duration, mass_scale,
-            inertia_scale, motor_strength, position_noise, velocity_noise, gyro_noise, accel_noise, success_radius,
-            rmse_window, crash_penalty, rate_penalty, smoothness_penalty, render_mode, width, height, camera_name,
-        )
-        self.task = task
-        self.params: QuadrotorParams = preset(vehicle)
-        self.action_mode = action_mode
+    def __init__(self, **kwargs):
+        """``kwargs``: any fields of :class:`UAVConfig`."""
+        c = UAVConfig(**kwargs)
+        utils.EzPickle.__init__(self, **kwargs)
+        self.config = c
+        frame_skip = c.frame_skip
+        self.task = c.task
+        self.params: QuadrotorParams = preset(c.vehicle)
+        self.action_mode = c.action_mode
         self.control_dt = frame_skip * PHYSICS_TIMESTEP
-        seconds = episode_seconds if episode_seconds is not None else (10.0 if task == "hover" else 15.0)
+        seconds = c.episode_seconds if c.episode_seconds is not None else (10.0 if c.task == "hover" else 15.0)
         self.max_steps = int(round(seconds / self.control_dt))
-        self.nominal_target = np.asarray(target, dtype=np.float64)
-        self.target_yaw = float(target_yaw)
-        self.init = dict(pos=init_pos_range, vel=init_vel_range, tilt=math.radians(init_tilt_deg), rate=init_rate_range)
-        self.n_waypoints = int(n_waypoints)
-        self.waypoint_radius = float(waypoint_radius)
-        self.waypoint_spacing = tuple(waypoint_spacing)
-        if error_clip is not None and not error_clip > 0:
-            raise ValueError(f"error_clip must be a positive distance in m or null, got {error_clip}")
-        self.error_clip = None if error_clip is None else float(error_clip)
-        self.arena_half_width = float(arena_half_width)
-        self.ceiling = float(ceiling)
-        self.wind_config = dict(wind=wind, gust_speed=gust_speed, gust_interval=gust_interval,
-                                gust_duration=tuple(gust_duration))
-        self.randomisation = dict(mass=tuple(mass_scale), inertia=tuple(inertia_scale), motor=tuple(motor_strength))
-        self.noise = dict(position=position_noise, velocity=velocity_noise, gyro=gyro_noise, accel=accel_noise)
-        self.success_radius = float(success_radius)
-        self.rmse_steps = max(1, int(round(rmse_window / self.control_dt)))
-        self.crash_penalty = float(crash_penalty)
-        self.penalties = (float(rate_penalty), float(smoothness_penalty))
-        self.layout = UAVLayout(n_lookahead=int(n_lookahead) if task == "waypoints" else 0)
+        self.nominal_target = np.asarray(c.target, dtype=np.float64)
+        self.target_yaw = float(c.target_yaw)
+        self.init = dict(pos=c.init_pos_range, vel=c.init_vel_range, tilt=math.radians(c.init_tilt_deg),
+                         rate=c.init_rate_range)
+        self.n_waypoints = int(c.n_waypoints)
+        self.waypoint_radius = float(c.waypoint_radius)
+        self.waypoint_spacing = tuple(c.waypoint_spacing)
+        self.error_clip = None if c.error_clip is None else float(c.error_clip)
+        self.arena_half_width = float(c.arena_half_width)
+        self.ceiling = float(c.ceiling)
+        self.wind_config = dict(wind=c.wind, gust_speed=c.gust_speed, gust_interval=c.gust_interval,
+                                gust_duration=tuple(c.gust_duration))
+        self.randomisation = dict(mass=tuple(c.mass_scale), inertia=tuple(c.inertia_scale),
+                                  motor=tuple(c.motor_strength))
+        self.noise = dict(position=c.position_noise, velocity=c.velocity_noise, gyro=c.gyro_noise, accel=c.accel_noise)
+        self.success_radius = float(c.success_radius)
+        self.rmse_steps = max(1, int(round(c.rmse_window / self.control_dt)))
+        self.crash_penalty = float(c.crash_penalty)
+        self.penalties = (float(c.rate_penalty), float(c.smoothness_penalty))
+        self.layout = UAVLayout(n_lookahead=int(c.n_lookahead) if c.task == "waypoints" else 0)
 
         self._xml = quadrotor_mjcf(self.params, PHYSICS_TIMESTEP)
         obs_space = spaces.Box(-np.inf, np.inf, shape=(self.layout.size,), dtype=np.float64)
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.control_dt))}
         MujocoEnv.__init__(  # the path only passes MujocoEnv's existence check; the model is built from XML
-            self, __file__, frame_skip, obs_space, render_mode=render_mode, width=width, height=height,
-            camera_name=camera_name if render_mode else None,
+            self, __file__, frame_skip, obs_space, render_mode=c.render_mode, width=c.width, height=c.height,
+            camera_name=c.camera_name if c.render_mode else None,
         )
         self.action_space = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
         self._body = self.model.body("quad").id
@@ -399,9 +314,7 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
 
     def _apply_drag(self) -> None:
         self._air = self._gusts.velocity(self.time) if self._gusts is not None else np.zeros(3)
-        v_rel = self.data.qvel[:3] - self._air
-        p = self.params
-        self.data.xfrc_applied[self._body, :3] = -(p.drag_linear + p.drag_quadratic * np.linalg.norm(v_rel)) * v_rel
+        self.data.xfrc_applied[self._body, :3] = drag_force(self.data.qvel[:3], self._air, self.params)
 
     def _step_physics(self, action: np.ndarray) -> np.ndarray:
         """Advance one control period; returns the mean rotor thrust command."""
@@ -526,6 +439,36 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
             info["time_to_complete"] = self._completed_at
         return info
 
+    def _pass_waypoints(self, pos: np.ndarray, error: float) -> float:
+        """Count every waypoint now within ``waypoint_radius`` as passed; returns the distance to the current one."""
+        while self._wp_index < len(self._waypoints) and error <= self.waypoint_radius:
+            self._wp_index += 1
+            if self._wp_index == len(self._waypoints):
+                self._completed_at = self._step_count * self.control_dt
+            error = float(np.linalg.norm(self.target - pos))
+        self.model.site_pos[self._target_site] = self.target
+        return error
+
+    def _get_rew(self, action: np.ndarray, rate: np.ndarray, before: float, after: float, error: float,
+                 failed: bool) -> tuple[float, dict[str, float]]:
+        """The reward and its named terms, each its signed share of the reward.
+
+        ``before`` and ``after`` are the distances (m) to the waypoint the step started with, at the
+        step's start and end; ``error`` is the distance to the current one; ``failed``: a crash or
+        leaving the flight volume. The terms are added left to right in the order written here.
+        """
+        w_rate, w_smooth = self.penalties
+        terms = {
+            "rate_penalty": -w_rate * float(rate @ rate),
+            "smoothness_penalty": -w_smooth * float(np.sum((action - self._last_action) ** 2)),
+        }
+        if self.task == "waypoints":
+            terms["progress"] = PROGRESS_GAIN * (before - after)
+            terms["waypoint_bonus"] = float(self._wp_index)  # every waypoint passed adds 1 to each later step
+        terms["proximity"] = proximity_reward(error)
+        terms["crash_penalty"] = -self.crash_penalty if failed else 0.0
+        return reduce(operator.add, terms.values()), terms
+
     def step(self, action):
         action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape != (4,) or not np.all(np.isfinite(action)):
@@ -536,30 +479,18 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         self._step_count += 1
         true_state = self.state()
         pos, _, rot, rate = true_state
-        error = float(np.linalg.norm(self.target - pos))
-        self._sq_errors[self._step_count % self.rmse_steps] = error**2
+        after = float(np.linalg.norm(self.target - pos))
+        self._sq_errors[self._step_count % self.rmse_steps] = after**2
         hover = self.params.hover_thrust
         self._effort_sum += float(np.abs(thrust - hover).sum() / (len(thrust) * hover))
-
-        w_rate, w_smooth = self.penalties
-        reward = -w_rate * float(rate @ rate) - w_smooth * float(np.sum((action - self._last_action) ** 2))
-        if self.task == "waypoints":
-            reward += 10.0 * (before - error)  # progress, measured to the waypoint of the step's start
-            while self._wp_index < len(self._waypoints) and error <= self.waypoint_radius:
-                self._wp_index += 1
-                if self._wp_index == len(self._waypoints):
-                    self._completed_at = self._step_count * self.control_dt
-                error = float(np.linalg.norm(self.target - pos))
-            self.model.site_pos[self._target_site] = self.target
-            reward += self._wp_index  # each waypoint passed raises every later step's reward by 1
-        reward += proximity_reward(error)
-        self._last_action = action
+        error = self._pass_waypoints(pos, after) if self.task == "waypoints" else after
         crash = self._crashed(rot)
         out = not crash and self._out_of_bounds(pos)
-        if crash or out:
-            reward -= self.crash_penalty
-        info = self._info(crash, out, error)
         terminated = crash or out
+        reward, reward_info = self._get_rew(action, rate, before, after, error, terminated)
+        self._last_action = action
+        info = self._info(crash, out, error)
+        info.update({f"reward_{name}": value for name, value in reward_info.items()})
         truncated = not terminated and self._step_count >= self.max_steps
         if self.render_mode == "human":
             self.render()

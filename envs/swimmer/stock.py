@@ -9,7 +9,7 @@ from __future__ import annotations
 import gymnasium as gym
 from gymnasium.wrappers import TimeAwareObservation
 
-from envs.swimmer import ObservationLayout
+from envs.swimmer.env import ObservationLayout
 
 GYM_JOINT_LIMIT = 1.7453292519943295  # ±100°, the range of motor1_rot / motor2_rot
 

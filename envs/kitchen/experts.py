@@ -24,10 +24,6 @@ it sends, not to what it tracks).
 previous plan, release and retreat included, has played out with that task done);
 ``expert.done`` says when the last plan has played out. A task whose plan plays out without
 success is not tried again: the expert then holds still until the episode is truncated.
-
-Measured (100 seeds per task, ``reset_noise`` 0.02 rad, 200 steps): without action noise every
-task succeeds in 100/100 episodes; with ``noise=0.025`` (RoboAgent's evaluation noise) 99-100/100
-except top_burner 98 and hinge_cabinet 76 (its re-grasps outlast the 200 steps; 98/100 in 300).
 """
 
 from __future__ import annotations
@@ -38,8 +34,8 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from envs.kitchen import OBJECT_SLICES, TASK_BY_NAME, KitchenEnv, qpos_layout, task_success
-from envs.kitchen_model import ARM_JOINTS, GRIPPER_SITE
+from envs.kitchen.env import OBJECT_SLICES, TASK_BY_NAME, KitchenEnv, qpos_layout, task_success
+from envs.kitchen.model import ARM_JOINTS, GRIPPER_SITE
 
 OPEN, CLOSED = 1.0, 0.0
 
@@ -164,7 +160,7 @@ def _interp_rot(r0: np.ndarray, r1: np.ndarray, s: float) -> np.ndarray:
 
 
 class KitchenExpert:
-    """Scripted expert for a :class:`~envs.kitchen.KitchenEnv`'s task (or task sequence)."""
+    """Scripted expert for a :class:`~envs.kitchen.env.KitchenEnv`'s task (or task sequence)."""
 
     def __init__(self, env, noise: float = 0.0, seed: int | None = None):
         env = getattr(env, "unwrapped", env)
