@@ -94,12 +94,12 @@ class BCTrainer(Trainer):
         require_ints(cfg, ["algo.augmentations", "algo.eval_episodes", "algo.final_eval_episodes", "algo.log_every",
                            "algo.warmup_steps", "algo.image_shift"], minimum=0)
         check_precision(str(cfg.algo.precision))
+        if not cfg.get("dataset"):
+            raise UserError("algo=bc needs dataset=<directory> (collect one with python -m agents.collect)")
 
     def __init__(self, cfg: DictConfig, run: RunDir, loggers: list):
         super().__init__(cfg, run, loggers)
         algo = cfg.algo
-        if not cfg.get("dataset"):
-            raise UserError("algo=bc needs dataset=<directory> (collect one with python -m agents.collect)")
         root = Path(str(cfg.dataset)).expanduser()
         try:
             manifest = read_manifest(root)

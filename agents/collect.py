@@ -21,7 +21,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from agents.augment import augment_episode
-from agents.dataset import DatasetError, DatasetWriter, Episode, episode_spec
+from agents.dataset import TEXT_KEYS, DatasetError, DatasetWriter, Episode, episode_spec
 from agents.errors import UserError, report_user_errors
 from agents.overrides import require_ints, run_hydra_cli
 
@@ -42,7 +42,7 @@ def record_episode(env, expert, seed: int, noise: float) -> Episode:
     obs, info = env.reset(seed=seed)
     expert.reset(seed=seed)
     data = env.unwrapped.data
-    frames = {k: [v] for k, v in obs.items()}
+    frames = {k: [v] for k, v in obs.items() if k not in TEXT_KEYS}  # the instruction is an episode scalar
     qpos = [data.qpos.copy()]
     actions, rewards, success = [], [], []
     done = False
@@ -50,8 +50,8 @@ def record_episode(env, expert, seed: int, noise: float) -> Episode:
         action = expert.act(obs)
         obs, reward, terminated, truncated, info = env.step(action)
         terminated = terminated or expert.done
-        for k, v in obs.items():
-            frames[k].append(v)
+        for k in frames:
+            frames[k].append(obs[k])
         qpos.append(data.qpos.copy())
         actions.append(action)
         rewards.append(reward)

@@ -43,6 +43,7 @@ FORMAT = "embodied-demos"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 EPISODES = "episodes"
+TEXT_KEYS = ("instruction",)  # observation keys stored once per episode as scalars, not per frame
 SCALARS = ("seed", "task", "instruction", "paraphrase", "expert_noise", "augmentation", "episode_success")
 
 
@@ -75,7 +76,8 @@ class Episode:
 
 def episode_spec(obs_space, action_dim: int, nq: int) -> dict:
     """Shapes and dtypes per key, from the env's Dict observation space: what the manifest promises."""
-    keys = {f"obs/{k}": {"shape": list(space.shape), "dtype": str(space.dtype)} for k, space in obs_space.spaces.items()}
+    keys = {f"obs/{k}": {"shape": list(space.shape), "dtype": str(space.dtype)}
+            for k, space in obs_space.spaces.items() if k not in TEXT_KEYS}
     return {"actions": {"shape": [action_dim], "dtype": "float32"}, "qpos": {"shape": [nq], "dtype": "float64"}, **keys}
 
 

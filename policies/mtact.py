@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from envs.kitchen import instructions
+
 STD_CLIP = (1e-2, 10.0)  # RoboAgent's clip on normalisation std
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -394,9 +396,6 @@ class MTACT(nn.Module):
 
 # ---------------------------------------------------------------- what it reads
 
-INSTRUCTION_CHARS = 1000  # the longest instruction the text input takes
-
-
 def observation_description(config: MTACTConfig) -> dict:
     """The Dict observation keys this model reads (its bundle's ``observation``): cameras and proprio,
     or proprio and object state for the state-only variant, and the instruction's words."""
@@ -404,5 +403,5 @@ def observation_description(config: MTACTConfig) -> dict:
     keys["proprio"] = {"shape": [config.proprio_dim], "dtype": "float64"}
     if not config.cameras:
         keys["object_state"] = {"shape": [config.object_dim], "dtype": "float64"}
-    keys["instruction"] = {"text": INSTRUCTION_CHARS}
+    keys["instruction"] = {"text": instructions.MAX_CHARS}
     return {"keys": keys}

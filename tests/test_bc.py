@@ -15,6 +15,9 @@ from agents.bc_data import ChunkWindows, Selection, load_windows, select_files
 from agents.dataset import DatasetError, read_manifest
 from agents.image_augment import augment_images, color_jitter, random_shift
 from agents.kitchen_eval import SuccessReport, wilson_interval
+from envs.kitchen.instructions import task_of
+from policies.protocol import Policy, PolicyMeta
+from policies.run_dir import RunDir
 
 from conftest import SIZE, TINY_MTACT, assert_one_line_error, fake_episode, write_fake_dataset
 
@@ -136,42 +139,30 @@ def test_success_report_averages_tasks_equally():
     assert r.lines()[-1].split()[:2] == ["overall", "75.0%"]
 
 
-class _ExpertPolicy:
-    """The scripted experts behind the policy interface evaluation drives (one expert per episode)."""
+class _ExpertPolicy(Policy):
+    """The scripted experts behind the policy interface evaluation drives (an expert per task, copied per slot)."""
+
+    meta = None
 
     def __init__(self):
-        self.experts: dict[tuple[int, str], object] = {}
-        self.fresh: set[int] = set()
+        self.experts: dict[str, object] = {}
+        self.fresh = True
 
-    def _expert(self, slot: int, task: str):
+    def reset(self) -> None:
+        self.fresh = True
+
+    def act(self, obs):
         from agents.builders import make_env
         from envs.kitchen.experts import make_expert
 
-        if (slot, task) not in self.experts:
+        task = task_of(obs["instruction"])
+        if task not in self.experts:
             env = make_env({"name": "kitchen", "id": "embodied/Kitchen-v0", "task": task, "cameras": []})
-            self.experts[slot, task] = make_expert(env)
-        expert = self.experts[slot, task]
-        if slot in self.fresh:
-            self.fresh.discard(slot)
-            expert.reset()
-        return expert
-
-    def reset(self, slot: int = 0) -> None:
-        self.fresh.add(slot)
-
-    def act(self, obs, instruction, task, slot: int = 0):
-        return self._expert(slot, task).act(obs)
-
-    def batch(self, slots: int):
-        policy = self
-
-        class Controller:
-            reset = policy.reset
-
-            def act(self, requests):
-                return {s: policy.act(obs, i, t, slot=s) for s, (obs, i, t) in requests.items()}
-
-        return Controller()
+            self.experts[task] = make_expert(env)
+        if self.fresh:
+            self.fresh = False
+            self.experts[task].reset()
+        return self.experts[task].act(obs)
 
 
 def test_batched_evaluation_runs_the_same_episodes_as_one_at_a_time():
@@ -185,30 +176,26 @@ def test_batched_evaluation_runs_the_same_episodes_as_one_at_a_time():
     assert side_by_side.episodes == one.episodes and side_by_side.lengths == one.lengths
     assert sum(map(sum, one.episodes.values())) >= 4  # the experts succeed: the episodes are real ones
     assert len(set(one.lengths["light_switch"] + one.lengths["slide_cabinet"])) > 1  # and not all alike
-    with pytest.raises(ValueError, match="batch"):
-        evaluate_success(env_cfg, tasks, 1, policy=object(), batch=2)
 
 
 @pytest.mark.parametrize("cameras", [(), ("scene",)], ids=["state_only", "images"])
 def test_evaluation_renders_only_for_a_policy_that_reads_images(cameras, monkeypatch):
+    """The policy's env (its bundle's ``env``) shows what it reads: no camera is rendered for a state-only one."""
     import mujoco
 
-    from agents.builders import make_env
     from agents.kitchen_eval import evaluate_success
-    from policies.mtact import MTACT, MTACTConfig
+    from policies.mtact import MTACT, MTACTConfig, observation_description
     from policies.mtact_inference import MTACTPolicy
 
-    env_cfg = {"name": "kitchen", "id": "embodied/Kitchen-v0", "cameras": ["scene", "wrist"], "image_size": 32,
-               "steps_per_task": 3}
-    env = make_env({**env_cfg, "task": "light_switch"})
-    obs, _ = env.reset(seed=0)
-    env.close()
-    config = MTACTConfig(cameras=cameras, image_size=32, proprio_dim=obs["proprio"].size,
-                         object_dim=obs["object_state"].size, action_dim=8, chunk=2, hidden=16, heads=2, ffn=16,
-                         enc_layers=1, dec_layers=1, cvae_layers=1, latent=2, backbone_width=4, language="onehot",
-                         lang_dim=1)
+    env_cfg = {"name": "kitchen", "id": "embodied/Kitchen-v0", "cameras": list(cameras), "image_size": 32,
+               "steps_per_task": 3, "object_state": not cameras}
+    config = MTACTConfig(cameras=cameras, image_size=32, proprio_dim=8, object_dim=17, action_dim=8, chunk=2,
+                         hidden=16, heads=2, ffn=16, enc_layers=1, dec_layers=1, cvae_layers=1, latent=2,
+                         backbone_width=4, language="onehot", lang_dim=1)
     torch.manual_seed(0)
-    policy = MTACTPolicy(MTACT(config), {"tasks": ["light_switch"], "action_low": [-1] * 8, "action_high": [1] * 8})
+    meta = PolicyMeta(kind="mtact", config=config.to_dict(), env=env_cfg, observation=observation_description(config),
+                      action_low=[-1] * 8, action_high=[1] * 8, extra={"tasks": ["light_switch"]})
+    policy = MTACTPolicy(MTACT(config), meta)
     renderers = []
     real = mujoco.Renderer
     monkeypatch.setattr(mujoco, "Renderer", lambda *a, **k: renderers.append(1) or real(*a, **k))
@@ -247,8 +234,7 @@ def test_bc_cli_trains_checkpoints_and_reports(bc_run):
     assert re.search(r"success_rate=\S+ val_l1=\S+ steps=6 params=\d+", last), last
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_by"] == "steps" and set(summary["success_per_task"]) == {"light_switch", "microwave"}
-    assert (run / "checkpoints" / "final" / "policy.safetensors").is_file()
-    assert (run / "checkpoints" / "last" / "trainer_state.pt").is_file()
+    assert RunDir(run).has_policy("final") and RunDir(run).resumable() is not None
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and "val_l1" in rows[0] and "eval_success_microwave" in rows[0]
     assert (run / "training_curve.png").is_file()
@@ -265,11 +251,12 @@ def test_bc_resumes_from_the_last_checkpoint(bc_run, fake_dataset, tmp_path, run
     copy = tmp_path / "resumed"
     shutil.copytree(run, copy)
     shutil.rmtree(copy / "checkpoints" / "final")
+    (copy / "summary.json").unlink()  # as if it had stopped before the end
     resumed = run_cli("agents.train", "env=kitchen", "policy=mtact", "algo=bc", f"dataset={fake_dataset}",
-                      "algo.total_steps=9", "algo.eval_every=3", "algo.eval_episodes=0", "algo.final_eval_episodes=1",
+                      "algo.total_steps=9", "algo.eval_every=3", "algo.eval_episodes=1", "algo.final_eval_episodes=1",
                       f"hydra.run.dir={copy}", *TINY_MTACT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout + resumed.stderr and "steps=9" in resumed.stdout.splitlines()[-1]
+    assert "resuming from" in resumed.stdout + resumed.stderr and "steps=9" in resumed.stdout.splitlines()[-1]
     steps = [line.split(",")[0] for line in (copy / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == ["3", "6", "9"]
 
@@ -286,7 +273,7 @@ def test_evaluate_prints_success_per_task_with_intervals(bc_run, run_cli, tmp_pa
 
 @pytest.mark.parametrize("args, needle", [
     (["algo=bc"], "needs dataset="),
-    (["algo=ppo", "dataset=x"], "trained by behaviour cloning"),
+    (["algo=ppo", "dataset=x"], "trained by algo=bc"),
     (["algo=bc", "dataset=/nonexistent"], "is not a dataset"),
     (["algo=bc", "algo.demos_per_task=5"], "usable demonstrations"),
     (["algo=bc", "dataset=x", "algo.precision=fp16"], "algo.precision='fp16': use one of fp32, bf16"),

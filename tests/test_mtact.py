@@ -14,18 +14,15 @@ import numpy as np
 import pytest
 import torch
 
+from envs.kitchen.instructions import instruction
 from policies import language
-from policies.checkpoint import CheckpointError
+from policies.bundle import read_meta, save_bundle
 from policies.chunking import ChunkExecutor, TemporalEnsembler, make_chunk_scheduler
 from policies.language import LanguageModelMissing, SentenceEncoder, one_hot_task
-from policies.mtact import (
-    MTACT,
-    MTACTConfig,
-    image_tensor,
-    is_mtact_dir,
-    load_mtact,
-    save_mtact,
-)
+from policies.mtact import MTACT, MTACTConfig, image_tensor, observation_description
+from policies.mtact_inference import MTACTPolicy
+from policies.protocol import PolicyError, PolicyMeta
+from policies.registry import load_policy
 
 B, K, A, P, OBJ, LANG = 3, 4, 2, 3, 5, 4
 
@@ -252,59 +249,88 @@ def test_overfits_a_language_conditioned_dataset(precision):
     assert start > 0.5 and end < 0.1 and end < start / 8, (start, end)  # measured: 0.88 -> 0.03
 
 
-# ---------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------- bundles
+
+KITCHEN = {"name": "kitchen", "id": "embodied/Kitchen-v0"}
+TASKS = ["microwave", "kettle", "light_switch", "slide_cabinet"]  # LANG one-hot slots
 
 
-def test_checkpoint_round_trip(tmp_path):
+def save_tiny(directory, model: MTACT, tasks=TASKS, low=(-1, -1), high=(1, 1), **extra):
+    cfg = model.config
+    meta = PolicyMeta(kind="mtact", config=cfg.to_dict(), env=KITCHEN, observation=observation_description(cfg),
+                      action_low=list(low), action_high=list(high), extra={"tasks": list(tasks), **extra})
+    return save_bundle(directory, meta, model.state_dict())
+
+
+def test_bundle_round_trip(tmp_path):
     cfg = tiny(decoder_quirk=True)
     model, x = build(cfg), batch(cfg)
     model.set_normalization({"action_mean": np.array([0.5, -1.0]), "action_std": np.array([2.0, 0.5])})
-    meta = {"tasks": ["a", "b"], "action_low": [-1, -1], "action_high": [1, 1]}
-    save_mtact(tmp_path, model, meta)
-    assert is_mtact_dir(tmp_path) and not is_mtact_dir(tmp_path / "nowhere")
-    loaded, meta2 = load_mtact(tmp_path)
-    assert meta2 == meta and loaded.config == cfg and not loaded.training
-    assert torch.equal(loaded.predict_chunk(**x), model.predict_chunk(**x))
-    with pytest.raises(ValueError, match="config"):
-        save_mtact(tmp_path, model, {"config": {}})
+    save_tiny(tmp_path, model, inference={"schedule": "execute", "execute_steps": 2})
+    policy = load_policy(tmp_path)
+    assert isinstance(policy, MTACTPolicy) and policy.meta.kind == "mtact"
+    assert policy.meta.extra["tasks"] == TASKS and policy.config == cfg and not policy.model.training
+    assert policy.schedule == "execute" and policy.execute_steps == 2  # as trained
+    assert torch.equal(policy.model.predict_chunk(**x), model.predict_chunk(**x))
+    assert set(read_meta(tmp_path).observation["keys"]) == {"scene", "wrist", "proprio", "instruction"}
+    steps = load_policy(tmp_path, options={"schedule": "ensemble"})
+    assert steps.schedule == "ensemble"
+    with pytest.raises(PolicyError, match="execute_steps must be in 1..4"):
+        load_policy(tmp_path, options={"execute_steps": 9})
+    with pytest.raises(PolicyError, match="has no option colour"):
+        load_policy(tmp_path, options={"colour": "red"})
 
 
 def _one_line_error(directory, match: str) -> None:
-    with pytest.raises(CheckpointError, match=match) as info:
-        load_mtact(directory)
+    with pytest.raises(PolicyError, match=match) as info:
+        load_policy(directory)
     assert "\n" not in str(info.value)
 
 
-def test_checkpoint_errors(tmp_path):
+def test_bundle_errors(tmp_path):
     cfg = tiny(cameras=())
-    save_mtact(tmp_path, build(cfg), {})
+    save_tiny(tmp_path, build(cfg))
     weights, meta_path = tmp_path / "policy.safetensors", tmp_path / "policy.json"
     good_weights, good_meta = weights.read_bytes(), meta_path.read_text()
 
     weights.write_bytes(good_weights[: len(good_weights) // 2])
-    _one_line_error(tmp_path, "corrupt or truncated")
-    weights.write_bytes(b"\x00garbage" * 10)
-    _one_line_error(tmp_path, "corrupt or truncated")
+    _one_line_error(tmp_path, "sha256")
     weights.unlink()
     _one_line_error(tmp_path, "no policy.safetensors")
     weights.write_bytes(good_weights)
 
     doc = json.loads(good_meta)
-    meta_path.write_text(json.dumps({**doc, "format": "embodied-policy"}))
-    _one_line_error(tmp_path, "not an embodied-mtact file")
-    assert not is_mtact_dir(tmp_path)
+    meta_path.write_text(json.dumps({**doc, "format": "embodied-nonsense"}))
+    _one_line_error(tmp_path, "embodied-nonsense")
     meta_path.write_text(json.dumps({**doc, "version": 99}))
     _one_line_error(tmp_path, "version 99")
     meta_path.write_text(json.dumps({**doc, "config": {**doc["config"], "latent": 8}}))
-    _one_line_error(tmp_path, "do not match the config.*latent_proj.weight")
+    _one_line_error(tmp_path, "latent_proj.weight has shape")
     meta_path.write_text(json.dumps({**doc, "config": {**doc["config"], "enc_layers": 2}}))
-    _one_line_error(tmp_path, "do not match the config.*missing")
+    _one_line_error(tmp_path, "missing encoder")
     meta_path.write_text(json.dumps({**doc, "config": {**doc["config"], "depth": 2}}))
-    _one_line_error(tmp_path, "bad MT-ACT config.*depth")
+    _one_line_error(tmp_path, "config.*depth")
     meta_path.write_text(json.dumps({k: v for k, v in doc.items() if k != "config"}))
-    _one_line_error(tmp_path, "no MT-ACT config")
+    _one_line_error(tmp_path, "missing field.*config")
     meta_path.write_text(good_meta[:40])
     _one_line_error(tmp_path, "not valid JSON")
+
+
+def test_a_version_1_mtact_checkpoint_still_loads(tmp_path):
+    """The MT-ACT format of the previous release (embodied-mtact v1, no hash) loads through the registry."""
+    from safetensors.torch import save_file
+
+    cfg = tiny(cameras=())
+    model, x = build(cfg), batch(tiny(cameras=()))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "policy.safetensors"))
+    (tmp_path / "policy.json").write_text(json.dumps({
+        "format": "embodied-mtact", "version": 1, "kind": "mtact", "config": cfg.to_dict(), "tasks": TASKS,
+        "env": {**KITCHEN, "cameras": ["scene", "wrist"]}, "dataset": "d", "steps": 7, "action_low": [-1, -1],
+        "action_high": [1, 1], "inference": {"schedule": "ensemble", "ensemble_m": 0.01, "execute_steps": 4}}))
+    policy = load_policy(tmp_path)
+    assert policy.meta.env["cameras"] == [] and policy.meta.env["object_state"] is True  # the state-only env
+    assert policy.meta.steps == 7 and policy.meta.extra["tasks"] == TASKS
+    assert torch.equal(policy.model.predict_chunk(**x), model.predict_chunk(**x))
 
 
 # ---------------------------------------------------------------- chunk schedulers
@@ -358,35 +384,35 @@ def test_make_chunk_scheduler():
 @pytest.mark.parametrize("schedule", ["ensemble", "execute"])
 def test_batched_controller_acts_as_independent_policies(schedule):
     """Episodes side by side (started at different steps) get the actions lone policies give them."""
-    from policies.mtact_inference import MTACTPolicy
-
     cfg = tiny(cameras=("scene",))
-    meta = {"tasks": ["a", "b", "c", "d"], "action_low": [-5, -5], "action_high": [5, 5]}
+    meta = PolicyMeta(kind="mtact", config=cfg.to_dict(), env=KITCHEN, observation=observation_description(cfg),
+                      action_low=[-5, -5], action_high=[5, 5], extra={"tasks": TASKS})
     model = build(cfg)
     g = np.random.default_rng(0)
 
-    def obs():
+    def obs(slot: int):  # each slot's one-hot task from its instruction's words
         return {"scene": g.integers(0, 256, (32, 32, 3), dtype=np.uint8), "proprio": g.normal(size=P),
-                "object_state": g.normal(size=OBJ)}
+                "instruction": instruction(TASKS[slot])}
 
-    policy = MTACTPolicy(model, meta, schedule, execute_steps=2)
-    lone = [MTACTPolicy(model, meta, schedule, execute_steps=2) for _ in range(3)]
-    controller = policy.batch(3)
+    policy = MTACTPolicy(model, meta, schedule, execute_steps=2 if schedule == "execute" else None)
+    lone = [MTACTPolicy(model, meta, schedule, execute_steps=2 if schedule == "execute" else None) for _ in range(3)]
+    controller = policy.batched(3)
     for slot in range(3):
         controller.reset(slot)
         lone[slot].reset()
     for t in range(5):
         slots = [0, 1, 2] if t >= 2 else [0, 1]  # slot 2 joins late, so the slots are out of phase
-        requests = {s: (obs(), "", "abcd"[s]) for s in slots}
+        requests = {s: obs(s) for s in slots}
         got = controller.act(requests)
         assert sorted(got) == slots
         for s in slots:
-            np.testing.assert_allclose(got[s], lone[s].act(*requests[s]), atol=1e-5)
+            np.testing.assert_allclose(got[s], lone[s].act(requests[s]), atol=1e-5)
+        assert lone[2 if t >= 2 else 1].task == TASKS[2 if t >= 2 else 1]
     queries = sum(p.queries for p in lone)
     # ensemble: every slot every step; execute: every slot every 2nd step of its own episode
     assert policy.queries == queries == (13 if schedule == "ensemble" else 3 + 3 + 2)
     with pytest.raises(ValueError, match="slots"):
-        policy.batch(0)
+        policy.batched(0)
 
 
 # ---------------------------------------------------------------- language

@@ -34,6 +34,10 @@ instruction paraphrases (``envs/kitchen/instructions.py``); ``paraphrase`` picks
 - one ``uint8`` image ``(H, W, 3)`` per name in ``cameras`` (default ``scene`` and ``wrist``),
   ``image_size`` pixels (int or ``[H, W]``; 96 by default). ``cameras=[]`` gives state-only
   observations and never creates a GL context.
+- ``instruction`` (``Text``): the current task's words in this episode's paraphrase, what a
+  language-conditioned policy reads (the same string as ``info["instruction"]``).
+``object_state=False`` leaves the object state out: an image policy does not read it, and on a
+real robot it would need perception.
 Both vectors are pure functions of ``qpos`` (:func:`proprio_from_qpos`,
 :func:`object_state_from_qpos`), so a ROS node builds them from joint states alone.
 
@@ -72,6 +76,7 @@ per task (200 = 16 s each). The env keeps that clock itself (the registered id h
 from __future__ import annotations
 
 import math
+import string
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,6 +86,7 @@ import numpy as np
 from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
+from envs.kitchen.instructions import MAX_CHARS as INSTRUCTION_CHARS
 from envs.kitchen.instructions import draw_paraphrase, instruction
 from envs.kitchen.model import (
     ARM_ACTUATORS,
@@ -230,6 +236,7 @@ class KitchenConfig:
     steps_per_task: int = 200  # control steps (16 s) per task before truncation
     terminate_on_success: bool = True  # end the episode once every task is done
     level: str = "L0"  # scene variation level, L0-L3 (envs.kitchen.variation)
+    object_state: bool = True  # the objects' joints in the observation (state-based policies read them)
     render_mode: str | None = None  # gymnasium's render mode
     width: int = 320  # px, rendered image width (render(), not the observation's cameras)
     height: int = 240  # px, rendered image height
@@ -313,12 +320,12 @@ class KitchenEnv(MujocoEnv, utils.EzPickle):
 
     def _observation_space(self) -> spaces.Dict:
         h, w = self.image_shape
-        parts = {
-            "proprio": spaces.Box(-np.inf, np.inf, shape=(PROPRIO_SIZE,), dtype=np.float64),
-            "object_state": spaces.Box(-np.inf, np.inf, shape=(OBJECT_STATE_SIZE,), dtype=np.float64),
-        }
+        parts = {"proprio": spaces.Box(-np.inf, np.inf, shape=(PROPRIO_SIZE,), dtype=np.float64)}
+        if self.config.object_state:
+            parts["object_state"] = spaces.Box(-np.inf, np.inf, shape=(OBJECT_STATE_SIZE,), dtype=np.float64)
         for cam in self.cameras:
             parts[cam] = spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
+        parts["instruction"] = spaces.Text(max_length=INSTRUCTION_CHARS, charset=string.printable)
         return spaces.Dict(parts)
 
     def _settled_rest_state(self) -> np.ndarray:
@@ -396,9 +403,12 @@ class KitchenEnv(MujocoEnv, utils.EzPickle):
             images[cam] = self._renderer.render()  # a fresh array per call
         return images
 
-    def _get_obs(self) -> dict[str, np.ndarray]:
-        obs = {"proprio": self.proprio(), "object_state": self.object_state()}
+    def _get_obs(self) -> dict[str, np.ndarray | str]:
+        obs = {"proprio": self.proprio()}
+        if self.config.object_state:
+            obs["object_state"] = self.object_state()
         obs.update(self.render_cameras())
+        obs["instruction"] = self.instruction
         return obs
 
     # --- gymnasium API ---------------------------------------------------------------------------

@@ -8,6 +8,8 @@ lists only grow at the end: an index, once published in a dataset, keeps meaning
 
 from __future__ import annotations
 
+MAX_CHARS = 1000  # the longest instruction an observation carries (a robot's instruction topic is held to it)
+
 INSTRUCTIONS: dict[str, tuple[str, ...]] = {
     "microwave": (
         "open the microwave",

@@ -28,11 +28,13 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 from geometry_msgs.msg import PointStamped, PoseStamped
+from gymnasium.spaces import Box
 from nav_msgs.msg import Odometry, Path
 from sensor_msgs.msg import Image, Imu, JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 
 import envs
+from envs.kitchen import instructions
 from envs.kitchen.env import FRAME_SKIP, OBJECT_STATE_SIZE, PHYSICS_TIMESTEP, proprio_from_joints
 from envs.kitchen.model import ARM_JOINTS, FINGER_ACTUATORS, FINGER_JOINTS, FINGER_TRAVEL
 from envs.uav.control import action_from_thrust, thrust_from_action
@@ -116,7 +118,6 @@ class RobotAdapter:
     """
 
     hold_until_command = False  # sim: keep the initial state until the first command arrives
-    dict_observation = False  # True: a Dict observation (images...), for chunking (MT-ACT) policies, not vectors
 
     @staticmethod
     def with_rate(env_config: dict, rate: float) -> dict:
@@ -504,9 +505,8 @@ class KitchenAdapter(RobotAdapter):
       with the last observation.
     - ``object_state`` (std_msgs/Float64MultiArray, 17 values in the env's order, see
       ``envs/kitchen/env.py``): on a real robot it comes from perception. It has no header, so it
-      cannot be matched to a sample or aged: the latest one is used, as a goal is. An image
-      policy that does not read it builds the adapter with ``object_state=False``; then it is
-      not subscribed to and the observation has no ``object_state`` entry.
+      cannot be matched to a sample or aged: the latest one is used, as a goal is. An env config
+      with ``object_state: false`` (an image policy's) has no such topic and no such entry.
     - ``<camera>/image_raw`` (sensor_msgs/Image, rgb8, the trained size; rows may be padded
       (``step``), as the message allows) per camera of the env config, stamped like the joint
       states, ``frame_id`` ``<camera>_camera_optical_frame``.
@@ -515,7 +515,7 @@ class KitchenAdapter(RobotAdapter):
 
     The observation is the env's own Dict (proprio with the gripper opening of
     :func:`envs.kitchen.env.proprio_from_joints`, object_state, one ``uint8 (H, W, 3)`` image per
-    camera). The command is ``std_msgs/Float64MultiArray``: 7 joint position targets (rad) and
+    camera, the instruction's words). The command is ``std_msgs/Float64MultiArray``: 7 joint position targets (rad) and
     the gripper command in [0, 1] (0 closed, 1 open), what ros2_control's forward position
     controller takes. The safe command holds the arm where it is (see :meth:`safe_command`).
     """
@@ -523,12 +523,11 @@ class KitchenAdapter(RobotAdapter):
     robot = "kitchen"
     trigger = "joint_states"  # published last by the sim: its arrival completes a sample
     hold_until_command = True  # the arm stays still until the policy speaks
-    dict_observation = True
     ENV_IDS = (envs.KITCHEN,)
     ENCODING = "rgb8"
-    MAX_INSTRUCTION_CHARS = 1000
+    MAX_INSTRUCTION_CHARS = instructions.MAX_CHARS
 
-    def __init__(self, env_config: dict, object_state: bool = True):
+    def __init__(self, env_config: dict):
         if env_config.get("id", envs.KITCHEN) not in self.ENV_IDS:
             raise ValueError(
                 f"the kitchen adapter serves the Franka kitchen env (env=kitchen), not {env_config.get('id')}")
@@ -545,9 +544,9 @@ class KitchenAdapter(RobotAdapter):
         self.action_low = env.action_space.low.astype(np.float64)
         self.action_high = env.action_space.high.astype(np.float64)
         self.obs_dim = None  # a Dict observation, not a vector
-        self.uses_object_state = bool(object_state)
+        self.uses_object_state = "object_state" in env.observation_space.spaces
         self.layout = {name: list(space.shape) for name, space in env.observation_space.spaces.items()
-                       if name != "object_state" or self.uses_object_state}
+                       if isinstance(space, Box)}
         self.instruction = ""
         self._positions: np.ndarray | None = None  # the last valid joint_states, arm then fingers
         self._gripper: float | None = None  # the last gripper command sent
@@ -555,8 +554,9 @@ class KitchenAdapter(RobotAdapter):
         images = [Topic(name, Image) for name in self.image_topics.values()]
         objects = Topic("object_state", Float64MultiArray, synced=False)
         instruction = Topic("instruction", String, synced=False, latched=True)
-        self.topics = [Topic("joint_states", JointState), *images, *([objects] if object_state else []), instruction]
-        self.published_topics = [instruction, objects, *images, Topic("joint_states", JointState)]
+        objects = [objects] if self.uses_object_state else []
+        self.topics = [Topic("joint_states", JointState), *images, *objects, instruction]
+        self.published_topics = [instruction, *objects, *images, Topic("joint_states", JointState)]
 
     @property
     def env(self):
@@ -603,10 +603,11 @@ class KitchenAdapter(RobotAdapter):
     def encode_state(self, env, stamp: int, frame_prefix: str = "") -> dict[str, object]:
         """Messages for the current state of a kitchen env, its camera frames rendered now."""
         out = {"instruction": String(data=env.instruction)}
-        objects = Float64MultiArray(data=env.object_state().tolist())
-        size = OBJECT_STATE_SIZE
-        objects.layout.dim = [MultiArrayDimension(label="object_state", size=size, stride=size)]
-        out["object_state"] = objects
+        if self.uses_object_state:
+            objects = Float64MultiArray(data=env.object_state().tolist())
+            size = OBJECT_STATE_SIZE
+            objects.layout.dim = [MultiArrayDimension(label="object_state", size=size, stride=size)]
+            out["object_state"] = objects
         for cam, image in env.render_cameras(self.cameras).items():
             msg = Image()
             set_stamp(msg.header, stamp, f"{frame_prefix}{cam}_camera_optical_frame")
@@ -682,12 +683,13 @@ class KitchenAdapter(RobotAdapter):
             obs["object_state"] = self._object_state(msgs["object_state"])
         for cam, topic in self.image_topics.items():
             obs[cam] = self._image(topic, msgs[topic])
-        self.instruction = self._instruction(msgs["instruction"])
+        obs["instruction"] = self.instruction = self._instruction(msgs["instruction"])
         return obs
 
-    def zero_observation(self) -> dict[str, np.ndarray]:
+    def zero_observation(self) -> dict[str, np.ndarray | str]:
         spaces = self._env.observation_space.spaces
-        return {name: np.zeros(spaces[name].shape, dtype=spaces[name].dtype) for name in self.layout}
+        return {**{name: np.zeros(spaces[name].shape, dtype=spaces[name].dtype) for name in self.layout},
+                "instruction": ""}
 
     def summary(self, env) -> dict:
         return {"proprio": env.proprio().tolist(), "task": env.current_task,
