@@ -192,6 +192,7 @@ def train_step_ms(model, batch: int, rounds: int = 3) -> dict:
 def latency(run: Path) -> dict:
     import torch
 
+    from envs.kitchen.instructions import instruction
     from policies.registry import load_policy
 
     torch.set_num_threads(1)
@@ -202,7 +203,7 @@ def latency(run: Path) -> dict:
     obs = {"proprio": rng.normal(size=cfg.proprio_dim).astype(np.float32),
            "object_state": rng.normal(size=cfg.object_dim).astype(np.float32),
            **{c: rng.integers(0, 255, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras},
-           "instruction": "open the microwave door"}
+           "instruction": instruction("microwave")}
     for _ in range(10):
         policy.query_batch([obs])
     times = []
@@ -343,8 +344,10 @@ def main() -> None:
     parser.add_argument("--eval-workers", type=int, default=2, help="processes per evaluation")
     parser.add_argument("--eval-batch", type=int, default=8, help="episodes side by side per evaluation process")
     parser.add_argument("--dataset", type=Path, default=DATASET)
-    parser.add_argument("--only", default="train,eval,latency")
+    parser.add_argument("--only", default="train,eval,latency",
+                        help="sections to run; 'table' alone re-renders the markdown from the JSON in --out")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--work", type=Path, default=WORK, help="the run cache (one run directory per variant+seed)")
     parser.add_argument("--note", action="append", default=[], help="a line for the results' notes (kept)")
     args = parser.parse_args()
     if args.steps is None:
@@ -356,9 +359,14 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown variants {unknown}; have {list(VARIANTS)}")
     sections = set(args.only.split(","))
-    WORK.mkdir(parents=True, exist_ok=True)
-    args.out.mkdir(parents=True, exist_ok=True)  # before training: the results are written after it
     json_path = args.out / "kitchen_mtact.json"
+    if sections == {"table"}:
+        write_markdown(json.loads(json_path.read_text()), args.out / "kitchen_mtact.md")
+        print(f"wrote {args.out / 'kitchen_mtact.md'}")
+        return
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)  # before training: the results are written after it
     out = json.loads(json_path.read_text()) if json_path.is_file() else {}
 
     def union(key, new):  # an invocation adds to the table; it does not drop earlier variants
@@ -373,23 +381,23 @@ def main() -> None:
     out["notes"] = [*out.get("notes", []), *args.note]
     out.setdefault("eval", {})
     out.setdefault("runs", {})
-    jobs = Jobs(WORK, args.jobs)
+    jobs = Jobs(work, args.jobs)
     names = [f"{v}_s{s}" for v in args.variants for s in args.seeds]
     if "train" in sections:
         train_all(args, jobs)
-    cached = record_runs(out, names, WORK)
+    cached = record_runs(out, names, work)
     if "eval" in sections:
         for name in names:
             if name in cached:
                 for level in levels:
-                    out["eval"].setdefault(name, {})[level] = evaluate(WORK / name, level, args.episodes,
+                    out["eval"].setdefault(name, {})[level] = evaluate(work / name, level, args.episodes,
                                                                       args.eval_workers, args.eval_batch)
             elif name in out["runs"]:
-                print(f"  {name}: no run in {WORK}; its recorded evaluations are kept as they are", flush=True)
+                print(f"  {name}: no run in {work}; its recorded evaluations are kept as they are", flush=True)
     if "latency" in sections:  # of the first image-based variant trained
         for name in names:
-            if not name.startswith(("state_only", "bc_single")) and RunDir(WORK / name).has_policy():
-                out["latency"] = {"run": name, **latency(WORK / name)}
+            if not name.startswith(("state_only", "bc_single")) and RunDir(work / name).has_policy():
+                out["latency"] = {"run": name, **latency(work / name)}
                 break
     out["table"] = aggregate(out)
     write_json_atomic(json_path, out)

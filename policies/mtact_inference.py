@@ -103,7 +103,7 @@ class MTACTPolicy(Policy):
             return task or ""
         if task is None:
             raise PolicyError(f"instruction {text[:80]!r} is none of the known task wordings, and this one-hot "
-                              "MT-ACT needs a task: set its task option")
+                              "MT-ACT needs a task: set its task option (the node's task parameter)")
         if task not in self.tasks:
             raise PolicyError(f"instruction {text[:80]!r} asks for {task}, and this one-hot MT-ACT was trained on "
                               f"{', '.join(self.tasks)} only")

@@ -140,6 +140,8 @@ def cli_env() -> dict:
     env.pop("HYDRA_FULL_ERROR", None)
     env.setdefault("MUJOCO_GL", "osmesa")
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    # This checkout's packages, whichever one the venv's editable install points at.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
 

@@ -53,9 +53,14 @@ def hold_still(env: KitchenEnv) -> np.ndarray:
 def test_spaces(state_env):
     env = state_env
     obs, info = env.reset(seed=0)
-    assert set(env.observation_space.spaces) == {"proprio", "object_state"}
+    assert set(env.observation_space.spaces) == {"proprio", "object_state", "instruction"}
     assert obs["proprio"].shape == (8,) and obs["object_state"].shape == (OBJECT_STATE_SIZE,) == (17,)
+    assert obs["instruction"] == info["instruction"] == env.instruction
     assert env.observation_space.contains(obs)
+    without = KitchenEnv(object_state=False, cameras=[])
+    assert set(without.observation_space.spaces) == {"proprio", "instruction"}
+    assert set(without.reset(seed=0)[0]) == {"proprio", "instruction"}
+    without.close()
     assert env.action_space.shape == (8,) and env.action_space.dtype == np.float32
     ranges = env.model.jnt_range[[env.model.joint(n).id for n in ARM_JOINTS]]
     np.testing.assert_allclose(env.action_space.low[:7], ranges[:, 0], rtol=1e-6)
@@ -335,7 +340,7 @@ def test_camera_images(gl_available):
 def test_single_camera(gl_available):
     env = KitchenEnv(task="kettle", cameras=["wrist"], image_size=32)
     obs, _ = env.reset(seed=0)
-    assert set(obs) == {"proprio", "object_state", "wrist"} and obs["wrist"].shape == (32, 32, 3)
+    assert set(obs) == {"proprio", "object_state", "wrist", "instruction"} and obs["wrist"].shape == (32, 32, 3)
     env.close()
 
 

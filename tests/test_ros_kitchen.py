@@ -32,8 +32,10 @@ import envs
 from embodied_ros.adapters import InvalidMessage, KitchenAdapter, SwimmerAdapter, make_adapter
 from envs.kitchen.experts import make_expert
 from envs.kitchen.instructions import INSTRUCTIONS, instruction
-from policies.checkpoint import PolicyMeta, save_policy
+from policies.bundle import save_bundle
 from policies.mlp import MLPActor, MLPConfig
+from policies.protocol import PolicyMeta
+from policies.vector_policy import VectorPolicy
 
 from conftest import capturing_policy_node, launch_nodes
 
@@ -89,11 +91,14 @@ def test_encoded_state_decodes_to_the_env_observation(adapter, camera_env):
             assert isinstance(msgs[t.name], t.type)
             assert adapter.validate(t.name, msgs[t.name], stamp, MAX_AGE) == stamp
         rebuilt = adapter.observation(msgs, i)
-        assert rebuilt.keys() == obs.keys() == {"proprio", "object_state", "scene", "wrist"}
+        assert rebuilt.keys() == obs.keys() == {"proprio", "object_state", "scene", "wrist", "instruction"}
         for key, value in obs.items():
+            if key == "instruction":
+                assert rebuilt[key] == value == env.instruction == instruction("microwave", 1)
+                continue
             assert rebuilt[key].dtype == value.dtype and rebuilt[key].shape == value.shape, key
             np.testing.assert_array_equal(rebuilt[key], value, err_msg=f"step {i}: {key}")
-        assert adapter.instruction == env.instruction == instruction("microwave", 1)
+        assert adapter.instruction == env.instruction
         action = expert.act(env) if i % 2 else rng.uniform(env.action_space.low, env.action_space.high)
         obs, *_ = env.step(adapter.decode_command(adapter.encode_command(action)))
     assert obs["proprio"][7] > 0.0  # the gripper moved, so the opening is really in play
@@ -127,12 +132,13 @@ def test_message_fields_and_joint_order(adapter, messages):
 
 
 def test_image_policies_can_go_without_object_state(messages):
-    """``object_state=False``: not subscribed, and the observation has no object_state entry."""
-    blind = make_adapter("kitchen", ENV, object_state=False)
+    """An env config with ``object_state: false`` (an image policy's): not published, not subscribed, no entry."""
+    blind = make_adapter("kitchen", {**ENV, "object_state": False})
     assert [t.name for t in blind.topics] == ["joint_states", "scene/image_raw", "wrist/image_raw", "instruction"]
-    assert "object_state" in [t.name for t in blind.published_topics]  # the sim still publishes it
+    assert "object_state" not in [t.name for t in blind.published_topics]
     msgs = {k: v for k, v in messages.items() if k != "object_state"}
-    assert blind.observation(msgs, 0).keys() == {"proprio", "scene", "wrist"} == blind.zero_observation().keys()
+    keys = {"proprio", "scene", "wrist", "instruction"}
+    assert blind.observation(msgs, 0).keys() == keys == blind.zero_observation().keys()
 
 
 # --- validation ---------------------------------------------------------------------------------------
@@ -295,10 +301,10 @@ def test_sim_node_says_the_instruction_per_episode_and_task_and_ends_on_success(
 def _vector_policy(directory: Path, env_config: dict, obs_dim: int, action_dim: int) -> Path:
     """A tiny untrained MLP policy directory (no training needed to build a node)."""
     config = MLPConfig(obs_dim=obs_dim, action_dim=action_dim, hidden=[4])
-    meta = PolicyMeta(kind="mlp", actor_config=config.to_dict(), obs_dim=obs_dim, action_low=[-1.0] * action_dim,
-                      action_high=[1.0] * action_dim, env=env_config)
-    save_policy(directory, MLPActor(config), meta)
-    return directory
+    meta = PolicyMeta(kind="mlp", config=config.to_dict(), env=env_config, observation={"shape": [obs_dim]},
+                      action_low=[-1.0] * action_dim, action_high=[1.0] * action_dim)
+    policy = VectorPolicy(MLPActor(config), meta)
+    return save_bundle(directory, meta, policy.tensors())
 
 
 def test_policy_node_refuses_a_flat_policy_for_the_kitchen(ros_context, tmp_path):
@@ -306,8 +312,8 @@ def test_policy_node_refuses_a_flat_policy_for_the_kitchen(ros_context, tmp_path
     from embodied_ros.process import StartupError
 
     run = _vector_policy(tmp_path / "kitchen", ENV, 25, 8)
-    with pytest.raises(StartupError, match=r"robot kitchen: its observation is a Dict \(object_state, proprio, scene, "
-                                           r"wrist\) for an MT-ACT policy, and .* holds a flat mlp policy$") as e:
+    with pytest.raises(StartupError, match=r"does not fit this env: the policy reads a \[25\] array, the env gives "
+                                           r"a Dict$") as e:
         PolicyNode(context=ros_context, parameter_overrides=[rclpy.parameter.Parameter("run_dir", value=str(run)),
                                                              rclpy.parameter.Parameter("robot", value="kitchen")])
     assert "\n" not in str(e.value)
@@ -328,7 +334,7 @@ def test_policy_node_carries_the_dict_observation_and_the_instruction(ros_contex
     node.latched = {t.name for t in kitchen.topics if t.latched}
     node.period_ns = int(kitchen.control_dt * 1e9)
     node.watchdog_ns = 2 * node.period_ns
-    node.forward = lambda obs: seen.append((obs, kitchen.instruction)) or np.full(8, 10.0)  # beyond every bound
+    node.forward = lambda obs: seen.append((obs, obs["instruction"])) or np.full(8, 10.0)  # beyond every bound
     env = camera_env
     obs, _ = env.reset(seed=5)
 
@@ -343,7 +349,7 @@ def test_policy_node_carries_the_dict_observation_and_the_instruction(ros_contex
         feed(back=1)
         assert len(seen) == 1 and node.rejected == 0, node.last_reject
         got, words = seen[0]
-        assert got.keys() == obs.keys() and all(np.array_equal(got[k], obs[k]) for k in obs)
+        assert got.keys() == obs.keys() and all(np.array_equal(got[k], obs[k]) for k in obs if k != "instruction")
         assert words == env.instruction
         np.testing.assert_array_equal(published[-1], kitchen.action_high)  # clamped to the env's bounds
 

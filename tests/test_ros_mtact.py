@@ -1,7 +1,7 @@
 """MT-ACT on the kitchen arm through the ROS 2 policy node.
 
 The node must act exactly as the policy does in evaluation (``MTACTPolicy.act`` on the env's own
-observation and instruction), start its chunk scheduler afresh at every episode boundary it can see
+observation, the instruction included), start its chunk scheduler afresh at every episode boundary it can see
 (a new instruction, ``~/reset``) so that no chunk outlives its episode, take a one-hot policy's task
 from the instruction's words, and refuse at start-up, in one line, a policy the robot cannot serve.
 A tiny image MT-ACT is trained through the CLI once per module; the one-hot state-only variant is
@@ -26,9 +26,11 @@ from std_srvs.srv import Trigger
 import envs
 from embodied_ros.adapters import KitchenAdapter
 from envs.kitchen.instructions import INSTRUCTIONS, instruction
-from policies.checkpoint import find_policy_dir
-from policies.mtact import MTACT, MTACTConfig, save_mtact
-from policies.mtact_inference import load_mtact_policy
+from policies.bundle import save_bundle
+from policies.mtact import MTACT, MTACTConfig, observation_description
+from policies.protocol import PolicyMeta
+from policies.registry import load_policy
+from policies.run_dir import RunDir
 
 from conftest import TINY_MTACT, Launch, capturing_policy_node, cli_env, write_fake_dataset
 
@@ -57,10 +59,11 @@ def _onehot_state_only(directory: Path) -> Path:
                          language="onehot", lang_dim=len(TASKS))
     torch.manual_seed(0)
     bounds = KitchenAdapter(env)
-    save_mtact(directory, MTACT(config), {
-        "tasks": TASKS, "env": env, "action_low": bounds.action_low.tolist(), "action_high": bounds.action_high.tolist(),
-        "inference": {"schedule": "execute", "ensemble_m": 0.01, "execute_steps": 2}})
-    return directory
+    meta = PolicyMeta(kind="mtact", config=config.to_dict(), env=env, observation=observation_description(config),
+                      action_low=bounds.action_low.tolist(), action_high=bounds.action_high.tolist(),
+                      extra={"tasks": TASKS, "inference": {"schedule": "execute", "ensemble_m": 0.01,
+                                                           "execute_steps": 2}})
+    return save_bundle(directory, meta, MTACT(config).state_dict())
 
 
 def _feed(node, env, say: bool = False) -> None:
@@ -86,8 +89,8 @@ def test_node_acts_as_the_policy_and_drops_chunks_at_every_episode_boundary(ros_
     on the env's observation and instruction, with temporal ensembling as trained; a new instruction and
     ``~/reset`` each start the ensemble afresh (a reference that is never reset then disagrees)."""
     node, published = _node(ros_context, mtact_run)
-    policy_dir = find_policy_dir(mtact_run)
-    reference, unreset = load_mtact_policy(policy_dir), load_mtact_policy(policy_dir)  # ensemble, m = 0.01
+    policy_dir = RunDir(mtact_run).policy()
+    reference, unreset = load_policy(policy_dir), load_policy(policy_dir)  # ensemble, m = 0.01
     env = envs.make_from_config({**node.adapter.env_config, "task": "microwave"}).unwrapped  # the run's 32 px cameras
     low, high = node.low, node.high
 
@@ -96,17 +99,17 @@ def test_node_acts_as_the_policy_and_drops_chunks_at_every_episode_boundary(ros_
         _feed(node, env, say)
         assert len(published) == before + 1 and node.rejected == 0, node.last_reject
         command = published[-1]
-        expected = reference.act(obs, env.instruction, env.current_task)
-        stale = unreset.act(obs, env.instruction, env.current_task)
+        expected = reference.act(obs)
+        stale = unreset.act(obs)
         assert command.shape == (8,) and np.all(command >= low) and np.all(command <= high)
         np.testing.assert_array_equal(command, np.clip(expected, low, high))
         return command, np.clip(stale, low, high)
 
     try:
-        assert node.backend == "torch" and node.chunked is not None
+        assert node.backend == "torch" and node.policy.meta.kind == "mtact"
         assert [t.name for t in node.adapter.topics] == ["joint_states", "scene/image_raw", "wrist/image_raw",
                                                          "instruction"]  # the image model reads no object state
-        assert node.chunked.schedule == "temporal ensembling of 5-action chunks (m=0.01)"
+        assert node.policy.schedule_description == "temporal ensembling of 5-action chunks (m=0.01)"
         assert node.policy.scheduler.t == 0 and node.policy.queries == 1  # warmed up (encoder loaded), then reset
 
         obs, _ = env.reset(seed=0, options={"paraphrase": 0})
@@ -144,25 +147,24 @@ def test_one_hot_state_only_mtact_takes_its_task_from_the_instruction(ros_contex
     (execute 2 of 4 per query) is kept, and a new instruction drops the half-executed chunk."""
     run = _onehot_state_only(tmp_path / "onehot")
     node, published = _node(ros_context, run)
-    reference = load_mtact_policy(run, "execute", execute_steps=2)
+    reference = load_policy(run)  # as trained: execute 2 of 4
     env = envs.make_from_config({**node.adapter.env_config, "task": "microwave"}).unwrapped  # state-only: no GL
     say = node._make_callback("instruction")
     try:
         assert [t.name for t in node.adapter.topics] == ["joint_states", "object_state", "instruction"]
-        assert node.chunked.schedule == "execute 2 of 4 actions per query"
+        assert node.policy.schedule_description == "execute 2 of 4 actions per query"
         obs, _ = env.reset(seed=0, options={"paraphrase": 1})
         reference.reset()
         for i in range(3):
             _feed(node, env, say=i == 0)
-            np.testing.assert_array_equal(published[-1], np.clip(reference.act(obs, "", "microwave"), node.low,
-                                                                 node.high))
+            np.testing.assert_array_equal(published[-1], np.clip(reference.act(obs), node.low, node.high))
             obs, *_ = env.step(published[-1])
-        assert node.policy.queries == 1 + 2 and node.chunked.task == "microwave"  # warm-up, then one per 2 steps
+        assert node.policy.queries == 1 + 2 and node.policy.task == "microwave"  # warm-up, then one per 2 steps
 
         say(String(data="make me a cup of tea"))
         _feed(node, env)
         assert "'make me a cup of tea' is none of the known task wordings" in node.last_reject
-        assert "set the policy's task parameter" in node.last_reject
+        assert "set its task option (the node's task parameter)" in node.last_reject
         np.testing.assert_array_equal(published[-1], np.r_[env.proprio()[:7], published[-2][7]])  # hold here
         say(String(data=instruction("kettle", 3)))
         _feed(node, env)
@@ -171,20 +173,20 @@ def test_one_hot_state_only_mtact_takes_its_task_from_the_instruction(ros_contex
         say(String(data=instruction("light_switch", 4).upper()))  # a held-out wording, shouted
         queries = node.policy.queries
         _feed(node, env)
-        assert node.chunked.task == "light_switch" and node.policy.queries == queries + 1  # a fresh chunk
+        assert node.policy.task == "light_switch" and node.policy.queries == queries + 1  # a fresh chunk
         reference.reset()
-        np.testing.assert_array_equal(published[-1], np.clip(reference.act(obs, "", "light_switch"), node.low,
-                                                             node.high))
+        told = {**obs, "instruction": instruction("light_switch", 4).upper()}
+        np.testing.assert_array_equal(published[-1], np.clip(reference.act(told), node.low, node.high))
     finally:
         node.destroy_node()
 
     node, published = _node(ros_context, run, task="microwave", chunk_schedule="ensemble")
     try:
-        assert node.chunked.schedule == "temporal ensembling of 4-action chunks (m=0.01)"
+        assert node.policy.schedule_description == "temporal ensembling of 4-action chunks (m=0.01)"
         say = node._make_callback("instruction")
         say(String(data="make me a cup of tea"))
         _feed(node, env)
-        assert node.rejected == 0 and node.chunked.task == "microwave" and len(published) == 1
+        assert node.rejected == 0 and node.policy.task == "microwave" and len(published) == 1
     finally:
         node.destroy_node()
         env.close()
@@ -195,7 +197,7 @@ def test_one_hot_state_only_mtact_takes_its_task_from_the_instruction(ros_contex
 
 def _edited_copy(mtact_run: Path, tmp_path: Path, env_edit: dict) -> Path:
     directory = tmp_path / "policy"
-    shutil.copytree(find_policy_dir(mtact_run), directory)
+    shutil.copytree(RunDir(mtact_run).policy(), directory)
     meta = json.loads((directory / "policy.json").read_text())
     meta["env"].update(env_edit)
     (directory / "policy.json").write_text(json.dumps(meta))
@@ -203,15 +205,15 @@ def _edited_copy(mtact_run: Path, tmp_path: Path, env_edit: dict) -> Path:
 
 
 @pytest.mark.parametrize(("env_edit", "params", "match"), [
-    ({"cameras": ["scene"]}, {}, r"needs camera\(s\) wrist, and the robot's env config \(its policy\.json env\) has "
-                                 r"scene$"),
-    ({"image_size": 48}, {}, r"sees 32x32 images, and the robot's env config \(its policy\.json env\) gives 48x48$"),
-    ({}, {"robot": "swimmer"}, r"holds an MT-ACT policy .* runs on robot:=kitchen; robot swimmer takes a vector policy"),
-    ({}, {"robot": "uav"}, r"holds an MT-ACT policy .* runs on robot:=kitchen; robot uav takes a vector policy"),
-    ({}, {"chunk_schedule": "later"}, r"chunk_schedule must be one of ensemble, execute \(empty: as trained\)"),
-    ({}, {"chunk_schedule": "execute", "execute_steps": 9}, r"execute_steps must be in 1\.\.5 \(the policy's chunk"),
-    ({}, {"execute_steps": 2}, r"execute_steps:=2 needs chunk_schedule:=execute \(this policy runs ensemble\)"),
-    ({}, {"deterministic": False}, "MT-ACT has none"),
+    ({"cameras": ["scene"]}, {}, r"does not fit this env: the policy reads observation key 'wrist', the env has "),
+    ({"image_size": 48}, {}, r"does not fit this env: scene: the policy reads observations of shape \[32, 32, 3\], "
+                             r"the env gives \[48, 48, 3\]$"),
+    ({}, {"robot": "swimmer"}, r"trained on env 'kitchen', not on a swimmer \(use robot:=kitchen\)$"),
+    ({}, {"robot": "uav"}, r"trained on env 'kitchen', not on a uav \(use robot:=kitchen\)$"),
+    ({}, {"chunk_schedule": "later"}, r"chunk schedule must be one of ensemble, execute, got 'later'$"),
+    ({}, {"chunk_schedule": "execute", "execute_steps": 9}, r"execute_steps must be in 1\.\.5 \(the chunk length\)"),
+    ({}, {"execute_steps": 2}, r"execute_steps=2 needs the execute schedule \(this policy runs ensemble\)$"),
+    ({}, {"deterministic": False}, "mtact policy in .* stores none$"),
 ], ids=["camera", "image_size", "swimmer", "uav", "schedule", "execute_steps", "steps_without_execute", "stochastic"])
 def test_startup_errors(ros_context, mtact_run, tmp_path, env_edit, params, match):
     from embodied_ros.policy_node import PolicyNode
@@ -229,13 +231,13 @@ def test_one_hot_task_parameter_must_be_a_trained_task(ros_context, tmp_path):
     from embodied_ros.process import StartupError
 
     run = _onehot_state_only(tmp_path / "onehot")
-    with pytest.raises(StartupError, match=r"task:='kettle': this one-hot MT-ACT was trained on light_switch, "
+    with pytest.raises(StartupError, match=r"task 'kettle': this one-hot MT-ACT was trained on light_switch, "
                                            r"microwave only$"):
         _node(ros_context, run, task="kettle")
 
 
-def test_sim_waits_only_for_the_topics_the_policy_reads(ros_context, mtact_run):
-    """The sim publishes the object state too, but an image MT-ACT never subscribes to it: not waited for."""
+def test_sim_simulates_what_the_policy_reads(ros_context, mtact_run):
+    """The run's env config has no object state for an image MT-ACT: the sim neither publishes nor awaits it."""
     from embodied_ros.sim_node import SimRobotNode
 
     params = {"robot": "kitchen", "run_dir": str(mtact_run), "real_time": False}
@@ -243,7 +245,7 @@ def test_sim_waits_only_for_the_topics_the_policy_reads(ros_context, mtact_run):
                                                                   for k, v in params.items()])
     try:
         assert node.awaited == ["joint_states", "scene/image_raw", "wrist/image_raw", "instruction"]
-        assert "object_state" in node.pubs and node.adapter.image_shape == (32, 32)
+        assert "object_state" not in node.pubs and node.adapter.image_shape == (32, 32)
     finally:
         node.destroy_node()
 

@@ -28,7 +28,8 @@ from embodied_ros.adapters import SwimmerAdapter
 from embodied_ros.malformed import random_malformed
 from embodied_ros.monitor import RobotMonitor
 from embodied_ros.reference import in_process_distance
-from policies.checkpoint import find_policy_dir, read_meta
+from policies.bundle import read_meta
+from policies.run_dir import RunDir
 
 from conftest import Launch, capturing_policy_node
 
@@ -42,7 +43,7 @@ def probe(ros_context):
 
 def test_launch_swims_obeys_enable_watchdog_and_shuts_down(ncap_run, ros_env, probe, tmp_path):
     """The whole deployment path in real time, as a user runs it; one launch, several checks."""
-    policy_dir = find_policy_dir(ncap_run)
+    policy_dir = RunDir(ncap_run).policy()
     adapter = SwimmerAdapter(read_meta(policy_dir).env)
     launch = Launch(ros_env, tmp_path, "robot:=swimmer", f"run:={ncap_run}", "seed:=3", "enabled:=false")
     probe.abort_if = launch.died

@@ -27,9 +27,11 @@ from std_srvs.srv import SetBool, Trigger
 import envs  # noqa: F401  (registers the embodied/ env ids)
 from embodied_ros.adapters import InvalidMessage, SwimmerAdapter, UAVAdapter, make_adapter
 from envs.uav.model import preset
-from policies.checkpoint import find_policy_dir, load_policy, read_meta
-from policies.numpy_inference import numpy_policy
+from policies.bundle import read_meta
 from policies.pid import pid_for_env
+from policies.protocol import EnvInterface
+from policies.registry import load_policy
+from policies.run_dir import RunDir
 
 from conftest import TINY, Launch, capturing_policy_node, launch_nodes, train_in_process
 
@@ -382,7 +384,7 @@ def _feed(node, env, stamp: int) -> None:
 def test_policy_node_sends_newtons_and_remembers_them(uav_run, ros_context):
     """Each state gets four thrusts in newtons; the next observation holds exactly that command."""
     node, published = _policy_node(ros_context, uav_run, action_limit=0.5)
-    env = envs.make_from_config(read_meta(find_policy_dir(uav_run)).env).unwrapped
+    env = envs.make_from_config(RunDir.env_config_of(uav_run)).unwrapped
     env.reset(seed=1)
     p = env.params
     lo, hi = env.layout.last_action
@@ -409,7 +411,7 @@ def test_policy_node_sends_newtons_and_remembers_them(uav_run, ros_context):
 def test_uav_safe_command_is_motors_off_whatever_the_action_limit(uav_run, ros_context):
     """Disabling, the watchdog and a NaN from the network all send 0 N, not a clamped action."""
     node, published = _policy_node(ros_context, uav_run, action_limit=0.5, watchdog_periods=2)
-    env = envs.make_from_config(read_meta(find_policy_dir(uav_run)).env).unwrapped
+    env = envs.make_from_config(RunDir.env_config_of(uav_run)).unwrapped
     env.reset(seed=2)
     try:
         _feed(node, env, node.get_clock().now().nanoseconds)
@@ -446,8 +448,8 @@ def _in_process_rollout(policy_dir: Path, seed: int, steps: int) -> tuple[dict, 
     """The policy flown in-process with the node's inference and the thrust round trip; (state, crash step)."""
     meta = read_meta(policy_dir)
     adapter = UAVAdapter(meta.env)
-    policy = load_policy(policy_dir, adapter.obs_dim, adapter.command_size, adapter.layout)
-    forward = numpy_policy(policy) or policy.act
+    policy = load_policy(policy_dir, EnvInterface.of(adapter.env))
+    forward = policy.numpy_forward() or policy.act
     env = envs.make_from_config(meta.env).unwrapped
     obs, _ = env.reset(seed=seed)
     ended = 0
@@ -467,7 +469,7 @@ def test_lock_step_flight_over_ros_matches_in_process(uav_run, ros_env, tmp_path
     ticks, or up to the crash if the in-process flight crashes first, the ROS-driven vehicle must end
     where the in-process one does (every command delivered, none late, none rejected).
     """
-    policy_dir = find_policy_dir(uav_run)
+    policy_dir = RunDir(uav_run).policy()
     reference, crash_step = _in_process_rollout(policy_dir, seed=0, steps=200)
     ticks = crash_step or 200
     stats_file = tmp_path / "stats.json"
