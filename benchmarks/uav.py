@@ -42,6 +42,7 @@ from agents.builders import make_env  # noqa: E402
 from agents.rollout import EVAL_SEED_BASE  # noqa: E402
 from benchmarks.common import Jobs, compose_cfg, machine, mean_std, summary, write_json_atomic  # noqa: E402
 from envs.uav.model import PRESETS, quadrotor_mjcf  # noqa: E402
+from policies import registry  # noqa: E402
 from policies.pid import pid_for_env  # noqa: E402
 from policies.protocol import EnvInterface  # noqa: E402
 from policies.registry import load_policy  # noqa: E402
@@ -52,6 +53,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 SEEDS = [0, 1, 2]
 TASKS = ("hover", "waypoints")
 ALGOS = ("ppo", "sac")
+PID = "pid"  # the scripted reference controller, a policy kind of the registry
 CONDITIONS = {"still air": 0.0, "1 m/s gusts": 1.0, "3 m/s gusts": 3.0}
 # Fine-tuning a hover policy on the courses: at the from-scratch learning rate PPO wrecked the
 # start policy within 100k steps (its critic meets a new reward scale), so the rate is cut.
@@ -176,20 +178,24 @@ def env_config(task: str, gust: float, vehicle: str = "cf2", base: dict | None =
     return {**cfg, "vehicle": vehicle, "gust_speed": gust}
 
 
-def controller(kind: str, env, run: Path | None):
-    """(act, reset) for the PID or a trained run's deployable policy (NumPy forward where it has one)."""
-    policy = pid_for_env(env) if kind == "pid" else load_policy(RunDir(run).policy(), EnvInterface.of(env))
+def controller(name: str, env, run: Path | None):
+    """(act, reset) for a trained run's deployable policy (NumPy forward where it has one), or without a run the
+    scripted policy ``name`` (the PID) from the registry."""
+    if run is None:
+        policy = registry.initial_policy({"kind": name}, env, {})
+    else:
+        policy = load_policy(RunDir(run).policy(), EnvInterface.of(env))
     return policy.numpy_forward() or policy.act, policy.reset
 
 
 def evaluate(job: tuple) -> dict:
     """Episodes of one controller in one condition; per-episode outcomes."""
-    kind, run, task, gust, vehicle, episodes = job
+    name, run, task, gust, vehicle, episodes = job
     import torch
 
     torch.set_num_threads(1)
     env = make_env(env_config(task, gust, vehicle, run_env(run)))
-    act, reset = controller(kind, env, Path(run) if run else None)
+    act, reset = controller(name, env, Path(run) if run else None)
     rows = []
     for ep in range(episodes):
         obs, info = env.reset(seed=EVAL_SEED_BASE + ep)
@@ -201,7 +207,7 @@ def evaluate(job: tuple) -> dict:
         rows.append({k: info[k] for k in ("hover_rmse", "crash", "out_of_bounds", "is_success", "control_effort",
                                           "waypoints_reached")} | {"time_to_complete": info.get("time_to_complete")})
     env.close()
-    return {"kind": kind, "run": str(run) if run else None, "task": task, "gust": gust, "vehicle": vehicle,
+    return {"controller": name, "run": str(run) if run else None, "task": task, "gust": gust, "vehicle": vehicle,
             "episodes": rows}
 
 
@@ -229,7 +235,7 @@ def section_eval(out: dict, runs: dict, episodes: int, jobs: int, only: set[str]
         for gust in CONDITIONS.values():
             if only is None:
                 for vehicle in PRESETS:
-                    plan.append(("pid", None, task, gust, vehicle, episodes))
+                    plan.append((PID, None, task, gust, vehicle, episodes))
             for (t, method), paths in runs.items():
                 if t != task or (only is not None and method not in only):
                     continue
@@ -245,13 +251,13 @@ def section_eval(out: dict, runs: dict, episodes: int, jobs: int, only: set[str]
         for label, gust in CONDITIONS.items():
             rows = table.setdefault(f"{task}|{label}", {})
             for vehicle in PRESETS:
-                res = next((r for r in results if r["kind"] == "pid" and r["task"] == task and r["gust"] == gust
+                res = next((r for r in results if r["controller"] == PID and r["task"] == task and r["gust"] == gust
                             and r["vehicle"] == vehicle), None)
                 if res is not None:
                     rows[f"PID ({vehicle})"] = outcome(res["episodes"])
             for algo in [m for t, m in runs if t == task]:
                 per_seed = [outcome(r["episodes"]) for r in results
-                            if r["kind"] == algo and r["task"] == task and r["gust"] == gust]
+                            if r["controller"] == algo and r["task"] == task and r["gust"] == gust]
                 if not per_seed:
                     continue
                 merged = {k: mean_std([s[k] for s in per_seed]) for k in per_seed[0] if k != "episodes"}
@@ -274,9 +280,9 @@ def run_env(run: Path | str | None) -> dict | None:
     return OmegaConf.to_container(OmegaConf.load(Path(run) / "config.yaml").env)
 
 
-def trace(kind: str, run: Path | None, task: str, seed: int) -> dict:
+def trace(name: str, run: Path | None, task: str, seed: int) -> dict:
     env = make_env(env_config(task, 3.0, "cf2", run_env(run)))
-    act, reset = controller(kind, env, run)
+    act, reset = controller(name, env, run)
     obs, _ = env.reset(seed=EVAL_SEED_BASE + seed)
     if reset:
         reset()
@@ -300,21 +306,21 @@ def plot(runs: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    controllers = [("pid", None, "PID")] + [(a, runs[(t, a)][0], f"{a.upper()} seed 0") for t in ("hover",) for a in ALGOS
+    controllers = [(PID, None, "PID")] + [(a, runs[(t, a)][0], f"{a.upper()} seed 0") for t in ("hover",) for a in ALGOS
                                              if runs.get((t, a)) and RunDir(runs[(t, a)][0]).has_policy()]
-    for kind, run, label in controllers:
-        tr = trace(kind, run, "hover", 0)
+    for name, run, label in controllers:
+        tr = trace(name, run, "hover", 0)
         t = np.arange(len(tr["err"])) * tr["dt"]
         line, = axes[0].semilogy(t, np.maximum(tr["err"], 1e-4), label=label + (" (crashed)" if tr["crashed"] else ""))
         if tr["crashed"]:
             axes[0].plot(t[-1], max(tr["err"][-1], 1e-4), "x", color=line.get_color(), markersize=10)
     axes[0].set(xlabel="time (s)", ylabel="position error (m)", title="hover, cf2, 3 m/s gusts (episode seed 10000)")
     axes[0].legend()
-    controllers = [("pid", None, "PID")] + [(a, runs[(t, a)][0], f"{a.upper()} seed 0") for t in ("waypoints",) for a in ALGOS
+    controllers = [(PID, None, "PID")] + [(a, runs[(t, a)][0], f"{a.upper()} seed 0") for t in ("waypoints",) for a in ALGOS
                                              if runs.get((t, a)) and RunDir(runs[(t, a)][0]).has_policy()]
     course = None
-    for kind, run, label in controllers:
-        tr = trace(kind, run, "waypoints", 0)
+    for name, run, label in controllers:
+        tr = trace(name, run, "waypoints", 0)
         line, = axes[1].plot(tr["pos"][:, 0], tr["pos"][:, 1], label=label + (" (crashed)" if tr["crashed"] else ""))
         if tr["crashed"]:
             axes[1].plot(*tr["pos"][-1, :2], "x", color=line.get_color(), markersize=10)

@@ -120,8 +120,8 @@ def sine_2d(h: int, w: int, dim: int) -> torch.Tensor:
 # ---------------------------------------------------------------- vision
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
+def _norm(which: str, channels: int) -> nn.Module:
+    if which == "batch":
         return nn.BatchNorm2d(channels)
     groups = min(32, max(1, channels // 8))  # at least 8 channels per group at small widths
     while channels % groups:

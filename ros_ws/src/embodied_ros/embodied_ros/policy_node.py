@@ -186,7 +186,7 @@ class PolicyNode(Node):
             "best_effort": (False, "best-effort (sensor data) QoS for state topics"),
             "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
             "realtime_priority": (0, "SCHED_FIFO priority of the node's threads (1-99; needs CAP_SYS_NICE); 0 = off"),
-            "inference": ("numpy", "'numpy' (checked against torch at start, ~10x faster cold) or 'torch'; "
+            "inference": ("numpy", "'numpy' (checked against torch at start; faster on a cold cache) or 'torch'; "
                                    "MT-ACT runs in torch"),
             "chunk_schedule": ("", "MT-ACT: 'ensemble' (query every step, temporal ensembling) or 'execute' "
                                    "(execute_steps actions per query); empty = as trained"),

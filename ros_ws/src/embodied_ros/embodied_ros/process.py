@@ -1,8 +1,7 @@
 """How a node runs as a process: signals, executor, scheduling, errors, clean exit.
 
-The nodes use rclpy's ``SingleThreadedExecutor``. Jazzy's experimental C++ ``EventsExecutor``
-was tried: in the 7.1.6 wheels it spins a core at 100 % while idle and ignores SIGTERM, so it
-is not offered.
+The nodes use rclpy's ``SingleThreadedExecutor``. Jazzy's experimental C++ ``EventsExecutor`` is
+not offered: in the 7.1.6 wheels it spins a core while idle and ignores SIGTERM.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from rclpy.signals import SignalHandlerOptions
 
 from embodied_ros.params import ParameterError
 
-# A stopped node's cleanup must finish within this, inside launchers' 5 s SIGINT grace (it takes 10-200 ms).
+# A stopped node's cleanup must finish within this, inside launchers' 5 s SIGINT grace.
 CLEANUP_DEADLINE_S = 3.0
 STACK_DUMP_S = 0.5  # between the stack dump and the SIGTERM
 # Linux timer_create(2) with SIGEV_SIGNAL; the structs as <signal.h> and <time.h> define them on 64-bit Linux.
