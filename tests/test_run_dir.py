@@ -232,3 +232,42 @@ def test_no_loader_runs_code_from_a_crafted_run_directory(poisoned, tmp_path):
             with pytest.raises((PolicyError, TrainerStateError)):
                 loader(run / "checkpoints" / name)
     assert not marker.exists()
+
+
+# --- the trainer state's format --------------------------------------------------------------------
+
+
+def test_trainer_state_round_trips_optimizer_and_rng_state_without_pickle(tmp_path):
+    import numpy as np
+    import torch
+
+    from agents.trainer_state import TrainerStateError, load_state, save_state
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    rng = np.random.default_rng(5)
+    state = {"step": 7, "optimizer": opt.state_dict(), "numpy_legacy": np.random.get_state(),
+             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "nested": {"__odd": (1, [2.5, None])},
+             "array": np.arange(6, dtype=np.uint32).reshape(2, 3)}
+    save_state(tmp_path, state)
+    back = load_state(tmp_path)
+    assert back["step"] == 7 and back["nested"] == {"__odd": (1, [2.5, None])}
+    assert back["array"].dtype == np.uint32 and np.array_equal(back["array"], state["array"])
+    assert torch.equal(back["torch_rng"], state["torch_rng"])
+    legacy = back["numpy_legacy"]
+    assert legacy[0] == "MT19937" and np.array_equal(legacy[1], state["numpy_legacy"][1])
+    again = torch.optim.Adam(model.parameters(), lr=1e-3)
+    again.load_state_dict(back["optimizer"])  # int parameter keys and tuples (betas) survive
+    assert again.state_dict()["param_groups"][0]["betas"] == (0.9, 0.999)
+    fresh = np.random.default_rng(0)
+    fresh.bit_generator.state = back["rng"]
+    assert fresh.integers(1 << 30) == rng.integers(1 << 30)
+
+    (tmp_path / "trainer_state.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(TrainerStateError, match="sha256"):
+        load_state(tmp_path)
+    (tmp_path / "trainer_state.json").write_text('{"format": "something"}')
+    with pytest.raises(TrainerStateError, match="not a version-1"):
+        load_state(tmp_path)
