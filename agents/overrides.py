@@ -31,13 +31,18 @@ def group_options(group: str) -> list[str]:
 
 
 def _plain_overrides(argv: list[str]) -> list[str]:
-    """Overrides without Hydra flags or multirun sweeps (validated per value by Hydra itself)."""
+    """Overrides without Hydra flags, and without sweeps in a multirun (validated per value by Hydra itself).
+
+    Outside a multirun a sweep-like value (``run=a,b``) stays: composing it gives Hydra's own
+    complaint, in one line.
+    """
+    multirun = any(a in ("-m", "--multirun") for a in argv)
     out = []
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue
         key, _, value = arg.partition("=")
-        if key.lstrip("+~").startswith("hydra") or _SWEEP.search(value):
+        if key.lstrip("+~").startswith("hydra") or (multirun and _SWEEP.search(value)):
             continue
         out.append(arg)
     return out

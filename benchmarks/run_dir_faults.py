@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -27,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine, write_json_atomic  # noqa: E402
+from benchmarks.common import machine, shown_path, write_json_atomic  # noqa: E402
 from policies.bundle import file_sha256  # noqa: E402
 from policies.run_dir import RunDir  # noqa: E402
 
@@ -76,6 +77,7 @@ def metric_steps(run: Path) -> list[int]:
 
 
 def row(fault: str, command: str, outcome: str, ok: bool, detail: str = "") -> dict:
+    outcome = outcome.replace(str(WORK), shown_path(WORK))  # the table does not depend on where the checkout lies
     print(f"  {'ok ' if ok else 'BAD'} {fault}: {outcome}", flush=True)
     return {"fault": fault, "command": command, "outcome": outcome, "as_required": ok, "detail": detail}
 
@@ -207,7 +209,7 @@ def bundles() -> list[dict]:
     out = []
 
     def damaged(name: str, damage) -> None:
-        run = WORK / f"bundle_{name.replace(' ', '_')}"
+        run = WORK / ("bundle_" + re.sub(r"\W+", "_", name))
         shutil.copytree(source, run)
         final = run / "checkpoints" / "final"
         damage(final)
@@ -290,16 +292,17 @@ def main() -> None:
     sections = args.only.split(",")
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    rows = []
+    json_path = args.out / "run_dir_faults.json"
+    kept = json.loads(json_path.read_text())["rows"] if json_path.is_file() else []
+    rows = [r for r in kept if r["section"] not in sections]  # the sections not re-tried stay as recorded
     for section in sections:
         print(f"{section}:", flush=True)
-        if section == "stops":
-            rows += stops(collect_dataset())
-        else:
-            rows += globals()[section]()
+        new = stops(collect_dataset()) if section == "stops" else globals()[section]()
+        rows += [{"section": section, **r} for r in new]
+    rows.sort(key=lambda r: SECTIONS.index(r["section"]))
     out = {"date": dt.date.today().isoformat(), "machine": machine(), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "run_dir_faults.json", out)
+    write_json_atomic(json_path, out)
     write_markdown(out, args.out / "run_dir_faults.md")
     print(f"wrote {args.out / 'run_dir_faults.md'}: {sum(r['as_required'] for r in rows)} of {len(rows)} as required")
 

@@ -249,3 +249,9 @@ def test_multirun_two_seeds(run_cli, tmp_path):
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("return_mean=")]
     assert len(lines) == 2
     assert {Path(re.search(r"run_dir=(.*)$", ln).group(1)) for ln in lines} == {p.parent for p in summaries}
+
+
+def test_a_comma_in_a_value_outside_a_multirun_is_one_line(run_cli, tmp_path):
+    """``run=a,b`` reads as a list or a sweep to Hydra: without -m that is Hydra's complaint, in one line."""
+    result = run_cli("agents.evaluate", f"run={tmp_path / 'runs'},x", "episodes=1")
+    assert_one_line_error(result, "Ambiguous value", "quote the value")

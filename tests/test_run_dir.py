@@ -22,7 +22,7 @@ import pytest
 
 from policies.run_dir import RunDir, RunDirError
 
-from conftest import TINY, TINY_MTACT, assert_one_line_error, cli_env, write_fake_dataset
+from conftest import TINY, TINY_MTACT, CLIResult, assert_one_line_error, cli_env, write_fake_dataset
 
 
 def rows(run: Path) -> list[dict]:
@@ -71,9 +71,10 @@ def test_drop_checkpoints_after(tmp_path):
 PPO_TINY = ["env=swimmer", "policy=ncap", "algo.total_timesteps=1024", *TINY, "algo.final_eval_episodes=1"]
 
 
-def train(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agents.train", *args], cwd=cwd, env=cli_env(), capture_output=True,
-                          text=True, timeout=timeout)
+def train(*args: str, cwd: Path, timeout: float = 300) -> CLIResult:
+    result = subprocess.run([sys.executable, "-m", "agents.train", *args], cwd=cwd, env=cli_env(), capture_output=True,
+                            text=True, timeout=timeout)
+    return CLIResult(result.returncode, result.stdout, result.stderr)
 
 
 def test_two_runs_started_together_get_two_directories(tmp_path):
@@ -220,7 +221,7 @@ def test_no_loader_runs_code_from_a_crafted_run_directory(poisoned, tmp_path):
     for args, needle in checks:
         result = subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=cli_env(), capture_output=True,
                                 text=True, timeout=300)
-        assert_one_line_error(result, needle)
+        assert_one_line_error(CLIResult(result.returncode, result.stdout, result.stderr), needle)
         assert not marker.exists(), f"{args[0]} ran code from a crafted file"
 
     from agents.trainer_state import TrainerStateError, load_state
