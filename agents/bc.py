@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from agents.bc_data import Selection, load_windows, select_files
 from agents.builders import make_env
@@ -35,12 +38,12 @@ from agents.dataset import DatasetError, read_manifest
 from agents.errors import UserError
 from agents.image_augment import augment_images
 from agents.kitchen_eval import SuccessReport, evaluate_success
-from agents.overrides import require_ints
+from agents.schema import MAX_STEPS, check, setting
 from agents.trainer import Trainer
 from policies.atomic import atomic_write
 from policies.bundle import BundleError, read_bundle, save_bundle
 from policies.mtact import MTACT, MTACTConfig, observation_description
-from policies.mtact_inference import LanguageVectors
+from policies.mtact_inference import SCHEDULES, LanguageVectors
 from policies.protocol import PolicyMeta
 from policies.run_dir import FINAL, LAST, RunDir
 
@@ -86,14 +89,43 @@ def model_config(cfg: DictConfig, manifest: dict, tasks: list[str]) -> MTACTConf
         raise UserError(f"bad policy config: {e}") from None
 
 
+@dataclass
+class BCSettings:
+    """The keys of ``algo=bc`` (configs/algo/bc.yaml says what each is for)."""
+
+    name: str = "bc"
+    total_steps: int = setting(20_000, low=1, high=MAX_STEPS)  # gradient steps
+    time_budget_s: float = setting(0.0, low=0.0)  # stop once training took this long; 0: no limit
+    batch_size: int = setting(64, low=1, high=65_536)  # chunk windows per gradient step
+    learning_rate: float = setting(1e-4, above=0.0)
+    backbone_learning_rate: float = setting(1e-4, above=0.0)
+    weight_decay: float = setting(1e-4, low=0.0)
+    warmup_steps: int = setting(500, low=0)
+    lr_schedule: str = setting("cosine", choices=("cosine", "constant"))
+    max_grad_norm: float = setting(10.0, above=0.0)
+    precision: str = setting("fp32", choices=tuple(PRECISIONS))
+    demos_per_task: int = setting(50, low=1)
+    augmentations: int = setting(0, low=0)
+    val_fraction: float = setting(0.1, low=0.0, high=0.9)
+    successful_only: bool = True
+    tasks: list[str] | None = None
+    image_shift: int = setting(4, low=0, high=64)  # px
+    color_jitter: float = setting(0.2, low=0.0, high=1.0)
+    schedule: str = setting("ensemble", choices=SCHEDULES)
+    ensemble_m: float = setting(0.01, low=0.0)
+    execute_steps: int = setting(20, low=1)
+    eval_every: int = setting(2000, low=1)
+    eval_episodes: int = setting(2, low=0)
+    final_eval_episodes: int = setting(10, low=0)
+    eval_workers: int = setting(2, low=1, high=256)
+    eval_batch: int = setting(8, low=1, high=256)
+    log_every: int = setting(100, low=0)
+
+
 class BCTrainer(Trainer):
     @classmethod
     def validate(cls, cfg: DictConfig) -> None:
-        require_ints(cfg, ["algo.total_steps", "algo.batch_size", "algo.eval_every", "algo.demos_per_task", "threads",
-                           "algo.eval_workers", "algo.eval_batch"], minimum=1)
-        require_ints(cfg, ["algo.augmentations", "algo.eval_episodes", "algo.final_eval_episodes", "algo.log_every",
-                           "algo.warmup_steps", "algo.image_shift"], minimum=0)
-        check_precision(str(cfg.algo.precision))
+        check(cfg.algo, BCSettings, "algo")
         if not cfg.get("dataset"):
             raise UserError("algo=bc needs dataset=<directory> (collect one with python -m agents.collect)")
 
@@ -261,7 +293,9 @@ class BCTrainer(Trainer):
         sums: dict[str, float] = {}
         n = 0
         stopped_by = "steps"
-        with self.stop:
+        bar = tqdm(total=total, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (sys.stderr.isatty() and bool(self.cfg.progress_bar)))
+        with self.stop, bar:
             while self.step < total:
                 if self.stop.requested:
                     raise self.stopped(self.step, self.write_bundle, self.state())
@@ -284,6 +318,8 @@ class BCTrainer(Trainer):
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
                 if not np.isfinite(values["loss"]):
                     raise UserError(f"the loss became {values['loss']} at step {self.step}; lower algo.learning_rate")
                 if self.step % eval_every == 0 or self.step == total:
@@ -295,6 +331,9 @@ class BCTrainer(Trainer):
                              1e3 * self.train_s / self.step)
         if n:
             self.record({k: v / n for k, v in sums.items()}, 0)
+        log.info("training stopped at step %d of %d: %s", self.step, total,
+                 "the time budget (algo.time_budget_s) ran out" if stopped_by == "time_budget_s"
+                 else "algo.total_steps reached")
         final_dir = self.save_checkpoint(FINAL, self.write_bundle)
         report = evaluate_success(self.env_cfg, self.tasks, int(algo.final_eval_episodes), level="L0",
                                   seed=int(self.cfg.seed), policy_dir=final_dir, workers=int(algo.eval_workers),

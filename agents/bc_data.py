@@ -15,6 +15,7 @@ are left out of training, so validation frames are never seen in another colour)
 from __future__ import annotations
 
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def _succeeded(path: Path) -> bool:
     try:
         with np.load(path, allow_pickle=False) as z:
             return bool(z["episode_success"])
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DatasetError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
 
 

@@ -12,8 +12,9 @@ over ``workers`` processes. ``augment=K`` adds K re-rendered copies of every dem
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import time
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -23,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from agents.augment import augment_episode
 from agents.dataset import TEXT_KEYS, DatasetError, DatasetWriter, Episode, episode_spec
 from agents.errors import UserError, report_user_errors
-from agents.overrides import require_ints, run_hydra_cli
+from agents.overrides import run_hydra_cli
+from agents.schema import check, check_env, setting, top_level
+from agents.workers import die_with_parent
 
 log = logging.getLogger(__name__)
 SEED_STRIDE = 100_000  # seeds of task i: seed * 10^7 + i * 10^5 + k, far from evaluation seeds (10000+)
@@ -102,9 +105,23 @@ def collect_task(job: dict) -> dict:
     return stats
 
 
+@dataclass
+class CollectSettings:
+    """The top-level keys of configs/collect.yaml."""
+
+    task: str = "all"  # a kitchen task, or all
+    episodes: int = setting(50, low=1, high=100_000)  # successful demonstrations per task
+    augment: int = setting(0, low=0, high=100)  # re-rendered copies per demonstration
+    noise: float = setting(0.0, low=0.0, high=1.0)  # std of the noise on the expert's actions
+    seed: int = setting(0, low=0, high=2**31 - 1)
+    max_attempts: int = setting(3, low=1, high=100)
+    workers: int = setting(2, low=1, high=256)
+    out: str | None = None  # dataset directory
+
+
 def validate(cfg: DictConfig) -> None:
-    require_ints(cfg, ["episodes", "workers", "max_attempts"], minimum=1)
-    require_ints(cfg, ["augment", "seed"], minimum=0)
+    check(top_level(cfg), CollectSettings, "")
+    check_env(cfg.env)
 
 
 def collect(cfg: DictConfig) -> dict:
@@ -113,8 +130,6 @@ def collect(cfg: DictConfig) -> dict:
         raise UserError(f"agents.collect has scripted experts for env=kitchen only, not {cfg.env.name}")
     if cfg.augment and not cfg.env.get("cameras"):
         raise UserError("augment=K re-renders the cameras; it needs env.cameras (e.g. [scene, wrist])")
-    if not np.isfinite(float(cfg.noise)) or float(cfg.noise) < 0:
-        raise UserError(f"noise must be a finite number >= 0, got {cfg.noise}")
     from envs.kitchen.env import TASKS
 
     tasks = list(TASKS) if cfg.task == "all" else [cfg.task]
@@ -128,8 +143,10 @@ def collect(cfg: DictConfig) -> dict:
              "max_attempts": int(cfg.max_attempts), "augment": int(cfg.augment)} for t in tasks]
     t0 = time.time()
     if int(cfg.workers) > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(int(cfg.workers), len(jobs))) as pool:
-            results = list(pool.map(collect_task, jobs))
+        # A multiprocessing pool, not an executor: leaving the block on an error or Ctrl-C terminates the
+        # workers at once instead of waiting for their tasks; die_with_parent covers SIGKILL and SIGTERM.
+        with mp.get_context("fork").Pool(min(int(cfg.workers), len(jobs)), initializer=die_with_parent) as pool:
+            results = pool.map(collect_task, jobs)
     else:
         results = [collect_task(job) for job in jobs]
     seconds = time.time() - t0

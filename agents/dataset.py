@@ -30,6 +30,7 @@ to Minari or LeRobot later is a loop over :func:`read_episodes`.
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ import numpy as np
 
 from policies.atomic import atomic_write
 
+log = logging.getLogger(__name__)
 FORMAT = "embodied-demos"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -105,7 +107,18 @@ class DatasetWriter:
         return self.root / EPISODES / task / (f"{name:05d}.npz" if isinstance(name, int) else f"{name}.npz")
 
     def has(self, task: str, name: int | str) -> bool:
-        return self.path(task, name).is_file()
+        """Whether a valid episode is there; a corrupt one (a truncated write, a damaged disk) is removed, so
+        that a rerun of the collection records it again."""
+        path = self.path(task, name)
+        if not path.is_file():
+            return False
+        try:
+            read_episode(path, self.spec)
+        except DatasetError as e:
+            log.warning("%s; removing it to collect it again", e)
+            path.unlink()
+            return False
+        return True
 
     def read(self, task: str, name: int | str) -> Episode:
         return read_episode(self.path(task, name), self.spec)
@@ -158,6 +171,15 @@ def read_manifest(root: str | Path) -> dict:
         raise DatasetError(f"{path} is not an {FORMAT} file")
     if data.get("version") != FORMAT_VERSION:
         raise DatasetError(f"{path} has format version {data.get('version')}, this code reads {FORMAT_VERSION}")
+    for key, kind in (("env", dict), ("cameras", list), ("spec", dict)):
+        if not isinstance(data.get(key), kind):
+            raise DatasetError(f"{path}: field {key} is missing or not a{'n' if kind is dict else ''} "
+                               f"{'object' if kind is dict else 'list'}")
+    for key, entry in data["spec"].items():
+        if (not isinstance(entry, dict) or not isinstance(entry.get("shape"), list)
+                or not all(isinstance(n, int) and 0 <= n <= 1 << 24 for n in entry["shape"])
+                or not isinstance(entry.get("dtype"), str)):
+            raise DatasetError(f"{path}: spec.{key} must have a shape (sizes) and a dtype")
     return data
 
 
@@ -183,6 +205,11 @@ def read_episode(path: Path, spec: dict) -> Episode:
         expert_noise=float(data["expert_noise"]), augmentation=int(data["augmentation"]),
     )
     _check_episode(episode, spec, str(path))
+    for key, value in (("actions", episode.actions), ("qpos", episode.qpos), ("rewards", episode.rewards),
+                       *((f"obs/{k}", v) for k, v in episode.obs.items())):
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            step = int(np.argwhere(~np.isfinite(value))[0][0])
+            raise DatasetError(f"{path}: {key} holds NaN or inf at step {step}")
     return episode
 
 

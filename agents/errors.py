@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 
@@ -14,6 +15,12 @@ class UserError(Exception):
 
     :class:`~policies.protocol.PolicyError` (a bad bundle or run directory) is reported the same way.
     """
+
+
+# A file system that refuses a path the user chose (read-only, full, no permission, no such folder): the
+# user's to fix, so one line naming the path. Other OSErrors are bugs and keep their traceback.
+FILESYSTEM_ERRORS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR,
+                     errno.EISDIR, errno.ENAMETOOLONG)
 
 
 def report_user_errors(fn):
@@ -29,5 +36,10 @@ def report_user_errors(fn):
         except SimulationDiverged as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(3)
+        except OSError as e:
+            if e.errno not in FILESYSTEM_ERRORS or not e.filename:
+                raise
+            print(f"error: cannot write or read {e.filename}: {e.strerror}", file=sys.stderr)
+            sys.exit(2)
 
     return wrapper

@@ -11,13 +11,15 @@ parameters through ``torch.func.vmap``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
 from agents.errors import UserError
-from agents.overrides import require_ints
-from agents.population import PopulationTrainer
+from agents.population import MAX_POPULATION_ENVS, PopulationSettings, PopulationTrainer
+from agents.schema import setting
 
 
 def centered_ranks(x: np.ndarray) -> np.ndarray:
@@ -64,15 +66,20 @@ class OpenES:
         return grad
 
 
+@dataclass
+class ESSettings(PopulationSettings):
+    population: int = setting(16, low=2, high=MAX_POPULATION_ENVS)  # members per generation, mirrored pairs
+    sigma: float = setting(0.02, above=0.0)  # perturbation std in parameter space
+    weight_decay: float = setting(0.005, low=0.0)  # L2 coefficient
+
+    def __post_init__(self):
+        if self.population % 2:
+            raise ValueError(f"population must be even (mirrored pairs), got {self.population}")
+
+
 class ESTrainer(PopulationTrainer):
     STAT_KEYS = ("rollout_return_max", "grad_norm")
-
-    @classmethod
-    def validate(cls, cfg) -> None:
-        super().validate(cfg)
-        require_ints(cfg, ["algo.population"], minimum=2)
-        if int(cfg.algo.population) % 2:
-            raise UserError(f"algo.population must be even (mirrored pairs), got {cfg.algo.population}")
+    Settings = ESSettings
 
     def __init__(self, cfg, run, loggers):
         algo = cfg.algo

@@ -12,6 +12,7 @@ policy config's untrained (or scripted: ``policy=pid``) policy is evaluated on t
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -22,9 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 import envs
 from agents.builders import env_config, make_env
 from agents.errors import UserError, report_user_errors
-from agents.overrides import require_ints, run_hydra_cli
+from agents.overrides import run_hydra_cli
 from agents.reporting import summary_line
 from agents.rollout import EVAL_SEED_BASE, run_episodes
+from agents.schema import check, check_env, check_policy, setting, top_level
+from envs.kitchen.variation import LEVELS
 from policies import registry
 from policies.bundle import read_meta
 from policies.protocol import EnvInterface, Policy
@@ -73,9 +76,28 @@ def load(cfg: DictConfig) -> tuple[Policy, dict]:
         env.close()
 
 
+@dataclass
+class EvaluateSettings:
+    """The top-level keys of configs/evaluate.yaml."""
+
+    run: str | None = None  # a run directory (or a policy bundle); null: the untrained or scripted policy
+    checkpoint: str = "final"
+    episodes: int = setting(10, low=1, high=1_000_000)
+    seed: int = setting(0, low=0, high=2**31 - 1)
+    video: bool = False
+    video_path: str | None = None
+    level: str = setting("L0", choices=LEVELS)  # the kitchen's variation level
+    tasks: list[str] | None = None
+    workers: int = setting(1, low=1, high=256)
+    batch: int = setting(8, low=1, high=256)
+    threads: int = setting(1, low=1, high=256)
+    schedule: str | None = None  # MT-ACT's chunk execution; null: as trained
+
+
 def validate(cfg: DictConfig) -> None:
-    require_ints(cfg, ["episodes", "workers", "threads", "batch"], minimum=1)
-    require_ints(cfg, ["seed"], minimum=0)
+    check(top_level(cfg), EvaluateSettings, "")
+    check_env(cfg.env)
+    check_policy(cfg.policy)
 
 
 def _video_path(cfg: DictConfig) -> Path | None:
@@ -90,10 +112,7 @@ def _video_path(cfg: DictConfig) -> Path | None:
 def evaluate_tasks(cfg: DictConfig, policy: Policy, env_cfg: dict, video: Path | None) -> dict:
     """Success rates per task, and overall, at ``level`` (the kitchen's protocol)."""
     from agents.kitchen_eval import evaluate_success
-    from envs.kitchen.variation import LEVELS
 
-    if cfg.level not in LEVELS:
-        raise UserError(f"level must be one of {', '.join(LEVELS)}, not {cfg.level!r}")
     trained = list(policy.meta.extra.get("tasks") or [])
     tasks = list(cfg.tasks) if cfg.tasks else trained
     unknown = [t for t in tasks if trained and t not in trained]

@@ -17,13 +17,13 @@ groups: ``groups`` start states per iteration, each snapshotted and restored int
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from agents.errors import UserError
-from agents.overrides import require_ints
-from agents.population import PopulationTrainer
+from agents.population import MAX_POPULATION_ENVS, PopulationSettings, PopulationTrainer
+from agents.schema import setting
 
 ADVANTAGES = ("outcome", "process")
 ZERO_SPREAD = 1e-8
@@ -85,19 +85,28 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, mas
     return -objective, info
 
 
+@dataclass
+class GRPOSettings(PopulationSettings):
+    groups: int = setting(4, low=1)  # B start states per iteration
+    group_size: int = setting(8, low=2)  # G members per start state
+    advantage: str = setting("outcome", choices=ADVANTAGES)
+    epochs: int = setting(4, low=1)  # mu: passes over each batch
+    minibatches: int = setting(1, low=1)  # groups are split into this many minibatches per pass
+    clip_range: float = setting(0.2, above=0.0)  # epsilon of the clipped surrogate
+    kl_coef: float = setting(0.0, low=0.0)  # beta of the k3 KL to the initial policy
+    max_grad_norm: float = setting(0.5, above=0.0)
+
+    def __post_init__(self):
+        if self.minibatches > self.groups:
+            raise ValueError(f"minibatches must be 1..groups ({self.groups}), got {self.minibatches}")
+        if self.groups * self.group_size > MAX_POPULATION_ENVS:
+            raise ValueError(f"groups x group_size = {self.groups * self.group_size} envs, over the "
+                             f"{MAX_POPULATION_ENVS} one run steps")
+
+
 class GRPOTrainer(PopulationTrainer):
     STAT_KEYS = ("frac_zero_spread", "action_std", "clip_fraction", "kl_ref")
-
-    @classmethod
-    def validate(cls, cfg) -> None:
-        super().validate(cfg)
-        algo = cfg.algo
-        require_ints(cfg, ["algo.groups", "algo.epochs", "algo.minibatches"], minimum=1)
-        require_ints(cfg, ["algo.group_size"], minimum=2)
-        if algo.advantage not in ADVANTAGES:
-            raise UserError(f"algo.advantage must be one of {', '.join(ADVANTAGES)}, got {algo.advantage!r}")
-        if int(algo.minibatches) > int(algo.groups):
-            raise UserError(f"algo.minibatches must be 1..algo.groups ({algo.groups}), got {algo.minibatches}")
+    Settings = GRPOSettings
 
     def __init__(self, cfg, run, loggers):
         algo = cfg.algo

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.rollout import EVAL_SEED_BASE, write_video
+from agents.workers import die_with_parent
 from policies.protocol import Policy
 
 Z95 = 1.959963984540054
@@ -231,7 +232,7 @@ def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str 
         env = {**os.environ}
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         try:
-            with ctx.Pool(workers) as pool:
+            with ctx.Pool(workers, initializer=die_with_parent) as pool:
                 args = [(str(policy_dir), policy_options or {}, env_cfg, level, seed, c, batch) for c in chunks if c]
                 for part in pool.imap_unordered(_worker, args):
                     results += part

@@ -10,14 +10,28 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.logger import KVWriter, Logger
 
 from agents.errors import UserError
+from agents.schema import setting
 
 log = logging.getLogger(__name__)
+KINDS = ("none", "wandb")
+
+
+@dataclass
+class LoggerSettings:
+    """The keys of the ``logger`` group."""
+
+    kind: str = setting("none", choices=KINDS)
+    project: str = "embodied-stack"  # wandb project
+    entity: str | None = None  # wandb entity (user or team); null: the account's default
+    group: str | None = None  # wandb run group
+    mode: str | None = setting(None, choices=(None, "online", "offline", "disabled"))  # null: decide from the setup
 
 
 def wandb_mode(requested: str | None) -> str:

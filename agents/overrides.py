@@ -48,6 +48,40 @@ def _plain_overrides(argv: list[str]) -> list[str]:
     return out
 
 
+OPEN_NODES = ("algo.sb3",)  # passed on as keyword arguments: a '+' key there reaches the library
+
+
+def _flat_keys(node, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        out += _flat_keys(v, f"{key}.") if isinstance(v, dict) else [key]
+    return out
+
+
+def unknown_key(config_name: str, key: str, overrides: list[str]) -> str:
+    """One line for an unknown key: the closest key the composed config has, and the '+' prefix only where an
+    added key has an effect."""
+    import difflib
+
+    rest = [o for o in overrides if o.lstrip("+~").partition("=")[0] != key]
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            known = _flat_keys(OmegaConf.to_container(compose(config_name=config_name, overrides=rest)))
+    except Exception:  # noqa: BLE001 - the suggestion is a courtesy; the error line stands without it
+        known = []
+    hints = []
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        hints.append(f"did you mean {close[0]}?")
+    if key.startswith("env.") and not any(o.startswith("env=") for o in overrides):
+        hints.append("is it another env's key? name the env too, e.g. env=uav_hover")
+    parent = key.rpartition(".")[0]
+    if parent in OPEN_NODES:
+        hints.append(f"{parent} takes the library's keyword arguments: add one with +{key}=...")
+    return f"unknown config key '{key}'" + (f" ({'; '.join(hints)})" if hints else "")
+
+
 def check_overrides(config_name: str, argv: list[str], validate: Callable | None = None):
     """Compose the config as Hydra will and run ``validate`` on it, before any run dir exists; returns it
     (with the ``hydra`` node)."""
@@ -66,25 +100,12 @@ def check_overrides(config_name: str, argv: list[str], validate: Callable | None
         if "not in struct" in text:
             m = re.search(r"full_key: (\S+)", text) or re.search(r"Could not override '([^']+)'", text)
             key = m.group(1) if m else re.search(r"Key '([^']+)'", text).group(1)
-            hint = "prefix with '+' to add a new key"
-            if key.startswith("env.") and not any(o.startswith("env=") for o in overrides):
-                hint = "is it another env's key? name the env too, e.g. env=uav_hover; or " + hint
-            raise UserError(f"unknown config key '{key}' ({hint})") from None
+            raise UserError(unknown_key(config_name, key, overrides)) from None
         cause = e.__cause__ or e
         raise UserError(" ".join(str(cause).split())[:300]) from None
     if validate is not None:
         validate(cfg)
     return cfg
-
-
-def require_ints(cfg, keys: list[str], minimum: int = 0) -> None:
-    """Typed checks for the scalar settings a typo most often breaks (``seed=abc``)."""
-    for key in keys:
-        value = OmegaConf.select(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
-        if value < minimum:
-            raise UserError(f"config key '{key}' must be >= {minimum}, got {value}")
 
 
 def claim_output_dir(cfg, argv: list[str]) -> list[str]:

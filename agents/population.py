@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,9 +22,9 @@ from torch import nn
 from agents.batched_rollout import BatchedEnvs
 from agents.builders import make_env, policy_meta
 from agents.errors import UserError
-from agents.overrides import require_ints
 from agents.reporting import steps_to_reach
 from agents.rollout import EVAL_SEED_BASE, EvalResult, run_episodes
+from agents.schema import MAX_STEPS, check, setting
 from agents.trainer import Trainer
 from policies import registry
 from policies.bundle import save_bundle
@@ -34,6 +35,22 @@ from policies.vector_policy import VectorPolicy
 
 log = logging.getLogger(__name__)
 OBS_CLIP = 10.0
+MAX_POPULATION_ENVS = 4096  # envs stepped in lock-step by one run (groups x members, or the ES population)
+
+
+@dataclass
+class PopulationSettings:
+    """The keys every population algorithm (``algo=grpo``, ``algo=es``) has."""
+
+    name: str = ""
+    total_timesteps: int = setting(1_000_000, low=1, high=MAX_STEPS)  # env steps, never exceeded
+    learning_rate: float = setting(3e-4, above=0.0)  # Adam's step size
+    horizon: int = setting(0, low=0, high=1_000_000)  # control steps per rollout; 0: the env's episode length
+    workers: int = setting(2, low=1, high=256)  # threads stepping the batched envs
+    eval_every: int = setting(10_000, low=1)  # env steps between deterministic evaluations
+    eval_episodes: int = setting(5, low=1)
+    final_eval_episodes: int = setting(10, low=1)
+    checkpoint_every: int = setting(100_000, low=0)  # env steps between step_<N> and last checkpoints; 0: none
 TRAIN_SEED_SPACE = (2**20, 2**31)  # start-state seeds, far from the evaluation seeds (10000+)
 
 
@@ -90,11 +107,11 @@ class PopulationTrainer(Trainer):
 
     STAT_KEYS: tuple[str, ...] = ()  # what iteration() reports besides rollout_return_mean, logged per evaluation
 
+    Settings: type = PopulationSettings
+
     @classmethod
     def validate(cls, cfg: DictConfig) -> None:
-        require_ints(cfg, ["algo.total_timesteps", "algo.eval_every", "threads", "algo.eval_episodes",
-                           "algo.final_eval_episodes", "algo.workers"], minimum=1)
-        require_ints(cfg, ["algo.checkpoint_every", "algo.horizon"], minimum=0)
+        check(cfg.algo, cls.Settings, "algo")
         if cfg.get("init_from"):
             raise UserError(f"init_from is supported by the SB3 algorithms (ppo, sac), not {cfg.algo.name}")
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,9 +29,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNorm
 
 from agents.builders import make_env, policy_meta
 from agents.errors import UserError
-from agents.overrides import require_ints
 from agents.reporting import steps_to_reach
 from agents.rollout import EVAL_SEED_BASE, EvalResult, run_episodes
+from agents.schema import MAX_STEPS, check, setting
 from agents.trainer import Trainer
 from agents.trainer_state import TrainerStateError, load_state
 from policies import registry
@@ -43,6 +46,69 @@ log = logging.getLogger(__name__)
 ALGORITHMS = {"ppo": PPO, "sac": SAC}
 VEC_ENVS = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 OBS_CLIP = 10.0
+MAX_ENVS = 256  # vectorised envs of one run; each holds a MuJoCo model and data
+
+
+def _sb3_keywords(algo) -> Callable[[], set[str]]:
+    """The further keyword arguments an SB3 algorithm takes: ``+algo.sb3.<key>`` may add any of them."""
+    return lambda: set(inspect.signature(algo.__init__).parameters) - {"self", "policy", "env", "policy_kwargs",
+                                                                         "seed", "device", "verbose"}
+
+
+@dataclass
+class PPOKwargs:
+    """``algo.sb3``: passed to ``stable_baselines3.PPO`` (with any further keyword it takes, added with ``+``)."""
+
+    learning_rate: float = setting(3e-4, above=0.0)  # Adam's step size
+    n_steps: int = setting(1024, low=1)  # env steps per env per rollout
+    batch_size: int = setting(256, low=1)  # minibatch size of the updates
+    n_epochs: int = setting(10, low=1)  # passes over each rollout
+    gamma: float = setting(0.99, above=0.0, high=1.0)  # discount
+    gae_lambda: float = setting(0.95, low=0.0, high=1.0)  # GAE's lambda
+    clip_range: float = setting(0.2, above=0.0)  # PPO's epsilon
+    ent_coef: float = setting(0.0, low=0.0)  # entropy bonus weight
+    vf_coef: float = setting(0.5, low=0.0)  # value loss weight
+    max_grad_norm: float = setting(0.5, above=0.0)  # gradient clipping
+    target_kl: float | None = setting(None, above=0.0)  # stop an update's epochs beyond this KL; null: never
+
+
+@dataclass
+class SACKwargs:
+    """``algo.sb3``: passed to ``stable_baselines3.SAC`` (with any further keyword it takes, added with ``+``)."""
+
+    learning_rate: float = setting(3e-4, above=0.0)
+    buffer_size: int = setting(1_000_000, low=1, high=100_000_000)  # transitions kept
+    learning_starts: int = setting(5000, low=0)  # env steps of random actions before updates
+    batch_size: int = setting(256, low=1)
+    tau: float = setting(0.005, above=0.0, high=1.0)  # target network averaging
+    gamma: float = setting(0.99, above=0.0, high=1.0)
+    train_freq: int = setting(1, low=1)  # env steps between updates
+    gradient_steps: int = setting(1, low=-1)  # updates per train_freq; -1: as many as env steps
+    ent_coef: str | float = "auto"  # entropy weight, or auto (learned to a target entropy)
+
+    def __post_init__(self):
+        if isinstance(self.ent_coef, str) and not self.ent_coef.startswith("auto"):
+            raise ValueError(f"ent_coef must be a number or 'auto', got {self.ent_coef!r}")
+
+
+@dataclass
+class SB3Settings:
+    """The keys of ``algo=ppo`` and ``algo=sac`` around their ``sb3`` keyword arguments."""
+
+    name: str = setting("ppo", choices=tuple(ALGORITHMS))
+    learning_rate: float = setting(3e-4, above=0.0)  # the same knob as algo.sb3.learning_rate (one name for all)
+    total_timesteps: int = setting(1_000_000, low=1, high=MAX_STEPS)  # env steps
+    n_envs: int = setting(4, low=1, high=MAX_ENVS)  # envs stepped side by side
+    vec_env: str = setting("dummy", choices=tuple(VEC_ENVS))  # dummy: one process; subproc: one per env
+    normalize_reward: bool = True  # VecNormalize's reward scaling
+    eval_every: int = setting(10_000, low=1)  # env steps between deterministic evaluations
+    eval_episodes: int = setting(5, low=1)
+    final_eval_episodes: int = setting(10, low=1)
+    checkpoint_every: int = setting(100_000, low=0)  # env steps between step_<N> and last checkpoints; 0: none
+    sb3: dict = setting(factory=dict)  # checked by PPOKwargs / SACKwargs
+
+
+SB3_KWARGS = {"ppo": PPOKwargs, "sac": SACKwargs}
 
 
 def deployable_actor(model, meta: PolicyMeta) -> torch.nn.Module:
@@ -182,14 +248,9 @@ class SB3Trainer(Trainer):
 
     @classmethod
     def validate(cls, cfg: DictConfig) -> None:
-        require_ints(cfg, ["algo.total_timesteps", "algo.eval_every", "threads", "algo.eval_episodes",
-                           "algo.final_eval_episodes", "algo.n_envs"], minimum=1)
-        require_ints(cfg, ["algo.checkpoint_every"], minimum=0)
-        if cfg.algo.vec_env not in VEC_ENVS:
-            raise UserError(f"algo.vec_env must be dummy or subproc, got {cfg.algo.vec_env!r}")
-        if cfg.algo.name == "sac" and cfg.policy.actor.activation not in ACTIVATIONS:
-            raise UserError(f"unknown policy.actor.activation {cfg.policy.actor.activation!r}; "
-                            f"choose one of {sorted(ACTIVATIONS)}")
+        check(cfg.algo, SB3Settings, "algo")
+        name = str(cfg.algo.name)
+        check(cfg.algo.sb3, SB3_KWARGS[name], "algo.sb3", open_keys=_sb3_keywords(ALGORITHMS[name]))
 
     def __init__(self, cfg: DictConfig, run: RunDir, loggers: list):
         super().__init__(cfg, run, loggers)
@@ -339,6 +400,10 @@ class SB3Trainer(Trainer):
             self.updated_at = model.num_timesteps
         self.monitor.learn_before, self.monitor.learn_t0 = self.monitor.learn_time(), None
         train_time = self.monitor.learn_before
+        if model.num_timesteps > total:  # SB3 collects whole rollouts: say so rather than overshoot silently
+            log.info("trained %d env steps, %d past algo.total_timesteps=%d: %s collects whole rollouts of %d steps",
+                     model.num_timesteps, model.num_timesteps - total, total, cfg.algo.name.upper(),
+                     int(getattr(model, "n_steps", 1)) * model.n_envs)
         if self.monitor.next_eval - self.monitor.eval_every < model.num_timesteps:
             self.monitor.record()  # close the curve at the final step
         final = self.monitor.evaluate(int(cfg.algo.final_eval_episodes))

@@ -18,6 +18,7 @@ import os
 import shlex
 import shutil
 import sys
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -26,9 +27,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from agents.errors import UserError, report_user_errors
-from agents.loggers import make_loggers
-from agents.overrides import CLAIMED_DIR_ENV, require_ints, run_hydra_cli
+from agents.loggers import LoggerSettings, make_loggers
+from agents.overrides import CLAIMED_DIR_ENV, run_hydra_cli
 from agents.reporting import CURVE_FILE, plot_learning_curve, summary_line
+from agents.schema import check, check_env, check_policy, setting, top_level
 from agents.stopping import TrainingStopped
 from agents.trainer import trainer_class
 from policies import registry
@@ -51,9 +53,24 @@ def reference_curves(cfg: DictConfig) -> dict:
     return {label: [tuple(p) for p in curve] for label, curve in refs.get(key, {}).items()}
 
 
+@dataclass
+class TrainSettings:
+    """The top-level keys of configs/train.yaml."""
+
+    seed: int = setting(0, low=0, high=2**32 - 1)  # seeds the envs, torch and numpy
+    threads: int = setting(1, low=1, high=256)  # torch threads
+    progress_bar: bool = True  # shown only on a terminal
+    init_from: str | None = None  # a run directory whose final model starts this run
+    dataset: str | None = None  # algo=bc: a demonstration dataset directory
+
+
 def validate(cfg: DictConfig) -> None:
-    """Everything checkable before a file is written: types, ranges, and whether the algo trains the policy."""
-    require_ints(cfg, ["seed"], minimum=0)
+    """Everything checkable before a file is written: every group's keys, types and ranges, and whether the
+    algo trains the policy."""
+    check(top_level(cfg), TrainSettings, "")
+    check_env(cfg.env)
+    check_policy(cfg.policy)
+    check(cfg.logger, LoggerSettings, "logger")
     try:
         registry.check_trainable(cfg.policy.kind, cfg.algo.name)
     except PolicyError as e:

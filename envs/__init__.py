@@ -54,3 +54,23 @@ def env_kwargs(config: Mapping) -> dict:
 def make_from_config(config: Mapping, **overrides) -> gym.Env:
     """The env an env config describes (the ``env`` of a run's config.yaml or of a policy.json)."""
     return gym.make(config["id"], **{**env_kwargs(config), **overrides})
+
+
+# The config class (a dataclass of the env's keyword arguments) behind each id; gymnasium's own
+# Swimmer-v5 takes gymnasium's keyword arguments and has none here.
+CONFIG_CLASSES = {
+    SWIMMER: "envs.swimmer.env:SwimmerConfig", SWIMMER_SWIM: "envs.swimmer.env:SwimmerConfig",
+    SWIMMER_NAVIGATE: "envs.swimmer.env:SwimmerConfig", UAV: "envs.uav.env:UAVConfig",
+    UAV_HOVER: "envs.uav.env:UAVConfig", UAV_WAYPOINTS: "envs.uav.env:UAVConfig", KITCHEN: "envs.kitchen.env:KitchenConfig",
+}
+
+
+def config_class(env_id: str) -> type | None:
+    """The dataclass of an env id's keyword arguments (validates them without building the env), or None."""
+    import importlib
+
+    path = CONFIG_CLASSES.get(env_id)
+    if path is None:
+        return None
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)

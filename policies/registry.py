@@ -42,6 +42,7 @@ class PolicyKind:
     retarget: Callable[[PolicyMeta, EnvInterface], PolicyMeta] | None = None  # rewire to another body
     numpy_forward: Callable[[nn.Module], Forward | None] | None = None
     options: tuple[str, ...] = ()  # deployment options its loader takes (MT-ACT's chunk execution)
+    config_key: str = "actor"  # where the policy config group keeps the kind's switches (policy.<config_key>)
 
 
 def config_object(kind: PolicyKind, config: dict):
@@ -145,7 +146,7 @@ def _load_vector(bundle: Bundle, options: dict) -> Policy:
 def _initial_vector(kind: PolicyKind, policy_cfg: dict, env: gym.Env, env_config: dict) -> Policy:
     """An untrained actor on raw observations (it has no statistics yet)."""
     interface = EnvInterface.of(env)
-    config = make_config(kind.name, policy_cfg.get("actor") or {}, interface)
+    config = make_config(kind.name, policy_cfg.get(kind.config_key) or {}, interface)
     meta = PolicyMeta.for_env(kind.name, config, env_config, interface)
     return VectorPolicy(build_module(kind.name, config).eval(), meta, numpy_actor=kind.numpy_forward)
 
@@ -167,7 +168,7 @@ def _no_untrained_mtact(kind: PolicyKind, policy_cfg: dict, env: gym.Env, env_co
 def _pid(kind: PolicyKind, policy_cfg: dict, env: gym.Env, env_config: dict) -> Policy:
     from policies.pid import pid_for_env
 
-    return pid_for_env(env, policy_cfg.get("gains") or None, env_config)
+    return pid_for_env(env, policy_cfg.get(kind.config_key) or None, env_config)
 
 
 def _pid_config_class():
@@ -189,7 +190,7 @@ KINDS: dict[str, PolicyKind] = {
     "mlp": PolicyKind("mlp", MLPConfig, ("ppo", "sac", "grpo", "es"), MLPActor, _mlp_config, _load_vector,
                       _initial_vector, None, mlp_forward),
     "mtact": _mtact_entry(),
-    "pid": PolicyKind("pid", _pid_config_class(), (), initial=_pid),
+    "pid": PolicyKind("pid", _pid_config_class(), (), initial=_pid, config_key="gains"),
 }
 
 

@@ -106,6 +106,7 @@ from envs.physics import SimulationDiverged, instability_warned
 PHYSICS_TIMESTEP = 0.002
 FRAME_SKIP = 40  # 12.5 Hz control, the Franka Kitchen benchmark's
 SUCCESS_THRESHOLD = 0.3  # Gymnasium-Robotics BONUS_THRESH
+MIN_IMAGE, MAX_IMAGE = 8, 1024  # camera image side, px: a renderer buffer beyond this is a typo
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,8 @@ def _image_shape(image_size) -> tuple[int, int]:
         if len(size) != 2:
             raise ValueError(f"image_size must be an int or [height, width], got {list(image_size)}")
         h, w = size
-    if h < 8 or w < 8:
-        raise ValueError(f"image_size must be at least 8 pixels, got {h}x{w}")
+    if not (MIN_IMAGE <= h <= MAX_IMAGE and MIN_IMAGE <= w <= MAX_IMAGE):
+        raise ValueError(f"image_size must be {MIN_IMAGE} to {MAX_IMAGE} pixels a side, got {h}x{w}")
     return h, w
 
 

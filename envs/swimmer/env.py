@@ -52,7 +52,7 @@ from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
 from envs.physics import SimulationDiverged, instability_warned
-from envs.swimmer.model import HEAD_XML, joint_limit, swimmer_mjcf
+from envs.swimmer.model import HEAD_XML, MAX_LINKS, MIN_LINKS, joint_limit, swimmer_mjcf
 
 __all__ = ["SimulationDiverged", "SwimmerEnv", "navigate_reward", "swim_reward", "swimmer_layout", "swimmer_observation"]
 
@@ -152,6 +152,11 @@ class SwimmerConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"unknown swimmer task {self.task!r}; choose one of {TASKS}")
+        if isinstance(self.n_links, bool) or not isinstance(self.n_links, int) or not MIN_LINKS <= self.n_links <= MAX_LINKS:
+            raise ValueError(f"n_links must be an integer in [{MIN_LINKS}, {MAX_LINKS}], got {self.n_links!r}")
+        for name in ("fluid_density", "fluid_viscosity"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
         if self.frame_skip < 1 or not math.isclose(self.frame_skip * PHYSICS_TIMESTEP, self.control_timestep):
             raise ValueError(
                 f"control_timestep must be a multiple of {PHYSICS_TIMESTEP} s, got {self.control_timestep}")
