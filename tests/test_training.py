@@ -240,7 +240,7 @@ def test_tuned_experiment_applied_for_swimmer_ncap():
     assert tuned.algo.sb3.n_steps != base.sb3.n_steps, "the tuned file should change the rollout length"
     cfg = compose_train(["env=swimmer", "policy=ncap"])
     assert cfg.algo.sb3.n_steps == tuned.algo.sb3.n_steps
-    assert cfg.algo.sb3.learning_rate == pytest.approx(tuned.algo.sb3.learning_rate)
+    assert cfg.algo.sb3.learning_rate == cfg.algo.learning_rate == pytest.approx(tuned.algo.learning_rate)
     assert cfg.policy.log_std_init == pytest.approx(tuned.policy.log_std_init)
     assert cfg.policy.learn_std is False
     # no tuned file for navigate: the algo defaults stay
