@@ -97,8 +97,8 @@ class BCSettings:
     total_steps: int = setting(20_000, low=1, high=MAX_STEPS)  # gradient steps
     time_budget_s: float = setting(0.0, low=0.0)  # stop once training took this long; 0: no limit
     batch_size: int = setting(64, low=1, high=65_536)  # chunk windows per gradient step
-    learning_rate: float = setting(1e-4, above=0.0)
-    backbone_learning_rate: float = setting(1e-4, above=0.0)
+    learning_rate: float = setting(1e-4, low=0.0)
+    backbone_learning_rate: float = setting(1e-4, low=0.0)
     weight_decay: float = setting(1e-4, low=0.0)
     warmup_steps: int = setting(500, low=0)
     lr_schedule: str = setting("cosine", choices=("cosine", "constant"))

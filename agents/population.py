@@ -44,7 +44,7 @@ class PopulationSettings:
 
     name: str = ""
     total_timesteps: int = setting(1_000_000, low=1, high=MAX_STEPS)  # env steps, never exceeded
-    learning_rate: float = setting(3e-4, above=0.0)  # Adam's step size
+    learning_rate: float = setting(3e-4, low=0.0)  # Adam's step size
     horizon: int = setting(0, low=0, high=1_000_000)  # control steps per rollout; 0: the env's episode length
     workers: int = setting(2, low=1, high=256)  # threads stepping the batched envs
     eval_every: int = setting(10_000, low=1)  # env steps between deterministic evaluations

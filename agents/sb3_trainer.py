@@ -59,7 +59,7 @@ def _sb3_keywords(algo) -> Callable[[], set[str]]:
 class PPOKwargs:
     """``algo.sb3``: passed to ``stable_baselines3.PPO`` (with any further keyword it takes, added with ``+``)."""
 
-    learning_rate: float = setting(3e-4, above=0.0)  # Adam's step size
+    learning_rate: float = setting(3e-4, low=0.0)  # Adam's step size
     n_steps: int = setting(1024, low=1)  # env steps per env per rollout
     batch_size: int = setting(256, low=1)  # minibatch size of the updates
     n_epochs: int = setting(10, low=1)  # passes over each rollout
@@ -76,7 +76,7 @@ class PPOKwargs:
 class SACKwargs:
     """``algo.sb3``: passed to ``stable_baselines3.SAC`` (with any further keyword it takes, added with ``+``)."""
 
-    learning_rate: float = setting(3e-4, above=0.0)
+    learning_rate: float = setting(3e-4, low=0.0)
     buffer_size: int = setting(1_000_000, low=1, high=100_000_000)  # transitions kept
     learning_starts: int = setting(5000, low=0)  # env steps of random actions before updates
     batch_size: int = setting(256, low=1)
@@ -96,7 +96,7 @@ class SB3Settings:
     """The keys of ``algo=ppo`` and ``algo=sac`` around their ``sb3`` keyword arguments."""
 
     name: str = setting("ppo", choices=tuple(ALGORITHMS))
-    learning_rate: float = setting(3e-4, above=0.0)  # the same knob as algo.sb3.learning_rate (one name for all)
+    learning_rate: float = setting(3e-4, low=0.0)  # the same knob as algo.sb3.learning_rate (one name for all)
     total_timesteps: int = setting(1_000_000, low=1, high=MAX_STEPS)  # env steps
     n_envs: int = setting(4, low=1, high=MAX_ENVS)  # envs stepped side by side
     vec_env: str = setting("dummy", choices=tuple(VEC_ENVS))  # dummy: one process; subproc: one per env

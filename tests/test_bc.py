@@ -276,7 +276,7 @@ def test_evaluate_prints_success_per_task_with_intervals(bc_run, run_cli, tmp_pa
     (["algo=ppo", "dataset=x"], "trained by algo=bc"),
     (["algo=bc", "dataset=/nonexistent"], "is not a dataset"),
     (["algo=bc", "algo.demos_per_task=5"], "usable demonstrations"),
-    (["algo=bc", "dataset=x", "algo.precision=fp16"], "algo.precision='fp16': use one of fp32, bf16"),
+    (["algo=bc", "dataset=x", "algo.precision=fp16"], "'algo.precision' must be one of fp32, bf16, got 'fp16'"),
 ])
 def test_bc_bad_input_is_one_line(fake_dataset, run_cli, tmp_path, args, needle):
     args = [a.replace("dataset=x", f"dataset={fake_dataset}") for a in args]
