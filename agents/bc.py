@@ -38,6 +38,7 @@ from agents.dataset import DatasetError, read_manifest
 from agents.errors import UserError
 from agents.image_augment import augment_images
 from agents.kitchen_eval import SuccessReport, evaluate_success
+from agents.resources import require
 from agents.schema import MAX_STEPS, check, setting
 from agents.trainer import Trainer
 from policies.atomic import atomic_write
@@ -122,6 +123,21 @@ class BCSettings:
     log_every: int = setting(100, low=0)
 
 
+ACTIVATIONS_PER_INPUT = 40  # the backbone's activations kept for the backward pass, per input float (ResNet-18)
+
+
+def memory_estimate(manifest: dict, config: MTACTConfig, episodes: int, batch_size: int) -> dict[str, float]:
+    """Bytes of the demonstrations held in memory (their frames, at the longest an episode can be) and of a
+    training batch's images with the backbone's activations."""
+    spec = manifest["spec"]
+    frames = int(manifest["env"].get("steps_per_task", 200)) + 1
+    keys = [f"obs/{c}" for c in config.cameras] + ["obs/proprio", "obs/object_state", "actions"]
+    per_frame = sum(np.prod(spec[k]["shape"]) * np.dtype(spec[k]["dtype"]).itemsize for k in keys if k in spec)
+    image = len(config.cameras) * 3 * config.image_size ** 2 * 4  # float32, channels first
+    return {"the dataset (algo.demos_per_task)": episodes * frames * per_frame,
+            "algo.batch_size": batch_size * (image * (1 + ACTIVATIONS_PER_INPUT) + config.chunk * config.action_dim * 4)}
+
+
 class BCTrainer(Trainer):
     @classmethod
     def validate(cls, cfg: DictConfig) -> None:
@@ -144,6 +160,7 @@ class BCTrainer(Trainer):
             self.tasks = sorted({f.parent.name for f in train_files})
             self.config = model_config(cfg, manifest, self.tasks)
             language = LanguageVectors(self.config.language, self.tasks)
+            require(memory_estimate(manifest, self.config, len(train_files) + len(val_files), int(algo.batch_size)))
             started = time.time()
             self.train_data = load_windows(train_files, manifest["spec"], list(self.config.cameras),
                                            self.config.chunk, language)

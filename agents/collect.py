@@ -25,6 +25,7 @@ from agents.augment import augment_episode
 from agents.dataset import TEXT_KEYS, DatasetError, DatasetWriter, Episode, episode_spec
 from agents.errors import UserError, report_user_errors
 from agents.overrides import run_hydra_cli
+from agents.resources import PROCESS_BYTES, env_bytes, require
 from agents.schema import check, check_env, setting, top_level
 from agents.workers import die_with_parent
 
@@ -141,6 +142,8 @@ def collect(cfg: DictConfig) -> dict:
     jobs = [{"env": env_cfg, "env_signature": signature, "task": t, "task_index": TASKS.index(t), "out": str(out),
              "episodes": int(cfg.episodes), "noise": float(cfg.noise), "seed": int(cfg.seed),
              "max_attempts": int(cfg.max_attempts), "augment": int(cfg.augment)} for t in tasks]
+    workers = min(int(cfg.workers), len(jobs))
+    require({"workers": workers * (PROCESS_BYTES * (workers > 1) + env_bytes(env_cfg["id"]))})
     t0 = time.time()
     if int(cfg.workers) > 1 and len(jobs) > 1:
         # A multiprocessing pool, not an executor: leaving the block on an error or Ctrl-C terminates the

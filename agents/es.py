@@ -80,6 +80,7 @@ class ESSettings(PopulationSettings):
 class ESTrainer(PopulationTrainer):
     STAT_KEYS = ("rollout_return_max", "grad_norm")
     Settings = ESSettings
+    ENVS_KNOB = "algo.population"
 
     def __init__(self, cfg, run, loggers):
         algo = cfg.algo

@@ -25,6 +25,7 @@ from agents.builders import env_config, make_env
 from agents.errors import UserError, report_user_errors
 from agents.overrides import run_hydra_cli
 from agents.reporting import summary_line
+from agents.resources import PROCESS_BYTES, env_bytes, require
 from agents.rollout import EVAL_SEED_BASE, run_episodes
 from agents.schema import check, check_env, check_policy, setting, top_level
 from envs.kitchen.variation import LEVELS
@@ -119,6 +120,8 @@ def evaluate_tasks(cfg: DictConfig, policy: Policy, env_cfg: dict, video: Path |
     if unknown:
         raise UserError(f"the policy was not trained on {', '.join(unknown)} (has: {', '.join(trained)})")
     options = {"schedule": cfg.schedule} if cfg.schedule else {}
+    workers, batch = int(cfg.workers), int(cfg.batch)
+    require({"workers x batch": workers * (PROCESS_BYTES * (workers > 1) + batch * env_bytes(env_cfg["id"]))})
     policy_dir = RunDir.find_policy(cfg.run, str(cfg.checkpoint)) if cfg.run else None
     report = evaluate_success(env_cfg, tasks, int(cfg.episodes), level=str(cfg.level), seed=int(cfg.seed),
                               policy=policy if int(cfg.workers) <= 1 else None, policy_dir=policy_dir,

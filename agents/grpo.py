@@ -107,6 +107,7 @@ class GRPOSettings(PopulationSettings):
 class GRPOTrainer(PopulationTrainer):
     STAT_KEYS = ("frac_zero_spread", "action_std", "clip_fraction", "kl_ref")
     Settings = GRPOSettings
+    ENVS_KNOB = "algo.groups x algo.group_size"
 
     def __init__(self, cfg, run, loggers):
         algo = cfg.algo

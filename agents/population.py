@@ -23,6 +23,7 @@ from agents.batched_rollout import BatchedEnvs
 from agents.builders import make_env, policy_meta
 from agents.errors import UserError
 from agents.reporting import steps_to_reach
+from agents.resources import env_bytes, require
 from agents.rollout import EVAL_SEED_BASE, EvalResult, run_episodes
 from agents.schema import MAX_STEPS, check, setting
 from agents.trainer import Trainer
@@ -108,6 +109,7 @@ class PopulationTrainer(Trainer):
     STAT_KEYS: tuple[str, ...] = ()  # what iteration() reports besides rollout_return_mean, logged per evaluation
 
     Settings: type = PopulationSettings
+    ENVS_KNOB = "the population's envs"  # what sets how many envs run side by side (named when memory is short)
 
     @classmethod
     def validate(cls, cfg: DictConfig) -> None:
@@ -130,6 +132,7 @@ class PopulationTrainer(Trainer):
         self.policy = GaussianPolicy(actor, self.meta.action_dim, float(cfg.policy.log_std_init),
                                      bool(cfg.policy.learn_std))
         self.normalizer = ObsNormalizer(self.meta.obs_dim, bool(cfg.policy.normalize_obs))
+        require({self.ENVS_KNOB: n_envs * env_bytes(self.env_cfg["id"])})
         self.engine = BatchedEnvs(self.env_cfg, n_envs, workers=int(cfg.algo.workers))
         limit = self.engine.max_episode_steps
         horizon = int(cfg.algo.horizon) or limit

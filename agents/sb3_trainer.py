@@ -30,6 +30,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNorm
 from agents.builders import make_env, policy_meta
 from agents.errors import UserError
 from agents.reporting import steps_to_reach
+from agents.resources import PROCESS_BYTES, env_bytes, require
 from agents.rollout import EVAL_SEED_BASE, EvalResult, run_episodes
 from agents.schema import MAX_STEPS, check, setting
 from agents.trainer import Trainer
@@ -273,8 +274,14 @@ class SB3Trainer(Trainer):
                 actor_kind=self.meta.kind, actor_config=self.meta.config, critic_arch=list(cfg.policy.critic_arch),
                 learn_std=bool(cfg.policy.learn_std), log_std_init=float(cfg.policy.log_std_init),
             )
-        self.venv = self.vec_env(cfg)
         sb3_kwargs = OmegaConf.to_container(cfg.algo.sb3, resolve=True)
+        n_envs = int(cfg.algo.n_envs)
+        memory = {"algo.n_envs": n_envs * (env_bytes(cfg.env.id) + (PROCESS_BYTES if cfg.algo.vec_env == "subproc" else 0))}
+        if algo_cls is SAC:  # float32 observations, next observations, actions, reward, done, timeout
+            transition = 4 * (2 * (self.meta.obs_dim or 0) + self.meta.action_dim + 3)
+            memory["algo.sb3.buffer_size"] = int(sb3_kwargs.get("buffer_size", 1_000_000)) * transition
+        require(memory)
+        self.venv = self.vec_env(cfg)
         try:
             self.model = algo_cls(policy, self.venv, policy_kwargs=policy_kwargs, seed=int(cfg.seed), device="cpu",
                                   verbose=0, **sb3_kwargs)

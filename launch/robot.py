@@ -245,6 +245,11 @@ def _ros2_launch_api():
         import launch.substitutions
         import launch_ros.actions
     except ImportError as exc:
+        missing = (getattr(exc, "name", None) or "").split(".")[0]
+        if missing and missing not in ("launch", "launch_ros"):  # they are there; one of their dependencies is not
+            raise ImportError(f"ROS 2 `launch`/`launch_ros` are installed but their dependency `{missing}` is not "
+                              f"(install its ros-<distro>-{missing.replace('_', '-')} package); or run this file "
+                              "with `robot-launch launch/robot.py ...`") from exc
         raise ImportError(f"{hint} ({exc})") from exc
     return launch, launch_ros
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytest.importorskip("rclpy", reason="the ROS 2 tests need the ros extra and the ROS package (README, command B)")
+
 REPO = Path(__file__).resolve().parents[1]
 ROS_PACKAGE_SRC = REPO / "ros_ws" / "src" / "embodied_ros"
 ROBOT_LAUNCH = REPO / "launch" / "robot.py"

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 import envs  # noqa: F401  (registers the embodied/ env ids)
+
+pytest.importorskip("rclpy", reason="the ROS 2 tests need the ros extra and the ROS package (README, command B)")
 from embodied_ros import params
 from embodied_ros.adapters import (
     InvalidMessage,

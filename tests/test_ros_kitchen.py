@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("rclpy", reason="the ROS 2 tests need the ros extra and the ROS package (README, command B)")
 import rclpy
 import rclpy.parameter
 from rclpy.executors import SingleThreadedExecutor

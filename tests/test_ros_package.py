@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROS_PACKAGE_SRC
+
+pytest.importorskip("rclpy", reason="the ROS 2 tests need the ros extra and the ROS package (README, command B)")
 
 PACKAGE = "embodied_ros"
 NODES = ("policy_node", "sim_robot", "recorder")

@@ -170,3 +170,25 @@ def test_collection_workers_die_with_their_parent(tmp_path, sig):
     for p in alive:
         p.kill()
     assert not alive, f"{len(alive)} worker(s) outlived their parent ({signal.Signals(sig).name})"
+
+
+# --- memory, estimated before it is asked for ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, knob", [
+    (["algo.n_envs=256", "algo.vec_env=subproc"], "lower algo.n_envs"),
+    (["algo=grpo", "algo.groups=512", "algo.group_size=8"], "lower algo.groups x algo.group_size"),
+])
+def test_a_run_that_would_not_fit_in_memory_says_so_before_allocating(run_cli, args, knob):
+    t0 = time.time()
+    assert_one_line_error(run_cli("agents.train", *args), "would need about", knob)
+    assert time.time() - t0 < 60  # before building hundreds of envs
+
+
+def test_memory_estimates_name_the_biggest_part():
+    from agents.errors import UserError
+    from agents.resources import require
+
+    require({"a": 10, "b": 20}, available=100)
+    with pytest.raises(UserError, match=r"about 1\.0 GB .* lower b$"):
+        require({"a": 1 << 20, "b": (1 << 30) - (1 << 20)}, available=1 << 20)

@@ -375,11 +375,10 @@ class SimRobotNode(Node):
 
 
 def _farewell(node: SimRobotNode) -> None:
+    """The summary on stderr: the node's logger would try /rosout on a context a signal has already shut down."""
     s = node.statistics()
-    node.get_logger().info(
-        f"sim stopped after {s['ticks']} ticks: {s['answered']} answered, {s['missed_ticks']} missed, "
-        f"latency p50 {s['latency_ms_p50']:.3f} ms p99 {s['latency_ms_p99']:.3f} ms"
-    )
+    print(f"sim stopped after {s['ticks']} ticks: {s['answered']} answered, {s['missed_ticks']} missed, "
+          f"latency p50 {s['latency_ms_p50']:.3f} ms p99 {s['latency_ms_p99']:.3f} ms", file=sys.stderr, flush=True)
     node.write_statistics()
 
 
