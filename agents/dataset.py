@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,11 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 EPISODES = "episodes"
 TEXT_KEYS = ("instruction",)  # observation keys stored once per episode as scalars, not per frame
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # training casts to float32: a larger value would become inf
 SCALARS = ("seed", "task", "instruction", "paraphrase", "expert_noise", "augmentation", "episode_success")
+SCALAR_KINDS = {"seed": "iu", "task": "U", "instruction": "U", "paraphrase": "iu", "expert_noise": "fiu",
+                "augmentation": "iu", "episode_success": "b"}  # numpy dtype kinds each scalar may have
+SCALAR_NAMES = {"iu": "integer", "U": "string", "fiu": "number", "b": "boolean"}
 
 
 class DatasetError(ValueError):
@@ -147,6 +152,9 @@ def _check_episode(episode: Episode, spec: dict, where: str) -> None:
     t = episode.length
     if episode.rewards.shape != (t,) or episode.success.shape != (t,):
         raise DatasetError(f"{where}: {t} actions but rewards {episode.rewards.shape} and success {episode.success.shape}")
+    if episode.rewards.dtype != np.float32 or episode.success.dtype != np.bool_:
+        raise DatasetError(f"{where}: rewards must be float32 and success bool, got {episode.rewards.dtype} and "
+                           f"{episode.success.dtype}")
     arrays = {"actions": episode.actions, "qpos": episode.qpos, **{f"obs/{k}": v for k, v in episode.obs.items()}}
     if set(arrays) != set(spec):
         raise DatasetError(f"{where}: keys {sorted(arrays)} differ from the manifest's {sorted(spec)}")
@@ -175,6 +183,8 @@ def read_manifest(root: str | Path) -> dict:
         if not isinstance(data.get(key), kind):
             raise DatasetError(f"{path}: field {key} is missing or not a{'n' if kind is dict else ''} "
                                f"{'object' if kind is dict else 'list'}")
+    if not all(isinstance(c, str) and f"obs/{c}" in data["spec"] for c in data["cameras"]):
+        raise DatasetError(f"{path}: cameras must name images in the spec, got {str(data['cameras'])[:80]}")
     for key, entry in data["spec"].items():
         if (not isinstance(entry, dict) or not isinstance(entry.get("shape"), list)
                 or not all(isinstance(n, int) and 0 <= n <= 1 << 24 for n in entry["shape"])
@@ -193,11 +203,17 @@ def read_episode(path: Path, spec: dict) -> Episode:
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as e:
         raise DatasetError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
     missing = [k for k in ("actions", "qpos", "rewards", "success", *SCALARS) if k not in data]
     if missing:
         raise DatasetError(f"{path} lacks {', '.join(missing)}")
+    for key, kinds in SCALAR_KINDS.items():
+        value = data[key]
+        if value.shape != () or value.dtype.kind not in kinds:
+            raise DatasetError(f"{path}: {key} must be a single {SCALAR_NAMES[kinds]}, got {value.dtype}{list(value.shape)}")
+        if value.dtype.kind == "f" and not np.isfinite(value):
+            raise DatasetError(f"{path}: {key} is {value}")
     episode = Episode(
         actions=data["actions"], obs={k[4:]: v for k, v in data.items() if k.startswith("obs/")},
         qpos=data["qpos"], rewards=data["rewards"], success=data["success"], seed=int(data["seed"]), task=str(data["task"]),
@@ -210,6 +226,9 @@ def read_episode(path: Path, spec: dict) -> Episode:
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
             step = int(np.argwhere(~np.isfinite(value))[0][0])
             raise DatasetError(f"{path}: {key} holds NaN or inf at step {step}")
+        if np.issubdtype(value.dtype, np.floating) and value.size and np.abs(value).max() > FLOAT32_MAX:
+            step = int(np.argwhere(np.abs(value) > FLOAT32_MAX)[0][0])
+            raise DatasetError(f"{path}: {key} holds a value beyond float32's range at step {step}")
     return episode
 
 

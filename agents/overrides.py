@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -89,6 +89,10 @@ def check_overrides(config_name: str, argv: list[str], validate: Callable | None
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except OverrideParseException as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), str(e))
+        raise UserError(f"cannot read the override {first.split(': ', 1)[-1]!s}: quote a value with spaces or "
+                        "symbols, key='...'") from None
     except MissingConfigException as e:
         m = re.search(r"Could not find '([\w/]+)/([\w.-]+)'", str(e))
         if m:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from agents.errors import UserError
+from policies.typed import conforms, describe_type
 
 MAX_STEPS = 10**12  # env or gradient steps: more is a typo (at a million steps/s it would take 11 days)
 
@@ -46,47 +46,6 @@ def did_you_mean(key: str, known: Sequence[str]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
-def _describe(tp: Any) -> str:
-    if tp is type(None):
-        return "null"
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(t) for t in typing.get_args(tp))
-    if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        return "a list"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
-
-
-def _conforms(value: Any, tp: Any) -> bool:
-    if tp is Any:
-        return True
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_conforms(value, t) for t in args)
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        if not isinstance(value, list | tuple):
-            return False
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(_conforms(v, t) for v, t in zip(value, args))
-        return not args or all(_conforms(v, args[0]) for v in value)
-    if origin is dict or tp is dict:
-        return isinstance(value, dict)
-    if dataclasses.is_dataclass(tp):
-        return isinstance(value, dict)
-    return True  # a type the schema does not constrain here
-
-
 def _numbers(value: Any) -> list[float]:
     if isinstance(value, bool):
         return []
@@ -98,8 +57,8 @@ def _numbers(value: Any) -> list[float]:
 
 
 def _check_value(key: str, value: Any, tp: Any, meta: Mapping) -> None:
-    if not _conforms(value, tp):
-        raise UserError(f"config key '{key}' must be {_describe(tp)}, got {value!r}")
+    if not conforms(value, tp):
+        raise UserError(f"config key '{key}' must be {describe_type(tp)}, got {value!r}")
     numbers = _numbers(value)
     if any(not math.isfinite(x) for x in numbers):
         raise UserError(f"config key '{key}' must be finite, got {value!r}")

@@ -45,6 +45,7 @@ class Bundle:
     directory: Path
     meta: PolicyMeta
     tensors: dict[str, torch.Tensor]
+    hashed: bool = True  # False for a version-1 bundle, upgraded in memory
 
 
 def file_sha256(path: str | Path) -> str:
@@ -108,6 +109,8 @@ def _observation(path: Path, desc, where: str = "observation") -> dict:
             raise BundleError(f"{path}: {where}.shape must be a list of positive sizes, got {str(shape)[:80]}")
     elif "text" not in desc:
         raise BundleError(f"{path}: {where} must have 'shape', 'keys' or 'text'")
+    if not isinstance(desc.get("dtype", ""), str):
+        raise BundleError(f"{path}: {where}.dtype must be a dtype name, got {str(desc['dtype'])[:40]}")
     return desc
 
 
@@ -149,10 +152,14 @@ def meta_from_document(path: Path, data: dict) -> tuple[PolicyMeta, str | None]:
     if not isinstance(data.get("extra", {}), dict):
         raise BundleError(f"{path}: extra must be an object")
     _observation(path, data["observation"])
-    weights = data.get("weights") or {}
-    sha = weights.get("sha256") if isinstance(weights, dict) else None
-    if sha is not None and (not isinstance(sha, str) or len(sha) != 64 or set(sha) - set("0123456789abcdef")):
-        raise BundleError(f"{path}: weights.sha256 must be 64 hex digits, got {str(sha)[:80]}")
+    if not isinstance(data["env"].get("name", ""), str):
+        raise BundleError(f"{path}: env.name must be a name, got {str(data['env']['name'])[:40]}")
+    sha = None
+    if "version" in data:  # a version-2 document: its weights are hashed (a legacy one, upgraded, has no hash)
+        weights = data.get("weights")
+        sha = weights.get("sha256") if isinstance(weights, dict) else None
+        if not isinstance(sha, str) or len(sha) != 64 or set(sha) - set("0123456789abcdef"):
+            raise BundleError(f"{path}: weights.sha256 must be the weights' 64 hex digits, got {str(sha)[:80]}")
     meta = PolicyMeta(**{k: data[k] for k in names if k in data})
     return meta, sha
 
@@ -216,7 +223,7 @@ def read_bundle(directory: str | Path) -> Bundle:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise BundleError(f"{weights}: tensor {name} holds NaN or inf")
     _check_statistics(directory, meta, tensors)
-    return Bundle(directory, meta, tensors)
+    return Bundle(directory, meta, tensors, hashed=sha is not None)
 
 
 def _check_statistics(directory: Path, meta: PolicyMeta, tensors: dict[str, torch.Tensor]) -> None:

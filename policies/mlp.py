@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from policies.typed import check_field_types
+
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
 
@@ -21,6 +23,7 @@ class MLPConfig:
     squash: bool = False  # tanh on the output (SAC's deterministic action)
 
     def __post_init__(self):
+        check_field_types(self)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
         for name in ("obs_dim", "action_dim"):

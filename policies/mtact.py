@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from envs.kitchen import instructions
+from policies.typed import check_field_types
 
 STD_CLIP = (1e-2, 10.0)  # RoboAgent's clip on normalisation std
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,6 +65,7 @@ class MTACTConfig:
 
     def __post_init__(self):
         self.cameras = tuple(self.cameras)
+        check_field_types(self)
         positive = ("proprio_dim", "object_dim", "action_dim", "chunk", "hidden", "heads", "ffn", "enc_layers",
                     "dec_layers", "latent", "backbone_width", "lang_dim")
         for name in positive:

@@ -60,6 +60,9 @@ class MTACTPolicy(Policy):
         if execute_steps and execute_steps != self.config.chunk and schedule != "execute":
             raise PolicyError(f"execute_steps={execute_steps} needs the execute schedule (this policy runs {schedule})")
         self.needs_task = self.config.language == "onehot"
+        if self.needs_task and len(self.tasks) != self.config.lang_dim:
+            raise PolicyError(f"this one-hot MT-ACT reads {self.config.lang_dim} task slots, and its bundle lists "
+                              f"{len(self.tasks)} tasks")
         if task and self.needs_task and task not in self.tasks:
             raise PolicyError(f"task {task!r}: this one-hot MT-ACT was trained on {', '.join(self.tasks)} only")
         self.fixed_task = task

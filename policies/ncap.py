@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from policies.typed import check_field_types
+
 TASK_CONTROLS = ("none", "hardcoded", "learned")
 MAX_JOINTS = 64
 
@@ -51,6 +53,7 @@ class NCAPConfig:
     init_seed: int = 0
 
     def __post_init__(self):
+        check_field_types(self)
         if self.task_control not in TASK_CONTROLS:
             raise ValueError(f"task_control must be one of {', '.join(TASK_CONTROLS)}, got {self.task_control!r}")
         for name in ("oscillator_period", "oscillator_sharpness", "joint_limit"):

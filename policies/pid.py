@@ -27,6 +27,7 @@ from envs.uav.control import RATE_GAINS, Mixer, RateLoop, action_from_thrust, ro
 from envs.uav.model import GRAVITY, QuadrotorParams
 from envs.uav.observation import UAVLayout
 from policies.protocol import EnvInterface, Policy, PolicyError, PolicyMeta
+from policies.typed import check_field_types
 
 
 @dataclass
@@ -46,6 +47,7 @@ class PIDGains:
     rate: tuple[float, float, float] = (20.0, 20.0, 8.0)  # 1/s
 
     def __post_init__(self):
+        check_field_types(self)
         self.rate = tuple(float(r) for r in self.rate)
         for f in fields(self):
             values = self.rate if f.name == "rate" else (getattr(self, f.name),)

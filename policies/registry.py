@@ -9,6 +9,7 @@ a policy kind is adding one entry here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from policies.mlp import MLPActor, MLPConfig
 from policies.ncap import NCAP, NCAPConfig
 from policies.numpy_inference import mlp_forward, ncap_forward
 from policies.protocol import EnvInterface, Forward, Policy, PolicyError, PolicyMeta, observation_mismatch
+from policies.typed import check_field_types
 from policies.vector_policy import VectorPolicy
 
 MAX_PARAMETERS = 200_000_000  # parameters and buffers; a config asking for more is a typo, not a policy
@@ -247,6 +249,10 @@ def load_policy(path: str | Path, env: EnvInterface | None = None, options: dict
         config_object(kind, bundle.meta.config)
     except PolicyError as e:
         raise BundleError(f"{bundle.directory / META_FILE}: config: {e}") from None
+    _check_env_config(bundle)
+    missing = sorted({f.name for f in dataclasses.fields(kind.config_class)} - set(bundle.meta.config))
+    if missing and bundle.hashed:  # the writer saves the whole config; a version-1 bundle may predate a field
+        raise BundleError(f"{bundle.directory / META_FILE}: config lacks {', '.join(missing)}")
     options = {k: v for k, v in (options or {}).items() if v not in (None, "", 0)}
     _check_options(kind, options)
     if env is not None:
@@ -255,6 +261,19 @@ def load_policy(path: str | Path, env: EnvInterface | None = None, options: dict
         except PolicyError as e:
             raise PolicyError(f"the policy in {bundle.directory} does not fit this env: {e}") from None
     return kind.load(bundle, options)
+
+
+def _check_env_config(bundle: Bundle) -> None:
+    """The bundle's env config against its env's config class: names, types and ranges (no env is built)."""
+    import envs
+
+    schema = envs.config_class(bundle.meta.env["id"])
+    if schema is None:
+        return
+    try:
+        check_field_types(schema(**envs.env_kwargs(bundle.meta.env)))
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{bundle.directory / META_FILE}: env: {e}") from None
 
 
 def fit_to_env(meta: PolicyMeta, env: EnvInterface, kind: PolicyKind | None = None) -> PolicyMeta:

@@ -321,12 +321,27 @@ def test_changed_weights_fail_the_hash(saved_ncap, damage):
     one_line_error(saved_ncap, WEIGHTS_FILE, "sha256")
 
 
-def test_unhashed_corrupt_weights_are_named(saved_ncap):
+def test_a_version_2_bundle_without_its_hash_is_refused(saved_ncap):
+    """Stripping the hash must not be a way round it."""
     data = json.loads((saved_ncap / META_FILE).read_text())
     data["weights"]["sha256"] = None
     (saved_ncap / META_FILE).write_text(json.dumps(data))
-    (saved_ncap / WEIGHTS_FILE).write_bytes(b"\x05\x00\x00\x00garbage")
-    one_line_error(saved_ncap, WEIGHTS_FILE, "corrupt")
+    one_line_error(saved_ncap, META_FILE, "weights.sha256")
+    del data["weights"]
+    (saved_ncap / META_FILE).write_text(json.dumps(data))
+    one_line_error(saved_ncap, META_FILE, "weights.sha256")
+
+
+@pytest.mark.parametrize("change, needle", [({"constant_init": "$"}, "constant_init must be true or false"),
+                                            ("drop oscillator_sharpness", "config lacks oscillator_sharpness")])
+def test_config_values_are_typed_and_complete(saved_ncap, change, needle):
+    data = json.loads((saved_ncap / META_FILE).read_text())
+    if isinstance(change, dict):
+        data["config"].update(change)
+    else:
+        del data["config"]["oscillator_sharpness"]
+    (saved_ncap / META_FILE).write_text(json.dumps(data))
+    one_line_error(saved_ncap, META_FILE, needle)
 
 
 def test_nan_weights(saved_ncap):
