@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from agents.augment import augment_episode
 from agents.dataset import TEXT_KEYS, DatasetError, DatasetWriter, Episode, episode_spec
@@ -83,7 +85,10 @@ def collect_task(job: dict) -> dict:
         raise UserError(str(e)) from None
     expert = make_expert(env.unwrapped, noise=job["noise"])
     stats = {"task": job["task"], "written": 0, "skipped": 0, "failed_attempts": 0, "steps": 0, "augmented": 0}
+    bar = tqdm(total=job["episodes"], desc=job["task"], unit="demo", position=job["task_index"], leave=False,
+               disable=not sys.stderr.isatty())
     for k in range(job["episodes"]):
+        bar.update(1)
         if writer.has(job["task"], k):
             stats["skipped"] += 1
             episode = writer.read(job["task"], k) if job["augment"] else None
@@ -103,6 +108,7 @@ def collect_task(job: dict) -> dict:
         if job["augment"]:
             stats["augmented"] += augment_episode(env, writer, job["task"], k, episode, job["augment"])
     env.close()
+    bar.close()
     return stats
 
 

@@ -12,6 +12,7 @@ policy config's untrained (or scripted: ``policy=pid``) policy is evaluated on t
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 import envs
 from agents.builders import env_config, make_env
@@ -123,9 +125,16 @@ def evaluate_tasks(cfg: DictConfig, policy: Policy, env_cfg: dict, video: Path |
     workers, batch = int(cfg.workers), int(cfg.batch)
     require({"workers x batch": workers * (PROCESS_BYTES * (workers > 1) + batch * env_bytes(env_cfg["id"]))})
     policy_dir = RunDir.find_policy(cfg.run, str(cfg.checkpoint)) if cfg.run else None
-    report = evaluate_success(env_cfg, tasks, int(cfg.episodes), level=str(cfg.level), seed=int(cfg.seed),
-                              policy=policy if int(cfg.workers) <= 1 else None, policy_dir=policy_dir,
-                              policy_options=options, workers=int(cfg.workers), video=video, batch=int(cfg.batch))
+    with tqdm(total=len(tasks) * int(cfg.episodes), unit="episode", disable=not sys.stderr.isatty()) as bar:
+
+        def progress(text: str) -> None:
+            bar.n = int(text.split("/")[0])
+            bar.refresh()
+
+        report = evaluate_success(env_cfg, tasks, int(cfg.episodes), level=str(cfg.level), seed=int(cfg.seed),
+                                  policy=policy if workers <= 1 else None, policy_dir=policy_dir,
+                                  policy_options=options, workers=workers, video=video, batch=batch,
+                                  progress=progress)
     for line in report.lines():
         print(line, flush=True)
     lo, hi = report.interval()

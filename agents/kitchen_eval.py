@@ -94,7 +94,7 @@ def run_episode(env, policy: Policy, seed: int, frames: list | None = None) -> t
 
 
 def _run_jobs(policy: Policy, env_cfg: dict, level: str, seed: int, jobs: list[tuple[str, int, int]],
-              video: str | None = None) -> list[tuple[str, int, bool, int]]:
+              video: str | None = None, done: Callable[[], None] | None = None) -> list[tuple[str, int, bool, int]]:
     from agents.builders import make_env
 
     out, envs_by_task = [], {}
@@ -108,6 +108,8 @@ def _run_jobs(policy: Policy, env_cfg: dict, level: str, seed: int, jobs: list[t
             if frames is not None:
                 write_video(frames, video, fps=int(envs_by_task[task].metadata.get("render_fps", 12)))
             out.append((task, episode, success, steps))
+            if done:
+                done()
     finally:
         for env in envs_by_task.values():
             env.close()
@@ -141,7 +143,7 @@ class _EnvPool:
 
 
 def _run_jobs_batched(policy: Policy, env_cfg: dict, level: str, seed: int, jobs: list[tuple[str, int, int]],
-                      batch: int) -> list[tuple[str, int, bool, int]]:
+                      batch: int, done: Callable[[], None] | None = None) -> list[tuple[str, int, bool, int]]:
     """The episodes of ``jobs``, ``batch`` at a time, with one batched chunk query per control step.
 
     A finished episode's slot takes the next job at once, so the batch stays full until the queue
@@ -174,6 +176,8 @@ def _run_jobs_batched(policy: Policy, env_cfg: dict, level: str, seed: int, jobs
                 if terminated or truncated:
                     task, episode = r["job"]
                     out.append((task, episode, bool(info.get("is_success", False)), r["steps"]))
+                    if done:
+                        done()
                     pool.give_back(task, r["env"], still_needed=unstarted[task] > 0)
                     del running[slot]
                     if pending:
@@ -220,12 +224,19 @@ def evaluate_success(env_cfg: dict, tasks: list[str], episodes: int, level: str 
     if workers <= 1 or policy_dir is None:
         if policy is None:
             policy = _load(policy_dir, policy_options or {})
+        count = [0]
+
+        def done() -> None:
+            count[0] += 1
+            if progress:
+                progress(f"{count[0]}/{len(jobs)} episodes")
+
         if batch > 1:
-            results = _run_jobs_batched(policy, env_cfg, level, seed, jobs, batch)
+            results = _run_jobs_batched(policy, env_cfg, level, seed, jobs, batch, done)
             if video:  # the first episode again, alone, to film it
                 _run_jobs(policy, env_cfg, level, seed, jobs[:1], str(video))
         else:
-            results = _run_jobs(policy, env_cfg, level, seed, jobs, str(video) if video else None)
+            results = _run_jobs(policy, env_cfg, level, seed, jobs, str(video) if video else None, done)
     else:
         chunks = [jobs[w::workers] for w in range(workers)]
         ctx = mp.get_context("forkserver")

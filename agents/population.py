@@ -279,6 +279,8 @@ class PopulationTrainer(Trainer):
                     if self.stop.requested:
                         raise self.stopped(self.steps, self.write_bundle, self.state())
             train_time = self.train_time()
+            log.info("stopped at %d env steps: another batch of up to %d would pass algo.total_timesteps=%d",
+                     self.steps, batch_max, total)
             if sched["last_recorded"] < self.steps:
                 self.record(stats)  # close the curve at the final step
             final = self.evaluate(int(algo.final_eval_episodes))
