@@ -241,6 +241,7 @@ def test_bc_cli_trains_checkpoints_and_reports(bc_run):
     log = result.stdout + result.stderr  # step 3 evaluates in closed loop; step 6 leaves it to the final evaluation
     assert re.search(r"step 3: .*\| success \d\.\d\d \(", log) and "step 6: " in log, log[-3000:]
     assert "success nan" not in log and re.search(r"step 6: .*\| no closed-loop evaluation \(", log), log[-3000:]
+    assert "training stopped at step 6 of 6: algo.total_steps reached" in log  # and why
 
 
 def test_bc_resumes_from_the_last_checkpoint(bc_run, fake_dataset, tmp_path, run_cli):

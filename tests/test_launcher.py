@@ -426,3 +426,30 @@ def test_robot_nodes_remap_a_real_robots_topics():
 def test_robot_nodes_remaps_need_a_real_robot():
     with pytest.raises(ValueError, match="use_sim:=false"):
         load_robot_launch().nodes(robot_args(run="/r", command_topic="/x"))
+
+
+def test_a_missing_launch_ros_dependency_is_named(monkeypatch):
+    """launch and launch_ros installed, one of their dependencies not: the error names it, not 'not installed'."""
+    import builtins
+
+    launch = types.ModuleType("launch")
+    launch.__file__ = "/stand-in/launch/__init__.py"
+    launch.LaunchDescription = object
+    launch.actions = types.SimpleNamespace()
+    launch.substitutions = types.SimpleNamespace()
+    for name, module in {"launch": launch, "launch.actions": launch.actions,
+                         "launch.substitutions": launch.substitutions}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delitem(sys.modules, "launch_ros", raising=False)
+    monkeypatch.delitem(sys.modules, "launch_ros.actions", raising=False)
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.startswith("launch_ros"):
+            raise ModuleNotFoundError("No module named 'composition_interfaces'", name="composition_interfaces")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    module = load_robot_launch()
+    with pytest.raises(ImportError, match=r"installed but their dependency `composition_interfaces` is not"):
+        module.generate_launch_description()

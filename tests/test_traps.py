@@ -192,3 +192,27 @@ def test_memory_estimates_name_the_biggest_part():
     require({"a": 10, "b": 20}, available=100)
     with pytest.raises(UserError, match=r"about 1\.0 GB .* lower b$"):
         require({"a": 1 << 20, "b": (1 << 30) - (1 << 20)}, available=1 << 20)
+
+
+def test_ppo_says_when_it_trains_past_total_timesteps(run_cli):
+    """4 envs x 256 steps per rollout: 1500 steps take two rollouts, 2048 steps, and the log says so."""
+    result = run_cli("agents.train", *TINY, "algo.total_timesteps=1500", "algo.eval_every=100000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trained 2048 env steps, 548 past algo.total_timesteps=1500" in result.stdout + result.stderr
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_no_hidden_directory(tmp_path, monkeypatch):
+    """A full disk mid-checkpoint: the write fails with its OSError and no .step_N.tmp/ stays behind."""
+    import errno
+
+    from policies.run_dir import RunDir
+
+    run = RunDir(tmp_path)
+
+    def fill(directory: Path) -> None:
+        (directory / "policy.json").write_text("{}")
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "policy.safetensors"))
+
+    with pytest.raises(OSError, match="No space"):
+        run.write_checkpoint("step_10", fill)
+    assert not [p.name for p in (tmp_path / "checkpoints").iterdir()]
