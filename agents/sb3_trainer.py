@@ -85,6 +85,7 @@ class SACKwargs:
     gamma: float = setting(0.99, above=0.0, high=1.0)
     train_freq: int = setting(1, low=1)  # env steps between updates
     gradient_steps: int = setting(1, low=-1)  # updates per train_freq; -1: as many as env steps
+    n_steps: int = setting(1, low=1)  # n-step returns
     ent_coef: str | float = "auto"  # entropy weight, or auto (learned to a target entropy)
 
     def __post_init__(self):

@@ -119,7 +119,10 @@ def check_env(env_cfg: Any) -> None:
     import envs
 
     env_cfg = plain(env_cfg)
-    schema = envs.config_class(env_cfg.get("id"))
+    if not isinstance(env_cfg.get("id"), str) or not isinstance(env_cfg.get("name"), str):
+        raise UserError(f"config keys 'env.id' and 'env.name' must be names, got {env_cfg.get('id')!r} and "
+                        f"{env_cfg.get('name')!r}")
+    schema = envs.config_class(env_cfg["id"])
     if schema is None:  # an env that takes gymnasium's own keyword arguments
         return
     check({k: v for k, v in env_cfg.items() if k not in envs.ENV_CONFIG_KEYS}, schema, "env")

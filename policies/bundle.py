@@ -107,7 +107,11 @@ def _observation(path: Path, desc, where: str = "observation") -> dict:
         if (not isinstance(shape, list) or not shape
                 or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1 << 24 for n in shape)):
             raise BundleError(f"{path}: {where}.shape must be a list of positive sizes, got {str(shape)[:80]}")
-    elif "text" not in desc:
+    elif "text" in desc:
+        n = desc["text"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= 1 << 20:
+            raise BundleError(f"{path}: {where}.text must be a positive length, got {str(n)[:40]}")
+    else:
         raise BundleError(f"{path}: {where} must have 'shape', 'keys' or 'text'")
     if not isinstance(desc.get("dtype", ""), str):
         raise BundleError(f"{path}: {where}.dtype must be a dtype name, got {str(desc['dtype'])[:40]}")
@@ -158,6 +162,8 @@ def meta_from_document(path: Path, data: dict) -> tuple[PolicyMeta, str | None]:
     if "version" in data:  # a version-2 document: its weights are hashed (a legacy one, upgraded, has no hash)
         weights = data.get("weights")
         sha = weights.get("sha256") if isinstance(weights, dict) else None
+        if isinstance(weights, dict) and weights.get("file", WEIGHTS_FILE) != WEIGHTS_FILE:
+            raise BundleError(f"{path}: weights.file must be {WEIGHTS_FILE}, got {str(weights['file'])[:40]}")
         if not isinstance(sha, str) or len(sha) != 64 or set(sha) - set("0123456789abcdef"):
             raise BundleError(f"{path}: weights.sha256 must be the weights' 64 hex digits, got {str(sha)[:80]}")
     meta = PolicyMeta(**{k: data[k] for k in names if k in data})

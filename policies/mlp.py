@@ -10,6 +10,7 @@ from torch import nn
 from policies.typed import check_field_types
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+MAX_LAYERS, MAX_WIDTH = 64, 65536  # far above any MLP here: beyond them a config is a typo
 
 
 @dataclass
@@ -29,9 +30,10 @@ class MLPConfig:
         for name in ("obs_dim", "action_dim"):
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not isinstance(self.hidden, list | tuple) or not all(
-                isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.hidden):
-            raise ValueError(f"hidden must be a list of positive layer widths, got {self.hidden!r}")
+        if not isinstance(self.hidden, list | tuple) or len(self.hidden) > MAX_LAYERS or not all(
+                isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= MAX_WIDTH for h in self.hidden):
+            raise ValueError(f"hidden must be a list of at most {MAX_LAYERS} layer widths of 1..{MAX_WIDTH}, "
+                             f"got {str(self.hidden)[:80]}")
         self.hidden = list(self.hidden)
 
     def to_dict(self) -> dict:

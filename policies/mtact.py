@@ -30,6 +30,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZED = ("proprio", "object", "action")
 
 
+# Upper bounds of the sizes: far above any model here; a config beyond them is a typo that would take minutes
+# (layers are built one by one) before the parameter count could refuse it.
+LIMITS = {"proprio_dim": 4096, "object_dim": 4096, "action_dim": 256, "chunk": 1000, "hidden": 8192, "heads": 256,
+          "ffn": 65536, "enc_layers": 64, "dec_layers": 64, "latent": 4096, "backbone_width": 512, "lang_dim": 8192,
+          "image_size": 1024}
+
+
 @dataclass
 class MTACTConfig:
     """Sizes and switches; defaults are the CPU-scaled model (the original: hidden 512, ffn 3200, width 64).
@@ -66,11 +73,12 @@ class MTACTConfig:
     def __post_init__(self):
         self.cameras = tuple(self.cameras)
         check_field_types(self)
-        positive = ("proprio_dim", "object_dim", "action_dim", "chunk", "hidden", "heads", "ffn", "enc_layers",
-                    "dec_layers", "latent", "backbone_width", "lang_dim")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"MTACTConfig.{name} must be positive, got {getattr(self, name)}")
+        for name, cap in LIMITS.items():
+            if not 1 <= int(getattr(self, name)) <= cap:
+                raise ValueError(f"MTACTConfig.{name} must be 1..{cap}, got {getattr(self, name)}")
+        if not 0 <= self.cvae_layers <= LIMITS["enc_layers"] or not 0.0 <= self.dropout < 1.0 or self.kl_weight < 0:
+            raise ValueError(f"MTACTConfig: cvae_layers must be 0..{LIMITS['enc_layers']}, dropout in [0, 1) and "
+                             f"kl_weight >= 0, got {self.cvae_layers}, {self.dropout}, {self.kl_weight}")
         if self.cvae and self.cvae_layers < 1:
             raise ValueError("MTACTConfig.cvae_layers must be positive when cvae is on")
         if self.hidden % self.heads:

@@ -50,7 +50,10 @@ class MTACTPolicy(Policy):
         self.model = model.eval()
         self.meta = meta
         self.config = model.config
-        self.tasks = list(meta.extra.get("tasks") or [])
+        tasks = meta.extra.get("tasks") or []
+        if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+            raise PolicyError(f"the MT-ACT bundle's extra.tasks must be a list of task names, got {str(tasks)[:80]}")
+        self.tasks = list(tasks)
         self.language = LanguageVectors(self.config.language, self.tasks)
         self.schedule, self.ensemble_m = schedule, ensemble_m
         self.execute_steps = execute_steps or self.config.chunk

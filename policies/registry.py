@@ -45,6 +45,7 @@ class PolicyKind:
     numpy_forward: Callable[[nn.Module], Forward | None] | None = None
     options: tuple[str, ...] = ()  # deployment options its loader takes (MT-ACT's chunk execution)
     config_key: str = "actor"  # where the policy config group keeps the kind's switches (policy.<config_key>)
+    reads: Callable[[Any], dict] | None = None  # config -> the observation it reads, when the config alone says
 
 
 def config_object(kind: PolicyKind, config: dict):
@@ -180,17 +181,17 @@ def _pid_config_class():
 
 
 def _mtact_entry() -> PolicyKind:
-    from policies.mtact import MTACT, MTACTConfig
+    from policies.mtact import MTACT, MTACTConfig, observation_description
 
     return PolicyKind("mtact", MTACTConfig, ("bc",), MTACT, load=_load_mtact, initial=_no_untrained_mtact,
-                      options=("schedule", "execute_steps", "task"))
+                      options=("schedule", "execute_steps", "task"), reads=observation_description)
 
 
 KINDS: dict[str, PolicyKind] = {
     "ncap": PolicyKind("ncap", NCAPConfig, ("ppo", "grpo", "es"), NCAP, _ncap_config, _load_vector, _initial_vector,
                        _retarget_ncap, ncap_forward),
     "mlp": PolicyKind("mlp", MLPConfig, ("ppo", "sac", "grpo", "es"), MLPActor, _mlp_config, _load_vector,
-                      _initial_vector, None, mlp_forward),
+                      _initial_vector, None, mlp_forward, reads=lambda c: {"shape": [c.obs_dim]}),
     "mtact": _mtact_entry(),
     "pid": PolicyKind("pid", _pid_config_class(), (), initial=_pid, config_key="gains"),
 }
@@ -250,6 +251,13 @@ def load_policy(path: str | Path, env: EnvInterface | None = None, options: dict
     except PolicyError as e:
         raise BundleError(f"{bundle.directory / META_FILE}: config: {e}") from None
     _check_env_config(bundle)
+    if kind.reads is not None:
+        expected = kind.reads(config_object(kind, bundle.meta.config))
+        problem = observation_mismatch(expected, bundle.meta.observation) or observation_mismatch(
+            bundle.meta.observation, expected)
+        if problem:
+            raise BundleError(f"{bundle.directory / META_FILE}: observation does not match the {kind.name} config "
+                              f"({problem})")
     missing = sorted({f.name for f in dataclasses.fields(kind.config_class)} - set(bundle.meta.config))
     if missing and bundle.hashed:  # the writer saves the whole config; a version-1 bundle may predate a field
         raise BundleError(f"{bundle.directory / META_FILE}: config lacks {', '.join(missing)}")

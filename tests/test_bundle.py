@@ -386,7 +386,7 @@ def test_missing_and_bad_observation_statistics(saved_mlp):
 
 def test_an_oversized_config_is_refused_before_allocating(saved_mlp):
     config = json.loads((saved_mlp / META_FILE).read_text())["config"]
-    _rewrite_meta(saved_mlp, config={**config, "hidden": [1_000_000, 1_000_000]})
+    _rewrite_meta(saved_mlp, config={**config, "hidden": [60_000, 60_000, 60_000]})
     one_line_error(saved_mlp, META_FILE, "parameters")
 
 

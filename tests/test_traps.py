@@ -23,7 +23,7 @@ from conftest import TINY, assert_one_line_error, cli_env, compose_train, write_
 SILENT_NONSENSE = [
     (["env.fluid_density=nan"], ("env.fluid_density", "finite")),
     (["policy.actor.oscillator_period=0"], ("oscillator_period", "positive")),
-    (["policy=mlp", "policy.actor.hidden=[0]"], ("hidden", "positive")),
+    (["policy=mlp", "policy.actor.hidden=[0]"], ("hidden", "layer widths of 1..")),
     (["+algo.learning_rat=1"], ("algo.learning_rat", "did you mean learning_rate")),
 ]
 TRACEBACKS = [
