@@ -216,3 +216,25 @@ def test_a_checkpoint_that_cannot_be_written_leaves_no_hidden_directory(tmp_path
     with pytest.raises(OSError, match="No space"):
         run.write_checkpoint("step_10", fill)
     assert not [p.name for p in (tmp_path / "checkpoints").iterdir()]
+
+
+# --- what a newcomer reads and runs first ------------------------------------------------------------
+
+
+def test_the_readme_says_how_to_run_python_in_the_venv_before_its_first_example():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    first_example = readme.index("python -m agents.train env=swimmer policy=ncap")
+    assert readme.index("source .venv/bin/activate") < first_example
+    assert "success_rate=... ci95_low=..." in readme  # the kitchen evaluation's last line, as it prints it
+
+
+def test_ros_tests_skip_with_a_reason_without_the_ros_extra(tmp_path):
+    """Without rclpy the ROS test modules are skipped, each with the reason, instead of failing collection."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("import sys\nsys.modules['rclpy'] = None  # as if the ros extra were not installed\n"
+                     "import pytest\nsys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', *sys.argv[1:]]))\n")
+    tests = Path(__file__).resolve().parent
+    result = subprocess.run([sys.executable, str(probe), str(tests / "test_ros_uav.py"), str(tests / "test_recorder.py")],
+                            cwd=tests.parent, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 5, result.stdout[-3000:]  # pytest's "no tests ran": every module skipped, none failed
+    assert "2 skipped" in result.stdout and "the ROS 2 tests need the ros extra" in result.stdout
