@@ -211,7 +211,7 @@ def bundles() -> list[dict]:
     def damaged(name: str, damage) -> None:
         run = WORK / ("bundle_" + re.sub(r"\W+", "_", name))
         shutil.copytree(source, run)
-        final = run / "checkpoints" / "final"
+        final = RunDir(run).policy()
         damage(final)
         r = cli("agents.evaluate", f"run={run}", "episodes=1")
         one_line = len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1
