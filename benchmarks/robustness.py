@@ -22,6 +22,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -39,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine, write_json_atomic  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-GOOD = ("clear error", "accepted")
+GOOD = ("clear error", "accepted", "as required")
 BAD = ("traceback", "hang", "silent wrong result", "resource blow-up", "code execution", "leaked process")
 CASE_SECONDS = 60  # a case taking longer is a hang
 
@@ -338,9 +339,10 @@ def bundle_surface(cases: int, seed: int, growth: float, record, work: Path) -> 
 # --- surface 3: demonstration datasets -----------------------------------------------------------
 
 
-def base_dataset(work: Path) -> Path:
+def base_dataset(work: Path, image_size: int = 16) -> Path:
+    """Two collected light-switch demonstrations with one small camera."""
     data = work / "dataset"
-    subprocess.run([sys.executable, "-m", "agents.collect", "task=light_switch", "episodes=2", "env.image_size=16",
+    subprocess.run([sys.executable, "-m", "agents.collect", "task=light_switch", "episodes=2", f"env.image_size={image_size}",
                     "env.cameras=[scene]", f"out={data}", "workers=1"], cwd=work, check=True, capture_output=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     return data
@@ -449,6 +451,103 @@ NAMED = {  # issue 26's list, each as a command line; what it must give
 }
 
 
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> tuple[str, str]:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    clear = proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    outcome = "clear error" if clear else ("traceback" if "Traceback" in proc.stderr else "silent wrong result")
+    return outcome, f"exit {proc.returncode}: {(lines[-1] if lines else '')[:200]}"
+
+
+BC_TINY = ["env=kitchen", "policy=mtact", "algo=bc", "algo.total_steps=2", "algo.demos_per_task=2", "algo.val_fraction=0.5",
+           "algo.eval_episodes=0", "algo.final_eval_episodes=0", "algo.batch_size=2", "policy.actor.hidden=16",
+           "policy.actor.ffn=16", "policy.actor.heads=2", "policy.actor.enc_layers=1", "policy.actor.dec_layers=1",
+           "policy.actor.cvae_layers=1", "policy.actor.backbone_width=4"]
+PPO_TINY = ["algo.n_envs=4", "algo.sb3.n_steps=256", "algo.sb3.batch_size=512", "algo.sb3.n_epochs=1",
+            "algo.eval_every=100000", "algo.eval_episodes=1", "algo.final_eval_episodes=1", "algo.checkpoint_every=0",
+            "progress_bar=false"]
+
+
+def named_files(record, work: Path) -> None:
+    """The traps in files and processes: damaged bundles and demonstrations, leaks, what long loops say."""
+    from safetensors.torch import load_file
+
+    run = work / "run"
+    _cli("agents.train", "policy=mlp", "algo.total_timesteps=1024", *PPO_TINY, f"hydra.run.dir={run}", cwd=work)
+    bundle = run / "checkpoints" / "final" / "policy.safetensors"
+    data = bytearray(bundle.read_bytes())
+    data[-1] ^= 0x80  # a sign bit: still a valid safetensors file
+    bundle.write_bytes(bytes(data))
+    assert load_file(str(bundle))  # the damage does not show in the file's structure
+    record("named", "a bundle whose weights had bytes flipped", *_one_line(_cli("agents.evaluate", f"run={run}",
+                                                                                  "episodes=1", cwd=work)))
+    (work / "base").mkdir()
+    base = base_dataset(work / "base", image_size=32)  # MT-ACT's backbone wants 32 px at least
+    damages = {
+        "a truncated demonstration .npz": lambda d: d.write_bytes(d.read_bytes()[:300]),
+        "an empty demonstration .npz": lambda d: d.write_bytes(b""),
+        "a manifest without spec": None,
+        "NaN actions in a demonstration": "nan",
+    }
+    for name, damage in damages.items():
+        data_dir = work / re.sub(r"\W+", "_", name)
+        shutil.copytree(base, data_dir)
+        demo = sorted((data_dir / "episodes").glob("*/*.npz"))[1]
+        if damage is None:
+            doc = json.loads((data_dir / "manifest.json").read_text())
+            del doc["spec"]
+            (data_dir / "manifest.json").write_text(json.dumps(doc))
+        elif damage == "nan":
+            with np.load(demo) as z:
+                arrays = {k: z[k] for k in z.files}
+            arrays["actions"][2, 0] = np.nan
+            with open(demo, "wb") as f:
+                np.savez_compressed(f, **arrays)
+        else:
+            damage(demo)
+        record("named", name, *_one_line(_cli("agents.train", *BC_TINY, f"dataset={data_dir}", "env.cameras=[scene]",
+                                               cwd=work)))
+    again = work / "rerun"
+    shutil.copytree(base, again)
+    demo = sorted((again / "episodes").glob("*/*.npz"))[1]
+    demo.write_bytes(demo.read_bytes()[:300])
+    proc = _cli("agents.collect", "task=light_switch", "episodes=2", "env.image_size=32", "env.cameras=[scene]",
+                f"out={again}", "workers=1", cwd=work)
+    redone = proc.returncode == 0 and "episodes=1 skipped=1" in proc.stdout
+    record("named", "a collection rerun over a truncated .npz", "as required" if redone else "silent wrong result",
+           f"exit {proc.returncode}: {proc.stdout.strip().splitlines()[-1][:160] if proc.stdout.strip() else ''}")
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        import psutil
+
+        proc = subprocess.Popen([sys.executable, "-m", "agents.collect", "task=all", "episodes=50", "workers=2",
+                                 "env.cameras=[]", f"out={work / ('leak_' + sig.name)}"], cwd=work,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        deadline = time.time() + 120
+        while len(psutil.Process(proc.pid).children(recursive=True)) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=30)
+        _, alive = psutil.wait_procs(workers, timeout=20)
+        for p in alive:
+            p.kill()
+        record("named", f"collect workers=2 whose parent gets {sig.name}", "leaked process" if alive else "as required",
+               f"{len(workers)} workers, {len(alive)} left running")
+    proc = _cli("agents.train", *PPO_TINY, "algo.total_timesteps=1500", cwd=work)
+    said = "trained 2048 env steps, 548 past algo.total_timesteps=1500" in proc.stdout + proc.stderr
+    record("named", "PPO trains past algo.total_timesteps", "as required" if said else "silent wrong result",
+           "says: trained 2048 env steps, 548 past algo.total_timesteps=1500" if said else "says nothing")
+    proc = _cli("agents.train", *BC_TINY, f"dataset={base}", "env.cameras=[scene]", "algo.time_budget_s=0.001", cwd=work)
+    said = "the time budget (algo.time_budget_s) ran out" in proc.stdout + proc.stderr
+    record("named", "a BC run stopped by its time budget", "as required" if said else "silent wrong result",
+           "says: training stopped at step ...: the time budget (algo.time_budget_s) ran out" if said else "says nothing")
+
+
 def named_traps(record, work: Path) -> None:
     for name, cmd in NAMED.items():
         cwd = work
@@ -511,12 +610,17 @@ def main() -> None:
     share = {"overrides": 0.5, "bundles": 0.3, "datasets": 0.2}
     rows: list[dict] = []
 
+    scratch = []  # the scratch folder, shown as <work> in the table: it is gone after the run
+
     def record(surface, case, outcome, detail=""):
+        for path in scratch:
+            detail = detail.replace(path, "<work>")
         rows.append({"surface": surface, "case": case, "outcome": outcome, "detail": detail})
 
     children_before = {p.pid for p in psutil.Process().children(recursive=True)}
     with tempfile.TemporaryDirectory(prefix="robustness_") as tmp:
         work = Path(tmp)
+        scratch.append(str(work))
         t0 = time.time()
         for section in sections:
             print(f"{section}...", flush=True)
@@ -529,18 +633,28 @@ def main() -> None:
                 dataset_surface(n, args.seed, args.max_growth_mb, record, work)
             elif section == "named":
                 named_traps(record, work)
+                named_files(record, work)
         seconds = time.time() - t0
     leaked = [p for p in psutil.Process().children(recursive=True) if p.pid not in children_before]
     counts = {}
     for r in rows:
         counts.setdefault(r["surface"], Counter())[r["outcome"]] += 1
     bad = [r for r in rows if r["outcome"] in BAD]
+    json_path = args.out / "robustness.json"
+    if json_path.is_file():  # a run of some sections keeps the others as recorded
+        old = json.loads(json_path.read_text())
+        counts = {**{k: Counter(v) for k, v in old["counts"].items() if k not in sections}, **counts}
+        if not set(sections) & set(share):  # no surface fuzzed now: the recorded budget and seed stand
+            args.cases, args.seed = old["cases"], old["seed"]
+        if "named" not in sections:
+            rows += old["named"]
+        bad += [r for r in old["bad_examples"] if r["surface"] not in sections]
     out = {"date": dt.date.today().isoformat(), "machine": machine(), "cases": args.cases, "seed": args.seed,
            "seconds": round(seconds, 1), "counts": {k: dict(v) for k, v in counts.items()},
            "leaked_processes": len(leaked), "named": [r for r in rows if r["surface"] == "named"],
            "bad_examples": bad[:50]}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "robustness.json", out)
+    write_json_atomic(json_path, out)
     write_markdown(out, args.out / "robustness.md")
     total = sum(sum(c.values()) for c in counts.values())
     print(f"wrote {args.out / 'robustness.md'}: {total} cases in {seconds:.0f} s, {len(bad)} bad, "
