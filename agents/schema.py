@@ -122,10 +122,13 @@ def check_env(env_cfg: Any) -> None:
     if not isinstance(env_cfg.get("id"), str) or not isinstance(env_cfg.get("name"), str):
         raise UserError(f"config keys 'env.id' and 'env.name' must be names, got {env_cfg.get('id')!r} and "
                         f"{env_cfg.get('name')!r}")
+    limit = env_cfg.get("max_episode_steps")  # gym.make's own keyword (a TimeLimit), open to every env
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_STEPS):
+        raise UserError(f"config key 'env.max_episode_steps' must be a positive whole number, got {limit!r}")
     schema = envs.config_class(env_cfg["id"])
     if schema is None:  # an env that takes gymnasium's own keyword arguments
         return
-    check({k: v for k, v in env_cfg.items() if k not in envs.ENV_CONFIG_KEYS}, schema, "env")
+    check(envs.constructor_kwargs(env_cfg), schema, "env")
 
 
 @dataclass

@@ -44,11 +44,17 @@ if KITCHEN not in registry:
     register(KITCHEN, entry_point="envs.kitchen.env:KitchenEnv")
 
 
-ENV_CONFIG_KEYS = ("name", "id")  # an env config's own keys; every other key is an env kwarg
+ENV_CONFIG_KEYS = ("name", "id")  # an env config's own keys; every other key is a gym.make kwarg
+MAKE_KEYS = ("max_episode_steps",)  # gym.make's own keywords (a TimeLimit), open to every env
 
 
 def env_kwargs(config: Mapping) -> dict:
     return {k: v for k, v in config.items() if k not in ENV_CONFIG_KEYS}
+
+
+def constructor_kwargs(config: Mapping) -> dict:
+    """The keyword arguments the env class itself takes (what its config class checks)."""
+    return {k: v for k, v in env_kwargs(config).items() if k not in MAKE_KEYS}
 
 
 def make_from_config(config: Mapping, **overrides) -> gym.Env:

@@ -279,7 +279,7 @@ def _check_env_config(bundle: Bundle) -> None:
     if schema is None:
         return
     try:
-        check_field_types(schema(**envs.env_kwargs(bundle.meta.env)))
+        check_field_types(schema(**envs.constructor_kwargs(bundle.meta.env)))
     except (TypeError, ValueError) as e:
         raise BundleError(f"{bundle.directory / META_FILE}: env: {e}") from None
 

@@ -111,9 +111,10 @@ def test_rerunning_into_a_directory_resumes_or_refuses_in_one_line(tmp_path, nca
 
 
 def test_a_config_error_found_late_leaves_no_run_directory(tmp_path):
-    """``+algo.sb3.bogus`` composes, then SB3 refuses it: the run directory claimed for it is removed again."""
-    result = train(*PPO_TINY, "+algo.sb3.bogus=1", cwd=tmp_path)
-    assert_one_line_error(result, "bad algo.sb3 settings", "bogus")
+    """``init_from`` is read only after the run directory is claimed: the directory is removed again."""
+    (tmp_path / "not_a_run").mkdir()
+    result = train(*PPO_TINY, f"init_from={tmp_path / 'not_a_run'}", cwd=tmp_path)
+    assert_one_line_error(result, "init_from", "not_a_run")
     assert not list((tmp_path / "runs").rglob("*seed0*")), list((tmp_path / "runs").rglob("*"))
 
 

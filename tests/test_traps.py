@@ -25,6 +25,7 @@ SILENT_NONSENSE = [
     (["policy.actor.oscillator_period=0"], ("oscillator_period", "positive")),
     (["policy=mlp", "policy.actor.hidden=[0]"], ("hidden", "layer widths of 1..")),
     (["+algo.learning_rat=1"], ("algo.learning_rat", "did you mean learning_rate")),
+    (["+env.max_episode_steps=0"], ("env.max_episode_steps", "positive whole number")),
 ]
 TRACEBACKS = [
     (["algo.sb3.gamma=abc"], ("algo.sb3.gamma", "must be a number")),
