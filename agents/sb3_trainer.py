@@ -175,6 +175,7 @@ class TrainingMonitor(BaseCallback):
         self.eval_every, self.eval_episodes = int(algo.eval_every), int(algo.eval_episodes)
         self.checkpoint_every = int(algo.checkpoint_every)
         self.next_eval = 0
+        self.last_recorded = -1  # the env step of the newest metrics row
         self.next_checkpoint = self.checkpoint_every
         self.elapsed_before = 0.0  # wall clock of earlier sessions of a resumed run
         self.t0 = time.time()
@@ -207,6 +208,7 @@ class TrainingMonitor(BaseCallback):
             **{f"eval_{k}": v for k, v in result.metric_means().items()},
         }
         self.trainer.metrics.append(row)
+        self.last_recorded = self.num_timesteps
         for logger in self.trainer.loggers:
             logger.log_metrics(row, self.num_timesteps)
         log.info("steps=%d eval_return=%.1f±%.1f train_return=%.1f", row["steps"], row["eval_return_mean"],
@@ -214,12 +216,13 @@ class TrainingMonitor(BaseCallback):
 
     def state(self) -> dict:
         return {"next_eval": self.next_eval, "next_checkpoint": self.next_checkpoint, "elapsed_s": self.elapsed(),
-                "overhead_s": self.overhead_s, "learn_s": self.learn_time()}
+                "overhead_s": self.overhead_s, "learn_s": self.learn_time(), "last_recorded": self.last_recorded}
 
     def restore(self, state: dict) -> None:
         self.next_eval, self.next_checkpoint = int(state["next_eval"]), int(state["next_checkpoint"])
         self.elapsed_before, self.overhead_s = float(state["elapsed_s"]), float(state["overhead_s"])
         self.learn_before = float(state["learn_s"])
+        self.last_recorded = int(state.get("last_recorded", -1))
         self.t0 = time.time()
 
     def _on_training_start(self) -> None:
@@ -412,8 +415,8 @@ class SB3Trainer(Trainer):
             log.info("trained %d env steps, %d past algo.total_timesteps=%d: %s collects whole rollouts of %d steps",
                      model.num_timesteps, model.num_timesteps - total, total, cfg.algo.name.upper(),
                      int(getattr(model, "n_steps", 1)) * model.n_envs)
-        if self.monitor.next_eval - self.monitor.eval_every < model.num_timesteps:
-            self.monitor.record()  # close the curve at the final step
+        if self.monitor.last_recorded < model.num_timesteps:
+            self.monitor.record()  # close the curve at the final step (once: a scheduled row may be there)
         final = self.monitor.evaluate(int(cfg.algo.final_eval_episodes))
         self.save(FINAL, with_state=True)
         self.venv.close()

@@ -313,6 +313,27 @@ def assert_one_line_error(result, *needles: str) -> str:
     return line
 
 
+def config_error(overrides: list[str]) -> str:
+    """The one-line message ``agents.train`` refuses these overrides with, checked in this process.
+
+    What ``python -m agents.train`` prints for it (``error: <message>``, exit 2) is tested once
+    through the CLI; the many bad values are checked here, without a process start each.
+    """
+    from agents.errors import UserError
+    from agents.train import validate
+
+    with pytest.raises(UserError) as caught:
+        validate(compose_train(overrides))
+    message = str(caught.value)
+    assert message and "\n" not in message, message
+    return message
+
+
+def assert_names(message: str, *needles: str) -> None:
+    for needle in needles:
+        assert needle.lower() in message.lower(), (needle, message)
+
+
 def launch_nodes(**overrides) -> list[dict]:
     """The node specs ``launch/robot.py`` builds for these launch arguments (the rest at their defaults)."""
     import importlib.util

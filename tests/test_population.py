@@ -34,9 +34,11 @@ from policies.run_dir import RunDir
 from conftest import (
     SUMMARY_LINE_EVAL,
     SUMMARY_LINE_TRAIN,
+    assert_names,
     assert_one_line_error,
     cli_env,
     compose_train,
+    config_error,
     train_in_process,
 )
 
@@ -705,13 +707,20 @@ def test_population_metrics_have_the_algorithms_stats(population_runs):
     (["algo=grpo", "algo.advantage=typo"], ["advantage", "typo"]),
     (["algo=grpo", "algo.group_size=1"], ["group_size"]),
     (["algo=grpo", "algo.minibatches=9"], ["minibatches"]),
-    (["algo=grpo", "algo.total_timesteps=1000"], ["total_timesteps=1000", "3200"]),  # 4 x 8 x 100
-    (["algo=es", "algo.total_timesteps=1000"], ["total_timesteps=1000", "3200"]),  # 16 x 200
     (["algo=grpo", "init_from=/nonexistent/run"], ["init_from", "grpo"]),
-    (["algo=grpo", "env=swimmer_gym"], ["swimmer_gym", "snapshot"]),  # gymnasium's stock swimmer has no task state
 ], ids=["es-odd-population", "es-sigma", "grpo-advantage", "grpo-group-size", "grpo-minibatches",
-        "grpo-budget-below-batch", "es-budget-below-batch", "grpo-init-from", "grpo-stock-swimmer"])
-def test_population_config_errors_are_one_line(run_cli, tmp_path, args, needles):
+        "grpo-init-from"])
+def test_population_config_errors_are_one_line(args, needles):
+    assert_names(config_error(["env=swimmer", "policy=ncap", *args]), *needles)
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["algo=grpo", "algo.total_timesteps=1000"], ["total_timesteps=1000", "3200"]),  # 4 groups x 8 x 100 steps
+    (["algo=es", "algo.total_timesteps=1000"], ["total_timesteps=1000", "3200"]),  # 16 x 200 steps
+    (["algo=grpo", "env=swimmer_gym"], ["swimmer_gym", "snapshot"]),  # gymnasium's stock swimmer has no task state
+], ids=["grpo-budget-below-batch", "es-budget-below-batch", "grpo-stock-swimmer"])
+def test_population_errors_found_with_the_env_are_one_line(run_cli, tmp_path, args, needles):
+    """Known only once the engine has built the env (its episode limit, its snapshots), so through the CLI."""
     result = run_cli("agents.train", "env=swimmer", "policy=ncap", *args, "progress_bar=false",
                      f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(result, *needles)

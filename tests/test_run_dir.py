@@ -124,14 +124,14 @@ POP = ["env=swimmer", "policy=ncap", "algo.horizon=50", "algo.total_timesteps=60
        "algo.eval_episodes=1", "algo.final_eval_episodes=1", "algo.checkpoint_every=1200", "threads=1",
        "progress_bar=false"]
 TRAINERS = {
-    "ppo": ["env=swimmer", "policy=ncap", "algo.total_timesteps=8192", *TINY, "algo.final_eval_episodes=1"],
-    "sac": ["env=uav_hover", "policy=mlp", "algo=sac", "algo.total_timesteps=3000", "algo.sb3.learning_starts=200",
-            "algo.sb3.buffer_size=5000", "algo.eval_every=500", "algo.eval_episodes=1", "algo.final_eval_episodes=1",
-            "algo.checkpoint_every=1000", "env.episode_seconds=1", "threads=1", "progress_bar=false"],
+    "ppo": ["env=swimmer", "policy=ncap", "algo.total_timesteps=4096", *TINY, "algo.final_eval_episodes=1"],
+    "sac": ["env=uav_hover", "policy=mlp", "algo=sac", "algo.total_timesteps=1500", "algo.sb3.learning_starts=200",
+            "algo.sb3.buffer_size=5000", "algo.eval_every=250", "algo.eval_episodes=1", "algo.final_eval_episodes=1",
+            "algo.checkpoint_every=500", "env.episode_seconds=1", "threads=1", "progress_bar=false"],
     "grpo": [*POP, "algo=grpo", "algo.groups=2", "algo.group_size=4"],
     "es": [*POP, "algo=es", "algo.population=8"],
     "bc": ["env=kitchen", "policy=mtact", "algo=bc", "algo.total_steps=12", "algo.eval_every=2",
-           "algo.eval_episodes=0", "algo.final_eval_episodes=1", *TINY_MTACT],
+           "algo.eval_episodes=0", "algo.final_eval_episodes=0", *TINY_MTACT],
 }
 
 
