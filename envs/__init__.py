@@ -26,6 +26,7 @@ UAV = "embodied/UAV-v0"  # task chosen by the ``task`` kwarg (default hover)
 UAV_HOVER = "embodied/UAVHover-v0"
 UAV_WAYPOINTS = "embodied/UAVWaypoints-v0"
 KITCHEN = "embodied/Kitchen-v0"  # task (or task sequence) chosen by the ``task`` kwarg
+UAV_FIND = "embodied/UAVFind-v0"  # fly to the landmark a language instruction names
 
 if SWIMMER not in registry:
     register(SWIMMER, entry_point="envs.swimmer.env:SwimmerEnv", max_episode_steps=1000)
@@ -42,6 +43,9 @@ if UAV not in registry:
 if KITCHEN not in registry:
     # Timed by the env itself (steps_per_task x the number of tasks in the sequence), so no TimeLimit.
     register(KITCHEN, entry_point="envs.kitchen.env:KitchenEnv")
+if UAV_FIND not in registry:
+    # Timed by the env itself (episode_seconds at any control_hz), so no TimeLimit.
+    register(UAV_FIND, entry_point="envs.uav.find:UAVFindEnv")
 
 
 ENV_CONFIG_KEYS = ("name", "id")  # an env config's own keys; every other key is a gym.make kwarg
@@ -68,6 +72,7 @@ CONFIG_CLASSES = {
     SWIMMER: "envs.swimmer.env:SwimmerConfig", SWIMMER_SWIM: "envs.swimmer.env:SwimmerConfig",
     SWIMMER_NAVIGATE: "envs.swimmer.env:SwimmerConfig", UAV: "envs.uav.env:UAVConfig",
     UAV_HOVER: "envs.uav.env:UAVConfig", UAV_WAYPOINTS: "envs.uav.env:UAVConfig", KITCHEN: "envs.kitchen.env:KitchenConfig",
+    UAV_FIND: "envs.uav.find:UAVFindConfig",
 }
 
 
