@@ -15,6 +15,7 @@ METRIC_KEYS = (
     "forward_speed", "distance_travelled", "distance_to_target", "is_success",  # swimmer
     "hover_rmse", "position_error", "crash", "out_of_bounds", "waypoints_reached", "time_to_complete",  # uav
     "control_effort",
+    "distance_to_goal", "crashed",  # the find envs
 )
 
 

@@ -29,6 +29,8 @@ TRAINERS = {
     "grpo": "agents.grpo:GRPOTrainer",
     "es": "agents.es:ESTrainer",
     "bc": "agents.bc:BCTrainer",
+    "scaffold": "agents.brain_trainer:BrainTrainer",
+    "specialize": "agents.brain_trainer:BrainTrainer",
 }
 
 

@@ -187,6 +187,33 @@ def _mtact_entry() -> PolicyKind:
                       options=("schedule", "execute_steps", "task"), reads=observation_description)
 
 
+# ---------------------------------------------------------------- the spatial brain
+
+
+def _load_brain(bundle: Bundle, options: dict) -> Policy:
+    from policies.brain_policy import BrainPolicy, embodiment_of, follower_for
+
+    model = load_module("spatial_brain", bundle, bundle.tensors)
+    extra = bundle.meta.extra
+    embodiment = extra.get("embodiment") or embodiment_of(bundle.meta.env.get("id", ""))
+    follower = follower_for(embodiment, bundle.meta.env)
+    return BrainPolicy(model, bundle.meta, follower, embodiment,
+                       decide_every=options.get("decide_every", extra.get("decide_every", 50)),
+                       decisions=options.get("decisions", extra.get("decisions", 3)))
+
+
+def _no_untrained_brain(kind: PolicyKind, policy_cfg: dict, env: gym.Env, env_config: dict) -> Policy:
+    raise PolicyError("an untrained spatial brain has nothing to show; train one (algo=scaffold, then "
+                      "algo=specialize) and pass run=<dir>")
+
+
+def _brain_entry() -> PolicyKind:
+    from policies.spatial_brain import SpatialBrain, SpatialBrainConfig
+
+    return PolicyKind("spatial_brain", SpatialBrainConfig, ("scaffold", "specialize"), SpatialBrain,
+                      load=_load_brain, initial=_no_untrained_brain, options=("decide_every", "decisions"))
+
+
 KINDS: dict[str, PolicyKind] = {
     "ncap": PolicyKind("ncap", NCAPConfig, ("ppo", "grpo", "es"), NCAP, _ncap_config, _load_vector, _initial_vector,
                        _retarget_ncap, ncap_forward),
@@ -194,6 +221,7 @@ KINDS: dict[str, PolicyKind] = {
                       _initial_vector, None, mlp_forward, reads=lambda c: {"shape": [c.obs_dim]}),
     "mtact": _mtact_entry(),
     "pid": PolicyKind("pid", _pid_config_class(), (), initial=_pid, config_key="gains"),
+    "spatial_brain": _brain_entry(),
 }
 
 

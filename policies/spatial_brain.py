@@ -73,15 +73,17 @@ DIM_LIMIT = 4096  # largest proprio_dim / goal_dim
 def default_embodiments() -> dict[str, dict]:
     """The three bodies of this stack; see :class:`SpatialBrainConfig.embodiments` for what each number is."""
     return {
-        # velocity (3), attitude (9), gyro (3), last action (4): the UAV env's observation without the
-        # position error (the goal is what the brain infers). Offsets within 2 m: a hover target or the next
-        # waypoint leg, which the cascaded PID then tracks.
-        "uav": {"proprio_dim": 19, "goal_dim": 3, "goal_scale": [2.0, 2.0, 2.0], "goal_center": [0.0, 0.0, 0.0]},
+        # uav_find's state: world position (3) and velocity (3), attitude (9), gyro (3), last action (4)
+        # (envs/uav/find.py). Landmarks lie 1.5-4 m from the start and their goal points up to 3 m above
+        # or below it: offsets within 5 m across and 3 m up, which the cascaded PID then flies.
+        "uav": {"proprio_dim": 22, "goal_dim": 3, "goal_scale": [5.0, 5.0, 3.0], "goal_center": [0.0, 0.0, 0.0]},
         # the 6-link swimmer's 5 joint angles and 18 body velocities; navigate targets lie in a 4 m box (+-2 m).
         "swimmer": {"proprio_dim": 23, "goal_dim": 2, "goal_scale": [2.0, 2.0], "goal_center": [0.0, 0.0]},
         # 7 arm joints and the gripper opening; every kitchen handle, knob and switch lies within
         # x -0.64..-0.11, y 0.35..0.64, z 1.79..2.60 (world m), inside centre +- scale.
         "kitchen": {"proprio_dim": 8, "goal_dim": 3, "goal_scale": [0.6, 0.4, 0.6], "goal_center": [-0.3, 0.5, 2.2]},
+        # the generic QA arenas (envs/generic_scene.py): the agent's pose seen from the camera (7), no body to move
+        "generic": {"proprio_dim": 7, "goal_dim": 0},
     }
 
 
@@ -168,17 +170,19 @@ def _embodiment_spec(name, spec) -> dict:
     if not isinstance(spec, dict):
         raise ValueError(f"{where} must be a mapping with {', '.join(EMBODIMENT_KEYS)}, got {spec!r}")
     unknown = sorted(set(spec) - set(EMBODIMENT_KEYS))
-    missing = [k for k in ("proprio_dim", "goal_dim", "goal_scale") if k not in spec]
+    missing = [k for k in ("proprio_dim", "goal_dim") if k not in spec]
     if unknown or missing:
         raise ValueError(f"{where}: " + (f"unknown keys {unknown}" if unknown else f"missing {missing}"))
     out = {}
-    for key in ("proprio_dim", "goal_dim"):
+    for key, low in (("proprio_dim", 1), ("goal_dim", 0)):
         v = spec[key]
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= DIM_LIMIT:
-            raise ValueError(f"{where}.{key} must be an integer 1..{DIM_LIMIT}, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= DIM_LIMIT:
+            raise ValueError(f"{where}.{key} must be an integer {low}..{DIM_LIMIT}, got {v!r}")
         out[key] = v
     g = out["goal_dim"]
-    out["goal_scale"] = _numbers(spec["goal_scale"], g, f"{where}.goal_scale")
+    if g and "goal_scale" not in spec:
+        raise ValueError(f"{where}: missing ['goal_scale']")
+    out["goal_scale"] = _numbers(spec.get("goal_scale", 1.0), g, f"{where}.goal_scale")
     if not all(s > 0 for s in out["goal_scale"]):
         raise ValueError(f"{where}.goal_scale must be positive, got {out['goal_scale']}")
     out["goal_center"] = _numbers(spec.get("goal_center", 0.0), g, f"{where}.goal_center")
@@ -287,7 +291,8 @@ class SpatialBrain(nn.Module):
         self.embodiment = nn.ParameterDict({name: nn.Parameter(torch.randn(d) * 0.02) for name in cfg.embodiments})
         self.proprio = nn.ModuleDict({name: ProprioProjector(spec["proprio_dim"], d, cfg.proprio_tokens)
                                       for name, spec in cfg.embodiments.items()})
-        self.heads = nn.ModuleDict({name: GoalHead(d, spec, cfg) for name, spec in cfg.embodiments.items()})
+        self.heads = nn.ModuleDict({name: GoalHead(d, spec, cfg) for name, spec in cfg.embodiments.items()
+                                    if spec["goal_dim"]})  # goal_dim 0: a body (or scene) that only answers
 
     # ----------------------------------------------------------- naming
 
@@ -390,6 +395,9 @@ class SpatialBrain(nn.Module):
 
     def goal_distribution(self, batch: dict) -> torch.distributions.Normal:
         """The batch's embodiment's goal Gaussian, (B, goal_dim): for BC (NLL or MSE on ``.mean``) and GRPO."""
+        if batch.get("embodiment") not in self.heads:
+            raise ValueError(f"embodiment {batch.get('embodiment')!r} has no goal head (goal_dim 0 or unknown); "
+                             f"goal heads: {', '.join(self.heads)}")
         name, _, body = self.encode(batch)
         return self.heads[name](body)
 

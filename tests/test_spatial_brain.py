@@ -63,6 +63,10 @@ def test_config_round_trip_and_validation():
         SpatialBrainConfig(image_size=36)
     with pytest.raises(ValueError, match=r"embodiments\['uav'\].goal_scale"):
         SpatialBrainConfig(embodiments={"uav": {"proprio_dim": 3, "goal_dim": 3, "goal_scale": [1.0, 2.0]}})
+    qa_only = SpatialBrain(SpatialBrainConfig(layers=1, embodiments={"scene": {"proprio_dim": 2, "goal_dim": 0}}))
+    assert "scene" not in qa_only.heads  # a scene that only answers questions has no goal head
+    with pytest.raises(ValueError, match="no goal head"):
+        qa_only.goal_distribution({"embodiment": "scene"})
     with pytest.raises(ValueError, match=r"embodiments\['uav'\].proprio_dim"):
         SpatialBrainConfig(embodiments={"uav": {"proprio_dim": 0, "goal_dim": 3, "goal_scale": 1.0}})
     with pytest.raises(ValueError, match="identifiers"):
@@ -131,7 +135,7 @@ def test_bad_inputs_name_the_problem():
     good = _batch(cfg, "uav")
     with pytest.raises(ValueError, match="unknown embodiment 'boat'"):
         model(dict(good, embodiment="boat"))
-    with pytest.raises(ValueError, match=r"proprio for uav must be float \(B, 19\)"):
+    with pytest.raises(ValueError, match=r"proprio for uav must be float \(B, 22\)"):
         model(dict(good, proprio=torch.zeros(3, 8)))
     with pytest.raises(ValueError, match=r"image must be uint8 \(B, 32, 32, 3\)"):
         model(dict(good, image=torch.zeros(3, 64, 64, 3, dtype=torch.uint8)))
@@ -160,7 +164,7 @@ def test_owner_of_partitions_parameters_and_isolates_gradients():
     cfg = model.config
     owners = {name: model.owner_of(name) for name, _ in model.named_parameters()}
     owners |= {name: model.owner_of(name) for name, _ in model.named_buffers()}
-    assert set(owners.values()) == {None, *EMBODIMENTS}
+    assert set(owners.values()) == {None, "generic", *EMBODIMENTS}
     for name, owner in owners.items():
         if owner is None:
             assert name.split(".")[0] in ("vision", "text_proj", "trunk", "trunk_norm", "qa_head", "readout",

@@ -1,0 +1,448 @@
+"""``algo=scaffold`` and ``algo=specialize``: the spatial brain's supervised stages (ACE-Brain-0's SSR 1-2).
+
+``python -m agents.train policy=spatial_brain algo=scaffold``
+``python -m agents.train policy=spatial_brain algo=specialize env=uav_find init_from=<scaffold run>``
+
+- Scaffold: spatial question answering on generic arenas and on every embodiment's find scenes
+  (``algo.qa_sources``); the env group is not used.
+- Specialize: from the scaffold's final weights, behaviour cloning of the expert's goal (the named
+  landmark's goal point, as the offset the goal head emits) on the env's embodiment, at the
+  decision points of the expert's own flights, mixed batch by batch with that embodiment's QA
+  (``algo.qa_weight``); from scratch when ``init_from`` is null (the baseline without a scaffold).
+- Data: QA datasets (``agents/qa_data.py``) and goal demonstrations are generated from the
+  simulators on first use into ``algo.data_dir``, keyed by what made them, so the stages and seeds
+  of one benchmark share them, and reruns reuse them.
+- Loss: cross-entropy over the answer vocabulary; the goal Gaussian's negative log-likelihood.
+  AdamW with a linear warm-up and a cosine decay. Batches hold one embodiment each (their
+  proprioception differs in length), drawn in proportion to the data.
+- Every ``eval_every`` steps: QA accuracy on held-out question templates and, when specialising,
+  closed-loop success over ``eval_episodes`` episodes; ``checkpoints/last`` with the trainer state
+  (SIGTERM or SIGINT saves it and stops; rerunning with ``hydra.run.dir=<run>`` resumes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from agents.builders import make_env
+from agents.dataset import DatasetError
+from agents.errors import UserError
+from agents.qa_data import EnvSource, QADataset, collect_qa, load_qa
+from agents.schema import MAX_STEPS, check, setting
+from agents.trainer import Trainer
+from envs.spatial_qa import ANSWERS
+from policies import registry
+from policies.atomic import atomic_write
+from policies.brain_policy import EMBODIMENT_OF_ENV, BrainPolicy, brain_batch, embodiment_of, follower_for
+from policies.bundle import BundleError, read_bundle, save_bundle
+from policies.language import token_states
+from policies.protocol import EnvInterface, PolicyError, PolicyMeta
+from policies.run_dir import FINAL, LAST, RunDir
+from policies.spatial_brain import SpatialBrainConfig, default_embodiments
+
+log = logging.getLogger(__name__)
+
+# A QA source name -> the env that draws its scenes (None: the generic arenas) and the embodiment it feeds
+QA_SOURCES = {"generic": (None, "generic"), "uav": ("embodied/UAVFind-v0", "uav")}
+EVAL_SEED_BASE = 1_000_000  # closed-loop evaluation episodes use seeds from here: never a training seed
+
+
+@dataclass
+class BrainSettings:
+    """The algo group of ``algo=scaffold`` and ``algo=specialize``."""
+
+    name: str = "scaffold"
+    total_steps: int = setting(3000, low=1, high=MAX_STEPS)  # gradient steps
+    batch_size: int = setting(64, low=1, high=65536)
+    learning_rate: float = setting(3e-4, above=0.0, high=1.0)
+    weight_decay: float = setting(1e-4, low=0.0, high=1.0)
+    warmup_steps: int = setting(100, low=0, high=MAX_STEPS)
+    max_grad_norm: float = setting(1.0, above=0.0)
+    qa_sources: list[str] = setting(factory=lambda: ["generic", "uav"])  # scaffold: where QA scenes come from
+    qa_scenes: int = setting(4000, low=1, high=10**7)  # scenes per QA source (8 questions each)
+    qa_eval_scenes: int = setting(200, low=1, high=10**6)  # scenes per source for held-out-template accuracy
+    qa_weight: float = setting(1.0, low=0.0)  # specialize: weight of the QA loss beside the goal loss
+    demos: int = setting(400, low=1, high=10**7)  # specialize: expert episodes whose decision points are cloned
+    decide_every: int = setting(50, low=1, high=10**6)  # control steps between the brain's decisions
+    decisions: int = setting(3, low=1, high=1000)  # decisions per episode, then the goal is held
+    data_dir: str = "data/brain"  # where generated QA data and demonstrations are cached (shared by runs)
+    eval_every: int = setting(1000, low=1, high=MAX_STEPS)
+    eval_episodes: int = setting(20, low=0, high=10**6)  # specialize: closed-loop episodes per evaluation
+    final_eval_episodes: int = setting(100, low=0, high=10**6)
+    log_every: int = setting(100, low=0, high=MAX_STEPS)
+
+
+def _key(**parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def qa_dataset(data_dir: Path, source: str, scenes: int, split: str, seed: int) -> QADataset:
+    """The QA dataset of one source, generated on first use (resumable, validated on load)."""
+    from envs.generic_scene import GenericSceneSampler
+
+    env_id, _ = QA_SOURCES[source]
+    root = data_dir / f"qa_{source}_{split}_{scenes}_{_key(source=source, split=split, scenes=scenes, seed=seed)}"
+    sampler = GenericSceneSampler(seed=seed) if env_id is None else EnvSource(env_id, warmup_steps=20)
+    try:
+        if not (root / "manifest.json").is_file() or len(load_qa(root).sample) < scenes:
+            log.info("generating %d %s QA scenes (%s templates) into %s", scenes, source, split, root)
+            collect_qa([sampler], root, scenes, seed=seed, split=split)
+        return load_qa(root)
+    except DatasetError as e:
+        raise UserError(str(e)) from None
+    finally:
+        if hasattr(sampler, "close"):
+            sampler.close()
+
+
+def goal_demonstrations(data_dir: Path, env_cfg: dict, episodes: int, decide_every: int, decisions: int,
+                        seed: int) -> dict[str, np.ndarray]:
+    """Observations at the brain's decision points along the expert's flights, with the goal it should emit.
+
+    The expert is the goal follower itself flying to the true goal; each decision point's label is
+    that goal as the offset the goal head emits from there.
+    """
+    key = _key(env=env_cfg, episodes=episodes, every=decide_every, decisions=decisions, seed=seed)
+    path = data_dir / f"goals_{env_cfg['name']}_{episodes}_{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError) as e:
+            log.warning("regenerating %s: %s", path, e)
+    embodiment = embodiment_of(env_cfg["id"])
+    follower = follower_for(embodiment, env_cfg)
+    env = make_env(env_cfg)
+    rows: dict[str, list] = {k: [] for k in ("image", "depth", "state", "instruction", "goal")}
+    try:
+        for episode in tqdm(range(episodes), desc="expert goals", disable=not sys.stderr.isatty()):
+            obs, info = env.reset(seed=seed * 100_000 + episode)
+            follower.reset()
+            for step in range(decide_every * (decisions - 1) + 1):
+                if step % decide_every == 0:
+                    for k in ("image", "depth", "state", "instruction"):
+                        rows[k].append(obs[k])
+                    rows["goal"].append(follower.label(obs, info["goal"]))
+                obs, _, terminated, truncated, info = env.step(follower.act(obs, info["goal"]))
+                if terminated or truncated:
+                    break
+    finally:
+        env.close()
+    data = {"image": np.stack(rows["image"]).astype(np.uint8), "depth": np.stack(rows["depth"]).astype(np.float32),
+            "state": np.stack(rows["state"]).astype(np.float32), "instruction": np.array(rows["instruction"]),
+            "goal": np.stack(rows["goal"]).astype(np.float32)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: _save_npz(tmp, data))
+    return data
+
+
+def _save_npz(path: str, arrays: dict) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a temporary name
+        np.savez(f, **arrays)
+
+
+class BrainTrainer(Trainer):
+    """Both supervised stages; ``algo.name`` says which."""
+
+    Settings = BrainSettings
+
+    @classmethod
+    def validate(cls, cfg: DictConfig) -> None:
+        check(cfg.algo, BrainSettings, "algo")
+        unknown = sorted(set(cfg.algo.qa_sources) - set(QA_SOURCES))
+        if unknown:
+            raise UserError(f"algo.qa_sources: unknown {', '.join(unknown)} (have {', '.join(QA_SOURCES)})")
+        if cfg.algo.name == "specialize":
+            try:
+                embodiment_of(cfg.env.id)
+            except PolicyError as e:
+                raise UserError(f"algo=specialize needs a find env (env=uav_find): {e}") from None
+
+    def __init__(self, cfg: DictConfig, run: RunDir, loggers: list):
+        super().__init__(cfg, run, loggers)
+        algo = cfg.algo
+        torch.set_num_threads(int(cfg.threads))
+        torch.manual_seed(int(cfg.seed))
+        self.rng = np.random.default_rng(int(cfg.seed))
+        self.specialize = algo.name == "specialize"
+        self.env_cfg = OmegaConf.to_container(cfg.env, resolve=True)
+        self.data_dir = Path(str(algo.data_dir))
+        self.embodiment = embodiment_of(self.env_cfg["id"]) if self.specialize else None
+        self.config = self.model_config(cfg)
+        try:
+            self.model = registry.build_module("spatial_brain", self.config.to_dict())
+        except PolicyError as e:
+            raise UserError(str(e)) from None
+        if cfg.get("init_from"):
+            self.start_from(str(cfg.init_from))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(algo.learning_rate),
+                                           weight_decay=float(algo.weight_decay))
+        total, warmup = int(algo.total_steps), int(algo.warmup_steps)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.step, self.train_s = 0, 0.0
+        self.load_data()
+
+    # --- model and data -------------------------------------------------------------------------
+    def model_config(self, cfg: DictConfig) -> SpatialBrainConfig:
+        switches = OmegaConf.to_container(cfg.policy.actor, resolve=True) or {}
+        embodiments = default_embodiments()
+        embodiments.update(switches.pop("embodiments", None) or {})
+        try:
+            return SpatialBrainConfig.from_dict({**switches, "n_answers": len(ANSWERS), "embodiments": embodiments})
+        except (TypeError, ValueError) as e:
+            raise UserError(f"bad policy.actor: {e}") from None
+
+    def start_from(self, source: str) -> None:
+        """The scaffold's final weights (or any brain run's): same sizes, any algo."""
+        try:
+            bundle = read_bundle(RunDir(source).policy(FINAL))
+            if bundle.meta.kind != "spatial_brain":
+                raise UserError(f"init_from={source}: a {bundle.meta.kind} run, not a spatial brain")
+            self.model.load_state_dict(bundle.tensors)
+        except (BundleError, PolicyError, FileNotFoundError) as e:
+            raise UserError(f"init_from={source}: {e}") from None
+        except RuntimeError as e:
+            raise UserError(f"init_from={source}: its sizes differ from policy.actor "
+                            f"({' '.join(str(e).split())[:160]})") from None
+        log.info("initialised from %s", source)
+
+    def load_data(self) -> None:
+        algo, seed = self.cfg.algo, int(self.cfg.seed)
+        sources = [self.embodiment] if self.specialize else list(algo.qa_sources)
+        # the QA data are one fixed set per source (seed 0): every stage and seed of a benchmark sees the same
+        self.qa = {s: qa_dataset(self.data_dir, s, int(algo.qa_scenes), "seen", 0) for s in sources}
+        self.qa_eval = {s: qa_dataset(self.data_dir, s, int(algo.qa_eval_scenes), "held_out", 1) for s in sources}
+        for source, data in self.qa.items():
+            embodiment = QA_SOURCES[source][1]
+            states = data.state[:, :self.config.embodiments[embodiment]["proprio_dim"]]
+            if self.step == 0 and not self.cfg.get("init_from"):
+                self.model.set_proprio_normalization(embodiment, states.mean(0), states.std(0))
+        self.demos = None
+        if self.specialize:
+            self.demos = goal_demonstrations(self.data_dir, self.env_cfg, int(algo.demos), int(algo.decide_every),
+                                             int(algo.decisions), seed)
+            if not self.cfg.get("init_from"):
+                self.model.set_proprio_normalization(self.embodiment, self.demos["state"].mean(0),
+                                                     self.demos["state"].std(0))
+        log.info("data: %s QA questions%s", ", ".join(f"{k} {len(v)}" for k, v in self.qa.items()),
+                 f", {len(self.demos['goal'])} goal samples" if self.demos is not None else "")
+
+    def qa_batch(self, source: str, rows: np.ndarray, data: QADataset | None = None) -> tuple[dict, torch.Tensor]:
+        data = data if data is not None else self.qa[source]
+        embodiment = QA_SOURCES[source][1]
+        scenes = data.scene[rows]
+        p = self.config.embodiments[embodiment]["proprio_dim"]
+        text, mask = token_states(list(data.question[rows]), self.config.max_text_tokens)
+        depth = np.where(data.has_depth[scenes, None, None], data.depth[scenes].astype(np.float32), np.nan)
+        batch = {"embodiment": embodiment, "image": torch.as_tensor(data.image[scenes]),
+                 "depth": torch.as_tensor(depth), "proprio": torch.as_tensor(data.state[scenes, :p]),
+                 "text": torch.as_tensor(text), "text_mask": torch.as_tensor(mask)}
+        return batch, torch.as_tensor(data.answer[rows].astype(np.int64))
+
+    def goal_batch(self, rows: np.ndarray) -> tuple[dict, torch.Tensor]:
+        d = self.demos
+        obs = [{"image": d["image"][i], "depth": d["depth"][i], "state": d["state"][i],
+                "instruction": str(d["instruction"][i])} for i in rows]
+        return brain_batch(self.embodiment, obs, self.config.max_text_tokens), torch.as_tensor(d["goal"][rows])
+
+    def losses(self) -> dict[str, torch.Tensor]:
+        """One batch's losses: a goal batch (specialize) and a QA batch, or a QA batch of one source."""
+        b = int(self.cfg.algo.batch_size)
+        out: dict[str, torch.Tensor] = {}
+        if self.specialize:
+            batch, goal = self.goal_batch(self.rng.integers(len(self.demos["goal"]), size=b))
+            dist = self.model.goal_distribution(batch)
+            out["goal_nll"] = -dist.log_prob(goal).sum(-1).mean()
+            out["goal_err"] = (dist.mean - goal).norm(dim=-1).mean().detach()
+            source = self.embodiment
+        else:
+            sizes = np.array([len(self.qa[s]) for s in self.qa], dtype=np.float64)
+            source = list(self.qa)[self.rng.choice(len(sizes), p=sizes / sizes.sum())]
+        if not self.specialize or float(self.cfg.algo.qa_weight) > 0:
+            batch, answer = self.qa_batch(source, self.rng.integers(len(self.qa[source]), size=b))
+            out["qa_ce"] = torch.nn.functional.cross_entropy(self.model.qa_logits(batch), answer)
+        out["loss"] = out.get("goal_nll", 0.0) + float(self.cfg.algo.qa_weight if self.specialize else 1.0) * out.get(
+            "qa_ce", torch.zeros(()))
+        return out
+
+    # --- evaluation -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def qa_accuracy(self, which: str = "held_out") -> dict[str, float]:
+        """Accuracy per source on the held-out templates (``which="held_out"``) or on training questions."""
+        self.model.eval()
+        result = {}
+        for source in self.qa:
+            data = self.qa_eval[source] if which == "held_out" else self.qa[source]
+            rows = np.arange(min(len(data), 2000))
+            correct = 0
+            for lo in range(0, len(rows), 256):
+                batch, answer = self.qa_batch(source, rows[lo:lo + 256], data)
+                correct += int((self.model.qa_logits(batch).argmax(-1) == answer).sum())
+            result[source] = correct / max(len(rows), 1)
+        self.model.train()
+        return result
+
+    def closed_loop(self, episodes: int) -> dict[str, float]:
+        """Success of the brain steering its controller on evaluation seeds (seen wordings)."""
+        if not self.specialize or episodes <= 0:
+            return {}
+        from agents.rollout import run_episodes
+
+        self.model.eval()
+        algo = self.cfg.algo
+        policy = BrainPolicy(self.model, self.meta(), follower_for(self.embodiment, self.env_cfg), self.embodiment,
+                             int(algo.decide_every), int(algo.decisions))
+        env = make_env(self.env_cfg)
+        try:
+            result = run_episodes(env, policy, episodes, seed=EVAL_SEED_BASE)
+        finally:
+            env.close()
+            self.model.train()
+        metrics = result.metric_means()
+        return {"success": float(metrics.get("is_success", math.nan)),
+                "distance_to_goal": float(metrics.get("distance_to_goal", math.nan))}
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def acting_env(self) -> dict:
+        """The env config the bundle acts in: the run's find env, else (a scaffold) the first find env it saw."""
+        if self.specialize or self.env_cfg["id"] in EMBODIMENT_OF_ENV:
+            return self.env_cfg
+        for source in self.cfg.algo.qa_sources:
+            env_id = QA_SOURCES[source][0]
+            if env_id is not None:
+                return {"name": f"{source}_find", "id": env_id}
+        return {"name": "uav_find", "id": "embodied/UAVFind-v0"}
+
+    def meta(self) -> PolicyMeta:
+        """A scaffold's bundle acts in a find env too (with the goal head it has), so every stage deploys alike."""
+        env_cfg = self.acting_env()
+        env = make_env(env_cfg)
+        try:
+            interface = EnvInterface.of(env)
+        finally:
+            env.close()
+        extra = {"stage": str(self.cfg.algo.name), "embodiment": embodiment_of(env_cfg["id"]),
+                 "decide_every": int(self.cfg.algo.decide_every), "decisions": int(self.cfg.algo.decisions),
+                 "answers": list(ANSWERS), "init_from": self.cfg.get("init_from")}
+        return PolicyMeta.for_env("spatial_brain", self.config.to_dict(), env_cfg, interface, steps=self.step,
+                                  extra=extra)
+
+    def write_bundle(self, directory: Path) -> None:
+        save_bundle(directory, self._meta, self.model.state_dict())
+
+    def state(self) -> dict:
+        return {"step": self.step, "train_s": self.train_s, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": self.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state()}
+
+    def try_resume(self) -> bool:
+        state = self.resume_state()
+        if state is None:
+            return False
+        last = self.run.checkpoint_dir(LAST)
+        try:
+            self.model.load_state_dict(read_bundle(last).tensors)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(state["torch_rng"])
+        except (BundleError, RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise UserError(f"cannot resume from {last}: {' '.join(str(e).split())[:200]}") from None
+        self.step, self.train_s = int(state["step"]), float(state["train_s"])
+        return True
+
+    def record(self, losses: dict, episodes: int) -> dict:
+        started = time.time()
+        self.save_checkpoint(LAST, self.write_bundle, self.state())
+        qa = self.qa_accuracy()
+        loop = self.closed_loop(episodes)
+        row = {"steps": self.step, "train_s": round(self.train_s, 1), "lr": self.scheduler.get_last_lr()[0],
+               **{f"train_{k}": v for k, v in losses.items()},
+               **{f"qa_heldout_{k}": v for k, v in qa.items()},
+               "eval_success": loop.get("success", math.nan), "eval_s": round(time.time() - started, 1)}
+        self.metrics.append(row)
+        for logger in self.loggers:
+            logger.log_metrics(row, self.step)
+        log.info("step %d: loss %.4f | held-out QA %s | success %s", self.step, losses.get("loss", math.nan),
+                 " ".join(f"{k} {v:.3f}" for k, v in qa.items()),
+                 f"{loop['success']:.2f}" if loop else "-")
+        return row
+
+    # --- the loop -------------------------------------------------------------------------------
+    def learn(self) -> dict:
+        algo = self.cfg.algo
+        total, eval_every, log_every = int(algo.total_steps), int(algo.eval_every), int(algo.log_every)
+        self._meta = self.meta()
+        resumed = self.try_resume()
+        log.info("%s: spatial brain (%d parameters), %d steps of batch %d%s", algo.name,
+                 self.model.parameter_count(), total, int(algo.batch_size),
+                 f", resuming at {self.step}" if resumed else "")
+        self.model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        bar = tqdm(total=total, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (sys.stderr.isatty() and bool(self.cfg.progress_bar)))
+        with self.stop, bar:
+            while self.step < total:
+                if self.stop.requested:
+                    self._meta.steps = self.step
+                    raise self.stopped(self.step, self.write_bundle, self.state())
+                t0 = time.time()
+                losses = self.losses()
+                self.optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(algo.max_grad_norm))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                self.train_s += time.time() - t0
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                if not np.isfinite(values["loss"]):
+                    raise UserError(f"the loss became {values['loss']} at step {self.step}; lower algo.learning_rate")
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n += 1
+                bar.update(1)
+                self._meta.steps = self.step
+                if self.step % eval_every == 0 and self.step < total:
+                    self.record({k: v / n for k, v in sums.items()}, int(algo.eval_episodes))
+                    sums, n = {}, 0
+                elif log_every and self.step % log_every == 0:
+                    log.info("step %d: loss %.4f (%.0f ms/step)", self.step, sums["loss"] / n,
+                             1e3 * self.train_s / self.step)
+        if n:
+            self.record({k: v / n for k, v in sums.items()}, 0)
+        self.save_checkpoint(FINAL, self.write_bundle)
+        seen, held_out = self.qa_accuracy("seen"), self.qa_accuracy("held_out")
+        loop = self.closed_loop(int(algo.final_eval_episodes))
+        summary = {
+            "qa_seen": seen, "qa_held_out": held_out,
+            "qa_held_out_mean": float(np.mean(list(held_out.values()))),
+            "steps": self.step, "params": self.model.parameter_count(), "train_time_s": round(self.train_s, 1),
+            "ms_per_step": round(1e3 * self.train_s / max(self.step, 1), 1),
+            "env": self.cfg.env.name if self.specialize else None, "policy": "spatial_brain",
+            "algo": str(algo.name), "seed": int(self.cfg.seed), "init_from": self.cfg.get("init_from"),
+        }
+        if self.specialize:
+            summary.update({"success_rate": loop["success"], "distance_to_goal": loop["distance_to_goal"],
+                            "eval_episodes": int(algo.final_eval_episodes),
+                            "train_goal_samples": len(self.demos["goal"])})
+        return summary

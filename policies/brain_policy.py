@@ -1,0 +1,179 @@
+"""The spatial brain deployed: a slow brain that picks a goal, a fast controller that reaches it.
+
+ACE-Brain-0.5's output interfaces, at this project's scale: the brain (``policies/spatial_brain.py``)
+reads the camera, the body's state and the instruction a few times per episode and emits a goal;
+between its decisions a scripted controller runs at the control rate toward the goal it holds.
+
+- ``uav``: the goal head gives an offset (m) in the vehicle's yaw frame; it is turned into a world
+  point once, when decided, and the cascaded PID (``policies/pid.py``) flies to it.
+
+Decisions: at step 0 and every ``decide_every`` control steps after, ``decisions`` times in all;
+after the last one the goal is held (the named landmark leaves an onboard camera's view as the
+vehicle closes in, so late views would only add noise). ``meta.extra`` carries both numbers and the
+embodiment, so a bundle deploys as it was trained and evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from policies.language import token_states
+from policies.protocol import Policy, PolicyError, PolicyMeta
+from policies.spatial_brain import SpatialBrain
+
+# env id -> the embodiment the brain drives there (its proprio projector and goal head)
+EMBODIMENT_OF_ENV = {"embodied/UAVFind-v0": "uav"}
+DEFAULT_DECIDE_EVERY = 50  # control steps between decisions: 2 Hz at the UAV's 100 Hz control rate
+DEFAULT_DECISIONS = 3  # decisions per episode (0, 0.5 and 1 s on the UAV), then the goal is held
+
+
+def brain_batch(embodiment: str, observations: list[Mapping], max_tokens: int, text_key: str = "instruction") -> dict:
+    """A :class:`SpatialBrain` batch from env observations (Dict: image, depth, state and a text)."""
+    text, mask = token_states([str(o[text_key]) for o in observations], max_tokens)
+    batch = {
+        "embodiment": embodiment,
+        "image": torch.as_tensor(np.stack([np.asarray(o["image"], dtype=np.uint8) for o in observations])),
+        "proprio": torch.as_tensor(np.stack([np.asarray(o["state"], dtype=np.float32) for o in observations])),
+        "text": torch.as_tensor(text), "text_mask": torch.as_tensor(mask),
+    }
+    if all("depth" in o for o in observations):
+        batch["depth"] = torch.as_tensor(np.stack([np.asarray(o["depth"], dtype=np.float32) for o in observations]))
+    return batch
+
+
+# --- goal followers: the fast controllers -------------------------------------------------------
+
+
+def yaw_of(rotation: np.ndarray) -> float:
+    r = np.asarray(rotation, dtype=np.float64).reshape(3, 3)
+    return math.atan2(r[1, 0], r[0, 0])
+
+
+def yaw_frame_to_world(offset: np.ndarray, yaw: float) -> np.ndarray:
+    c, s = math.cos(yaw), math.sin(yaw)
+    x, y, z = (float(v) for v in offset)
+    return np.array([c * x - s * y, s * x + c * y, z])
+
+
+def world_to_yaw_frame(vector: np.ndarray, yaw: float) -> np.ndarray:
+    c, s = math.cos(yaw), math.sin(yaw)
+    x, y, z = (float(v) for v in vector)
+    return np.array([c * x + s * y, -s * x + c * y, z])
+
+
+@dataclass
+class UAVGoalFollower:
+    """The cascaded PID flying to a world point; goals are offsets in the yaw frame of the state they were made in."""
+
+    pid: object  # policies.pid.CascadedPID
+    arena_half_width: float
+    ceiling: float
+
+    def reset(self) -> None:
+        self.pid.reset()
+
+    def to_world(self, obs: Mapping, offset: np.ndarray) -> np.ndarray:
+        from envs.uav.find import FindStateLayout
+
+        layout = FindStateLayout()
+        state = np.asarray(obs["state"], dtype=np.float64)
+        position = state[slice(*layout.position)]
+        goal = position + yaw_frame_to_world(offset, yaw_of(state[slice(*layout.rotation)]))
+        # the controller clips a goal into the flight volume: a wild sample must not fly the vehicle out
+        limit = self.arena_half_width - 0.2
+        return np.array([np.clip(goal[0], -limit, limit), np.clip(goal[1], -limit, limit),
+                         np.clip(goal[2], 0.3, self.ceiling - 0.3)])
+
+    def label(self, obs: Mapping, goal_world: np.ndarray) -> np.ndarray:
+        """The offset a perfect brain would emit for ``goal_world`` (what behaviour cloning regresses)."""
+        from envs.uav.find import FindStateLayout
+
+        layout = FindStateLayout()
+        state = np.asarray(obs["state"], dtype=np.float64)
+        d = np.asarray(goal_world, dtype=np.float64) - state[slice(*layout.position)]
+        return world_to_yaw_frame(d, yaw_of(state[slice(*layout.rotation)]))
+
+    def act(self, obs: Mapping, goal_world: np.ndarray) -> np.ndarray:
+        from envs.uav.find import pid_observation
+
+        return self.pid.act(pid_observation(np.asarray(obs["state"], dtype=np.float64), goal_world))
+
+
+def uav_follower(env_config: Mapping) -> UAVGoalFollower:
+    import envs
+    from policies.pid import CascadedPID, gains_for
+
+    env = envs.make_from_config(env_config)
+    try:
+        uav = env.unwrapped
+        pid = CascadedPID(uav.params, gains_for(uav.params.name), uav.control_dt, uav.action_mode)
+        return UAVGoalFollower(pid, float(uav.find_config.arena_half_width), float(uav.find_config.ceiling))
+    finally:
+        env.close()
+
+
+FOLLOWERS = {"uav": uav_follower}
+
+
+def follower_for(embodiment: str, env_config: Mapping):
+    if embodiment not in FOLLOWERS:
+        raise PolicyError(f"the spatial brain has no controller for embodiment {embodiment!r} "
+                          f"(have: {', '.join(FOLLOWERS)})")
+    return FOLLOWERS[embodiment](env_config)
+
+
+def embodiment_of(env_id: str) -> str:
+    if env_id not in EMBODIMENT_OF_ENV:
+        raise PolicyError(f"the spatial brain acts in {', '.join(EMBODIMENT_OF_ENV)}, not {env_id!r}")
+    return EMBODIMENT_OF_ENV[env_id]
+
+
+# --- the policy ---------------------------------------------------------------------------------
+
+
+class BrainPolicy(Policy):
+    """:class:`SpatialBrain` + a goal follower, speaking the policy protocol (``reset``/``act``)."""
+
+    def __init__(self, brain: SpatialBrain, meta: PolicyMeta, follower, embodiment: str,
+                 decide_every: int = DEFAULT_DECIDE_EVERY, decisions: int = DEFAULT_DECISIONS):
+        self.brain = brain.eval()
+        self.meta = meta
+        self.follower = follower
+        self.embodiment = embodiment
+        self.decide_every, self.decisions = int(decide_every), int(decisions)
+        if self.decide_every < 1 or self.decisions < 1:
+            raise PolicyError(f"decide_every and decisions must be >= 1, got {decide_every}, {decisions}")
+        self.reset()
+
+    def reset(self) -> None:
+        self.follower.reset()
+        self.goal: np.ndarray | None = None
+        self.steps = 0
+        self.decided = 0
+
+    @torch.inference_mode()
+    def goal_offset(self, obs: Mapping) -> np.ndarray:
+        """The brain's goal (its Gaussian's mean) for one observation, in the goal head's frame."""
+        batch = brain_batch(self.embodiment, [obs], self.brain.config.max_text_tokens)
+        return self.brain.goal_distribution(batch).mean[0].numpy().astype(np.float64)
+
+    def act(self, obs: Mapping) -> np.ndarray:
+        if self.decided < self.decisions and self.steps % self.decide_every == 0:
+            self.goal = self.follower.to_world(obs, self.goal_offset(obs))
+            self.decided += 1
+        self.steps += 1
+        return np.asarray(self.follower.act(obs, self.goal), dtype=np.float32)
+
+    @torch.inference_mode()
+    def answer(self, obs: Mapping, question: str, vocabulary: tuple[str, ...]) -> tuple[str, float]:
+        """A spatial question about this observation -> (answer, its probability)."""
+        batch = brain_batch(self.embodiment, [dict(obs, question=question)], self.brain.config.max_text_tokens,
+                            text_key="question")
+        probs = torch.softmax(self.brain.qa_logits(batch)[0, :len(vocabulary)], dim=0)
+        k = int(probs.argmax())
+        return vocabulary[k], float(probs[k])
