@@ -145,20 +145,19 @@ def cli_env() -> dict:
     return env
 
 
+def run_module(module: str, *args: str, cwd: Path, timeout: float = 300) -> CLIResult:
+    """``python -m <module> <args>`` in ``cwd``, as a user would type it."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    return CLIResult(proc.returncode, proc.stdout, proc.stderr)
+
+
 @pytest.fixture
 def run_cli(tmp_path):
     """Run ``python -m <module> <args>`` from a scratch cwd (so nothing lands in the repo)."""
 
     def _run(module: str, *args: str, timeout: float = 300, cwd: Path | None = None) -> CLIResult:
-        proc = subprocess.run(
-            [sys.executable, "-m", module, *args],
-            cwd=cwd or tmp_path,
-            env=cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        return CLIResult(proc.returncode, proc.stdout, proc.stderr)
+        return run_module(module, *args, cwd=cwd or tmp_path, timeout=timeout)
 
     return _run
 
