@@ -40,6 +40,7 @@ from agents.builders import make_env
 from agents.dataset import DatasetError
 from agents.errors import UserError
 from agents.qa_data import EnvSource, QADataset, collect_qa, load_qa
+from agents.rollout import EVAL_SEED_BASE, run_episodes
 from agents.schema import MAX_STEPS, check, setting
 from agents.trainer import Trainer
 from envs.spatial_qa import ANSWERS
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 # A QA source name -> the env that draws its scenes (None: the generic arenas) and the embodiment it feeds
 QA_SOURCES = {"generic": (None, "generic"), "uav": ("embodied/UAVFind-v0", "uav")}
-EVAL_SEED_BASE = 1_000_000  # closed-loop evaluation episodes use seeds from here: never a training seed
 
 
 @dataclass
@@ -74,7 +74,7 @@ class BrainSettings:
     qa_scenes: int = setting(4000, low=1, high=10**7)  # scenes per QA source (8 questions each)
     qa_eval_scenes: int = setting(200, low=1, high=10**6)  # scenes per source for held-out-template accuracy
     qa_weight: float = setting(1.0, low=0.0)  # specialize: weight of the QA loss beside the goal loss
-    demos: int = setting(400, low=1, high=10**7)  # specialize: expert episodes whose decision points are cloned
+    demos: int = setting(400, low=1, high=EVAL_SEED_BASE)  # specialize: expert episodes (seeds below the eval seeds)
     decide_every: int = setting(50, low=1, high=10**6)  # control steps between the brain's decisions
     decisions: int = setting(3, low=1, high=1000)  # decisions per episode, then the goal is held
     data_dir: str = "data/brain"  # where generated QA data and demonstrations are cached (shared by runs)
@@ -304,8 +304,6 @@ class BrainTrainer(Trainer):
         """Success of the brain steering its controller on evaluation seeds (seen wordings)."""
         if not self.specialize or episodes <= 0:
             return {}
-        from agents.rollout import run_episodes
-
         self.model.eval()
         algo = self.cfg.algo
         policy = BrainPolicy(self.model, self.meta(), follower_for(self.embodiment, self.env_cfg), self.embodiment,
