@@ -300,15 +300,15 @@ class BrainTrainer(Trainer):
         self.model.train()
         return result
 
-    def closed_loop(self, episodes: int) -> dict[str, float]:
-        """Success of the brain steering its controller on evaluation seeds (seen wordings)."""
+    def closed_loop(self, episodes: int, held_out: bool = False) -> dict[str, float]:
+        """Success of the brain steering its controller on evaluation seeds (seen or held-out wordings)."""
         if not self.specialize or episodes <= 0:
             return {}
         self.model.eval()
         algo = self.cfg.algo
         policy = BrainPolicy(self.model, self.meta(), follower_for(self.embodiment, self.env_cfg), self.embodiment,
                              int(algo.decide_every), int(algo.decisions))
-        env = make_env(self.env_cfg)
+        env = make_env({**self.env_cfg, "held_out": held_out, "paraphrase": None} if held_out else self.env_cfg)
         try:
             result = run_episodes(env, policy, episodes, seed=EVAL_SEED_BASE)
         finally:
@@ -431,6 +431,7 @@ class BrainTrainer(Trainer):
         self.save_checkpoint(FINAL, self.write_bundle)
         seen, held_out = self.qa_accuracy("seen"), self.qa_accuracy("held_out")
         loop = self.closed_loop(int(algo.final_eval_episodes))
+        loop_held_out = self.closed_loop(int(algo.final_eval_episodes), held_out=True)
         summary = {
             "qa_seen": seen, "qa_held_out": held_out,
             "qa_held_out_mean": float(np.mean(list(held_out.values()))),
@@ -441,6 +442,7 @@ class BrainTrainer(Trainer):
         }
         if self.specialize:
             summary.update({"success_rate": loop["success"], "distance_to_goal": loop["distance_to_goal"],
+                            "success_rate_held_out_wordings": loop_held_out["success"],
                             "eval_episodes": int(algo.final_eval_episodes),
                             "train_goal_samples": len(self.demos["goal"])})
         return summary

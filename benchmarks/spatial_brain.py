@@ -54,6 +54,7 @@ def train(run: Path, args: list[str], log: Path) -> dict:
 def row_of(name: str, seed: int, s: dict, cmd: list[str]) -> dict:
     return {"row": name, "seed": seed, "qa_generic": s.get("qa_held_out", {}).get("generic"),
             "qa_uav": s["qa_held_out"].get("uav"), "success": s.get("success_rate"),
+            "success_held_out_wordings": s.get("success_rate_held_out_wordings"),
             "distance_to_goal": s.get("distance_to_goal"), "episodes": s.get("eval_episodes"),
             "train_time_s": s["train_time_s"], "steps": s["steps"], "command": " ".join(cmd)}
 
@@ -69,8 +70,9 @@ def table(results: dict) -> str:
         f"{results['load']}). Seeds: {results['seeds']}. Closed-loop episodes: seeds 10,000 + i, the same for "
         "every row; seen wordings. QA: accuracy on held-out question templates (200 scenes per source).",
         "",
-        "| row | QA generic | QA uav | uav_find success | final distance to goal (m) | train time (s) |",
-        "|---|---|---|---|---|---|",
+        "| row | QA generic | QA uav | uav_find success | held-out wordings | final distance to goal (m) "
+        "| train time (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def cell(values, fmt="{:.3f}"):
@@ -83,11 +85,47 @@ def table(results: dict) -> str:
     for name in names:
         rs = [r for r in rows if r["row"] == name]
         lines.append(f"| {name} | {cell(r['qa_generic'] for r in rs)} | {cell(r['qa_uav'] for r in rs)} | "
-                     f"{cell(r['success'] for r in rs)} | {cell(r['distance_to_goal'] for r in rs)} | "
+                     f"{cell(r['success'] for r in rs)} | {cell(r['success_held_out_wordings'] for r in rs)} | "
+                     f"{cell(r['distance_to_goal'] for r in rs)} | "
                      f"{cell((r['train_time_s'] for r in rs), '{:.0f}')} |")
+    if results.get("latency"):
+        lat = results["latency"]
+        lines += ["", f"One brain query (batch 1, 32x32 RGB-D, cached instruction tokens, one torch thread, "
+                  f"{lat['run']}): median {lat['median_ms']:.2f} ms, p90 {lat['p90_ms']:.2f} ms over {lat['n']} "
+                  f"queries (load {lat['load']}); a new instruction's MiniLM token states: {lat['new_text_ms']:.1f} ms "
+                  "once, then cached."]
     lines += ["", "Not yet measured (issue 27): swimmer_find and kitchen_point, merging across embodiments, "
-              "joint and sequential baselines, GRPO on the merged brain, held-out wordings."]
+              "joint and sequential baselines, GRPO on the merged brain."]
     return "\n".join(lines) + "\n"
+
+
+def latency(run: Path, n: int = 200) -> dict:
+    """One query of a trained brain on one thread: goal offset from an observation (instruction tokens cached)."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    import envs
+    from policies.registry import load_policy
+
+    torch.set_num_threads(1)
+    policy = load_policy(RunDir(run).policy())
+    env = gym.make(envs.UAV_FIND)
+    obs, _ = env.reset(seed=0)
+    env.close()
+    t0 = time.perf_counter()
+    policy.goal_offset(dict(obs, instruction=obs["instruction"] + " now"))  # a sentence not seen before
+    new_text = time.perf_counter() - t0
+    for _ in range(20):
+        policy.goal_offset(obs)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        policy.goal_offset(obs)
+        times.append(time.perf_counter() - t0)
+    return {"run": run.name, "n": n, "median_ms": 1e3 * float(np.median(times)),
+            "p90_ms": 1e3 * float(np.percentile(times, 90)), "new_text_ms": 1e3 * new_text,
+            "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
 
 
 def main() -> None:
@@ -98,6 +136,7 @@ def main() -> None:
     p.add_argument("--scaffold-steps", type=int, default=2000)
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--qa-scenes", type=int, default=3000)
+    p.add_argument("--only", choices=["train", "latency"], default=None, help="one part (default: both)")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -107,7 +146,8 @@ def main() -> None:
     out = RESULTS / "spatial_brain.json"
     results = {"args": " ".join(sys.argv[1:]), "seeds": seeds, "cells": []}
     if out.is_file():
-        results["cells"] = json.loads(out.read_text()).get("cells", [])
+        recorded = json.loads(out.read_text())
+        results["cells"], results["latency"] = recorded.get("cells", []), recorded.get("latency")
     done = {(c["row"], c["seed"]) for c in results["cells"]}
 
     def record(name: str, seed: int, summary: dict, cmd: list[str]) -> None:
@@ -119,6 +159,13 @@ def main() -> None:
         (RESULTS / "spatial_brain.md").write_text(table(results))
         print(f"{name} seed {seed}: {row_of(name, seed, summary, cmd)}", flush=True)
 
+    if args.only == "latency":
+        results = json.loads(out.read_text())
+        results["latency"] = latency(WORK / f"ssr_{budgets[-1]}_seed{seeds[0]}")
+        write_json_atomic(out, results)
+        (RESULTS / "spatial_brain.md").write_text(table(results))
+        print(results["latency"])
+        return
     for seed in seeds:
         log = WORK / f"seed{seed}.log"
         scaffold = WORK / f"scaffold_seed{seed}"
