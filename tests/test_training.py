@@ -30,7 +30,8 @@ POLICIES = sorted(p.stem for p in (CONFIG_DIR / "policy").glob("*.yaml"))
 SWIMMER_ENVS = [e for e in ENVS if e.startswith("swimmer")]
 CHUNK_POLICIES = {"mtact": "mtact", "bc_single": "mtact"}  # config -> kind; behaviour cloning (tests/test_bc.py)
 # Flat actors trained by RL: pid is a scripted controller (tests/test_uav.py), the chunk policies learn from datasets.
-LEARNED_POLICIES = [p for p in POLICIES if p != "pid" and p not in CHUNK_POLICIES]
+# The spatial brain has its own supervised stages (tests/test_brain_training.py).
+LEARNED_POLICIES = [p for p in POLICIES if p not in ("pid", "spatial_brain") and p not in CHUNK_POLICIES]
 NCAP_WEIGHTS = {"bneuron_osc": 1, "bneuron_prop": 1, "muscle_ipsi": 1, "muscle_contra": -1}
 
 
@@ -208,8 +209,8 @@ def test_bad_algo_values_are_user_errors(tmp_path):
 
 
 def test_config_groups_present():
-    assert ENVS == ["kitchen", "swimmer", "swimmer_gym", "swimmer_navigate", "uav_hover", "uav_waypoints"]
-    assert POLICIES == ["bc_single", "mlp", "mtact", "ncap", "pid"]
+    assert ENVS == ["kitchen", "swimmer", "swimmer_gym", "swimmer_navigate", "uav_find", "uav_hover", "uav_waypoints"]
+    assert POLICIES == ["bc_single", "mlp", "mtact", "ncap", "pid", "spatial_brain"]
 
 
 @pytest.mark.parametrize("env_name", ENVS)
