@@ -40,9 +40,9 @@ from agents.image_augment import augment_images
 from agents.kitchen_eval import SuccessReport, evaluate_success
 from agents.resources import require
 from agents.schema import MAX_STEPS, check, setting
-from agents.trainer import Trainer
+from agents.trainer import GradientTrainer
 from policies.atomic import atomic_write
-from policies.bundle import BundleError, read_bundle, save_bundle
+from policies.bundle import save_bundle
 from policies.mtact import MTACT, MTACTConfig, observation_description
 from policies.mtact_inference import SCHEDULES, LanguageVectors
 from policies.protocol import PolicyMeta
@@ -138,7 +138,7 @@ def memory_estimate(manifest: dict, config: MTACTConfig, episodes: int, batch_si
             "algo.batch_size": batch_size * (image * (1 + ACTIVATIONS_PER_INPUT) + config.chunk * config.action_dim * 4)}
 
 
-class BCTrainer(Trainer):
+class BCTrainer(GradientTrainer):
     @classmethod
     def validate(cls, cfg: DictConfig) -> None:
         check(cfg.algo, BCSettings, "algo")
@@ -242,29 +242,11 @@ class BCTrainer(Trainer):
     def write_bundle(self, directory: Path) -> None:
         save_bundle(directory, self.meta(), self.model.state_dict())
 
-    def state(self) -> dict:
-        return {"step": self.step, "train_s": self.train_s, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": self.rng.bit_generator.state,
-                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+    def extra_state(self) -> dict:
+        return {"generator": self.generator.get_state()}  # the image augmentation's torch generator
 
-    def try_resume(self) -> bool:
-        """Continue from ``checkpoints/last`` when this run directory holds a resumable one."""
-        state = self.resume_state()
-        if state is None:
-            return False
-        last = self.run.checkpoint_dir(LAST)
-        try:
-            self.model.load_state_dict(read_bundle(last).tensors)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.rng.bit_generator.state = state["rng"]
-            self.generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-        except (BundleError, RuntimeError, KeyError, ValueError, TypeError) as e:
-            raise UserError(f"cannot resume from {last}: {' '.join(str(e).split())[:200]} (a changed config? "
-                            "start a new run directory)") from None
-        self.step, self.train_s = int(state["step"]), float(state["train_s"])
-        return True
+    def restore_extra(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
 
     def closed_loop(self, policy_dir: Path, episodes: int) -> SuccessReport:
         return evaluate_success(self.env_cfg, self.tasks, episodes, level="L0", seed=int(self.cfg.seed),

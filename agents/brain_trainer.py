@@ -42,7 +42,7 @@ from agents.errors import UserError
 from agents.qa_data import EnvSource, QADataset, collect_qa, load_qa
 from agents.rollout import EVAL_SEED_BASE, run_episodes
 from agents.schema import MAX_STEPS, check, setting
-from agents.trainer import Trainer
+from agents.trainer import GradientTrainer
 from envs.spatial_qa import ANSWERS
 from policies import registry
 from policies.atomic import atomic_write
@@ -153,7 +153,7 @@ def _save_npz(path: str, arrays: dict) -> None:
         np.savez(f, **arrays)
 
 
-class BrainTrainer(Trainer):
+class BrainTrainer(GradientTrainer):
     """Both supervised stages; ``algo.name`` says which."""
 
     Settings = BrainSettings
@@ -345,27 +345,6 @@ class BrainTrainer(Trainer):
 
     def write_bundle(self, directory: Path) -> None:
         save_bundle(directory, self._meta, self.model.state_dict())
-
-    def state(self) -> dict:
-        return {"step": self.step, "train_s": self.train_s, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": self.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state()}
-
-    def try_resume(self) -> bool:
-        state = self.resume_state()
-        if state is None:
-            return False
-        last = self.run.checkpoint_dir(LAST)
-        try:
-            self.model.load_state_dict(read_bundle(last).tensors)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.rng.bit_generator.state = state["rng"]
-            torch.set_rng_state(state["torch_rng"])
-        except (BundleError, RuntimeError, KeyError, ValueError, TypeError) as e:
-            raise UserError(f"cannot resume from {last}: {' '.join(str(e).split())[:200]}") from None
-        self.step, self.train_s = int(state["step"]), float(state["train_s"])
-        return True
 
     def record(self, losses: dict, episodes: int) -> dict:
         started = time.time()

@@ -91,3 +91,55 @@ class Trainer(ABC):
         """Save ``checkpoints/last`` after a stop request; the caller raises the returned exception."""
         self.save_checkpoint(LAST, write_bundle, state)
         return TrainingStopped(self.stop.requested or "SIGTERM", step)
+
+
+class GradientTrainer(Trainer):
+    """A trainer of one torch module by gradient steps (behaviour cloning, the spatial brain's stages).
+
+    Its resumable state: the step, the training time, the optimiser, the learning-rate schedule and the
+    random generators (``extra_state``/``restore_extra`` add a subclass's own); the weights are the
+    bundle in ``checkpoints/last`` beside it.
+    """
+
+    model: object
+    optimizer: object
+    scheduler: object
+    rng: object  # numpy Generator
+    step: int = 0
+    train_s: float = 0.0
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def restore_extra(self, state: dict) -> None:
+        """Restore what :meth:`extra_state` saved."""
+
+    def state(self) -> dict:
+        import torch
+
+        return {"step": self.step, "train_s": self.train_s, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": self.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), **self.extra_state()}
+
+    def try_resume(self) -> bool:
+        """Continue from ``checkpoints/last`` when this run directory holds a resumable one."""
+        import torch
+
+        from policies.bundle import BundleError, read_bundle
+
+        state = self.resume_state()
+        if state is None:
+            return False
+        last = self.run.checkpoint_dir(LAST)
+        try:
+            self.model.load_state_dict(read_bundle(last).tensors)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(state["torch_rng"])
+            self.restore_extra(state)
+        except (BundleError, RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise UserError(f"cannot resume from {last}: {' '.join(str(e).split())[:200]} (a changed config? "
+                            "start a new run directory)") from None
+        self.step, self.train_s = int(state["step"]), float(state["train_s"])
+        return True

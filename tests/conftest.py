@@ -312,6 +312,15 @@ def assert_one_line_error(result, *needles: str) -> str:
     return line
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small matrices: a second torch thread only adds contention on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def config_error(overrides: list[str]) -> str:
     """The one-line message ``agents.train`` refuses these overrides with, checked in this process.
 

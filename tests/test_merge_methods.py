@@ -19,13 +19,7 @@ from agents.merge_methods import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: a second thread only adds contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def low_rank_task_vectors(seed: int, n: int = 3, out: int = 16, inp: int = 12, shared: int = 8, rank: int = 5):

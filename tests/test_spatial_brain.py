@@ -14,13 +14,7 @@ from policies.spatial_brain import SpatialBrain, SpatialBrainConfig
 EMBODIMENTS = ("uav", "swimmer", "kitchen")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices: a second thread only adds contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _brain(**overrides) -> SpatialBrain:

@@ -469,11 +469,16 @@ class UAVEnv(MujocoEnv, utils.EzPickle):
         terms["crash_penalty"] = -self.crash_penalty if failed else 0.0
         return reduce(operator.add, terms.values()), terms
 
-    def step(self, action):
+    @staticmethod
+    def checked_action(action) -> np.ndarray:
+        """The action as 4 numbers in [-1, 1]; ValueError unless it is 4 finite numbers."""
         action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape != (4,) or not np.all(np.isfinite(action)):
             raise ValueError(f"uav action must be 4 finite numbers, got {action}")
-        action = np.clip(action, -1.0, 1.0)
+        return np.clip(action, -1.0, 1.0)
+
+    def step(self, action):
+        action = self.checked_action(action)
         before = float(np.linalg.norm(self.target - self.data.qpos[:3]))
         thrust = self._step_physics(action)
         self._step_count += 1

@@ -627,10 +627,7 @@ class UAVFindEnv(UAVEnv):
         return reduce(operator.add, terms.values()), terms
 
     def step(self, action):
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
-        if action.shape != (4,) or not np.all(np.isfinite(action)):
-            raise ValueError(f"uav action must be 4 finite numbers, got {action}")
-        action = np.clip(action, -1.0, 1.0)
+        action = self.checked_action(action)
         before = float(np.linalg.norm(self.goal - self.data.qpos[:3]))
         self._step_physics(action)
         self._step_count += 1
