@@ -236,7 +236,7 @@ def test_ros_tests_skip_with_a_reason_without_the_ros_extra(tmp_path):
     """Without rclpy the ROS test modules are skipped, each with the reason, instead of failing collection."""
     probe = tmp_path / "probe.py"
     probe.write_text("import sys\nsys.modules['rclpy'] = None  # as if the ros extra were not installed\n"
-                     "import pytest\nsys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', *sys.argv[1:]]))\n")
+                     "import pytest\nsys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', '-n', '0', *sys.argv[1:]]))\n")
     tests = Path(__file__).resolve().parent
     result = subprocess.run([sys.executable, str(probe), str(tests / "test_ros_uav.py"), str(tests / "test_recorder.py")],
                             cwd=tests.parent, env=cli_env(), capture_output=True, text=True, timeout=300)
