@@ -306,12 +306,7 @@ class BCTrainer(GradientTrainer):
                 x = self.inputs(self.train_data.sample(batch_size, self.rng), augment=True)
                 with autocast(str(algo.precision)):
                     losses = self.model.loss(**x)
-                self.optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(algo.max_grad_norm))
-                self.optimizer.step()
-                self.scheduler.step()
-                self.step += 1
+                self.apply(losses["loss"], float(algo.max_grad_norm))
                 self.train_s += time.time() - t0
                 values = {k: float(v.detach()) for k, v in losses.items()}
                 for k, v in values.items():

@@ -384,12 +384,7 @@ class BrainTrainer(GradientTrainer):
                     raise self.stopped(self.step, self.write_bundle, self.state())
                 t0 = time.time()
                 losses = self.losses()
-                self.optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(algo.max_grad_norm))
-                self.optimizer.step()
-                self.scheduler.step()
-                self.step += 1
+                self.apply(losses["loss"], float(algo.max_grad_norm))
                 self.train_s += time.time() - t0
                 values = {k: float(v.detach()) for k, v in losses.items()}
                 if not np.isfinite(values["loss"]):

@@ -164,19 +164,24 @@ def _check_episode(episode: Episode, spec: dict, where: str) -> None:
                                f"{spec[key]['dtype']}{list(want)}")
 
 
-def read_manifest(root: str | Path) -> dict:
-    root = Path(root)
-    path = root / MANIFEST
+def read_versioned_json(path: Path, what: str, fmt: str, version: int, how_to_make: str) -> dict:
+    """A dataset's manifest: a JSON object of this ``format`` and ``version``; DatasetError naming the problem."""
     if not path.is_file():
-        raise DatasetError(f"{root} is not a dataset (no {MANIFEST}); collect one with python -m agents.collect")
+        raise DatasetError(f"{path.parent} is not {what} (no {path.name}); {how_to_make}")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not valid JSON ({getattr(e, 'msg', e)})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise DatasetError(f"{path} is not an {FORMAT} file")
-    if data.get("version") != FORMAT_VERSION:
-        raise DatasetError(f"{path} has format version {data.get('version')}, this code reads {FORMAT_VERSION}")
+        raise DatasetError(f"{path} is not valid JSON ({' '.join(str(getattr(e, 'msg', e)).split())[:200]})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise DatasetError(f"{path} is not an {fmt} file")
+    if data.get("version") != version:
+        raise DatasetError(f"{path} has format version {data.get('version')}, this code reads {version}")
+    return data
+
+
+def read_manifest(root: str | Path) -> dict:
+    path = Path(root) / MANIFEST
+    data = read_versioned_json(path, "a dataset", FORMAT, FORMAT_VERSION, "collect one with python -m agents.collect")
     for key, kind in (("env", dict), ("cameras", list), ("spec", dict)):
         if not isinstance(data.get(key), kind):
             raise DatasetError(f"{path}: field {key} is missing or not a{'n' if kind is dict else ''} "

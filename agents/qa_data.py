@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.dataset import DatasetError
+from agents.dataset import DatasetError, read_versioned_json
 from envs.spatial_qa import ANSWER_INDEX, ANSWERS, FAMILIES, GENERATOR_VERSION, SPLITS, TEMPLATES, questions
 from policies.atomic import atomic_write, atomic_write_text
 
@@ -340,18 +340,9 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 def read_manifest(root: str | Path) -> dict:
     """The manifest of a QA dataset, checked for format, version and field types."""
-    root = Path(root)
-    path = root / MANIFEST
-    if not path.is_file():
-        raise DatasetError(f"{root} is not a QA dataset (no {MANIFEST}); write one with agents.qa_data.collect_qa")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not valid JSON ({_one_line(getattr(e, 'msg', e))})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise DatasetError(f"{path} is not an {FORMAT} manifest")
-    if data.get("version") != FORMAT_VERSION:
-        raise DatasetError(f"{path} has format version {data.get('version')}, this code reads {FORMAT_VERSION}")
+    path = Path(root) / MANIFEST
+    data = read_versioned_json(path, "a QA dataset", FORMAT, FORMAT_VERSION,
+                               "write one with agents.qa_data.collect_qa")
     for key, kind in (("config", dict), ("vocabulary", list), ("shards", dict), ("generator_version", int)):
         if not isinstance(data.get(key), kind):
             raise DatasetError(f"{path}: field {key} is missing or not a{'n' if kind is int else ''} {kind.__name__}")

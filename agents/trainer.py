@@ -108,6 +108,17 @@ class GradientTrainer(Trainer):
     step: int = 0
     train_s: float = 0.0
 
+    def apply(self, loss, max_grad_norm: float) -> None:
+        """One optimiser step on ``loss``: gradients clipped to ``max_grad_norm``, the schedule advanced."""
+        import torch
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+
     def extra_state(self) -> dict:
         return {}
 
