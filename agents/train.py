@@ -37,7 +37,8 @@ from policies import registry
 from policies.protocol import PolicyError
 from policies.run_dir import RunDir
 
-SUMMARY_KEYS = ["return_mean", "return_std", "success_rate", "qa_held_out_mean", "val_l1", "steps", "params", "train_time_s", "run_dir"]
+SUMMARY_KEYS = ["return_mean", "return_std", "success_rate", "qa_held_out_mean", "val_l1", "steps", "params",
+                "train_time_s", "run_dir"]
 # Settings a resumed run may change: how long it trains and how it uses the machine, not what it learns.
 RESUME_MAY_CHANGE = ("progress_bar", "threads", "logger", "algo.total_timesteps", "algo.total_steps",
                      "algo.time_budget_s", "algo.eval_workers", "algo.eval_batch", "algo.workers")

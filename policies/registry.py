@@ -191,15 +191,15 @@ def _mtact_entry() -> PolicyKind:
 
 
 def _load_brain(bundle: Bundle, options: dict) -> Policy:
-    from policies.brain_policy import BrainPolicy, embodiment_of, follower_for
+    from policies import brain_policy as bp
 
     model = load_module("spatial_brain", bundle, bundle.tensors)
     extra = bundle.meta.extra
-    embodiment = extra.get("embodiment") or embodiment_of(bundle.meta.env.get("id", ""))
-    follower = follower_for(embodiment, bundle.meta.env)
-    return BrainPolicy(model, bundle.meta, follower, embodiment,
-                       decide_every=options.get("decide_every", extra.get("decide_every", 50)),
-                       decisions=options.get("decisions", extra.get("decisions", 3)))
+    embodiment = extra.get("embodiment") or bp.embodiment_of(bundle.meta.env.get("id", ""))
+    follower = bp.follower_for(embodiment, bundle.meta.env)
+    return bp.BrainPolicy(model, bundle.meta, follower, embodiment,
+                          decide_every=options.get("decide_every", extra.get("decide_every", bp.DEFAULT_DECIDE_EVERY)),
+                          decisions=options.get("decisions", extra.get("decisions", bp.DEFAULT_DECISIONS)))
 
 
 def _no_untrained_brain(kind: PolicyKind, policy_cfg: dict, env: gym.Env, env_config: dict) -> Policy:
