@@ -136,14 +136,19 @@ def main() -> None:
     p.add_argument("--scaffold-steps", type=int, default=2000)
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--qa-scenes", type=int, default=3000)
-    p.add_argument("--only", choices=["train", "latency"], default=None, help="one part (default: both)")
+    p.add_argument("--only", choices=["train", "latency", "table"], default=None,
+                   help="one part (default: train, then latency by hand); table: render the JSON again")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where the results are read and written")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = [int(b) for b in args.budgets.split(",")]
     WORK.mkdir(parents=True, exist_ok=True)
     data = f"algo.data_dir={WORK / 'data'}"
     common = [data, f"algo.qa_scenes={args.qa_scenes}", "algo.eval_every=500", "algo.eval_episodes=10"]
-    out = RESULTS / "spatial_brain.json"
+    out = args.out / "spatial_brain.json"
+    if args.only == "table":
+        (args.out / "spatial_brain.md").write_text(table(json.loads(out.read_text())))
+        return
     results = {"args": " ".join(sys.argv[1:]), "seeds": seeds, "cells": []}
     if out.is_file():
         recorded = json.loads(out.read_text())
@@ -156,14 +161,14 @@ def main() -> None:
         results.update(date=dt.date.today().isoformat(), machine=machine(),
                        load=" ".join(f"{x:.1f}" for x in os.getloadavg()))
         write_json_atomic(out, results)
-        (RESULTS / "spatial_brain.md").write_text(table(results))
+        (args.out / "spatial_brain.md").write_text(table(results))
         print(f"{name} seed {seed}: {row_of(name, seed, summary, cmd)}", flush=True)
 
     if args.only == "latency":
         results = json.loads(out.read_text())
         results["latency"] = latency(WORK / f"ssr_{budgets[-1]}_seed{seeds[0]}")
         write_json_atomic(out, results)
-        (RESULTS / "spatial_brain.md").write_text(table(results))
+        (args.out / "spatial_brain.md").write_text(table(results))
         print(results["latency"])
         return
     for seed in seeds:

@@ -1,4 +1,4 @@
-"""The kitchen MT-ACT results file is the record: the run cache is per machine and may be gone.
+"""Benchmark results files are the record: the run caches are per machine and may be gone.
 
 Driven through the benchmark's command line (``benchmarks/kitchen_mtact.py``), as a user runs it.
 """
@@ -115,3 +115,12 @@ def test_a_variant_whose_training_summaries_are_missing_renders_dashes_without_w
     row = next(line for line in (tmp_path / "kitchen_mtact.md").read_text().splitlines()
                if line.startswith(f"| {variant} |"))
     assert row.endswith("| — | — | — | — |") and "nan" not in row
+
+
+def test_the_spatial_brain_table_is_what_its_json_renders_to(tmp_path):
+    """The spatial brain's markdown is regenerated from its JSON, never edited by hand."""
+    shutil.copy(RESULTS / "spatial_brain.json", tmp_path / "spatial_brain.json")
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "spatial_brain.py"), "--only", "table", "--out",
+                             str(tmp_path)], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "spatial_brain.md").read_text() == (RESULTS / "spatial_brain.md").read_text()
