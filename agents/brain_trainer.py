@@ -230,10 +230,10 @@ class BrainTrainer(GradientTrainer):
         # the QA data are one fixed set per source (seed 0): every stage and seed of a benchmark sees the same
         self.qa = {s: qa_dataset(self.data_dir, s, int(algo.qa_scenes), "seen", 0) for s in sources}
         self.qa_eval = {s: qa_dataset(self.data_dir, s, int(algo.qa_eval_scenes), "held_out", 1) for s in sources}
-        for source, data in self.qa.items():
-            embodiment = QA_SOURCES[source][1]
-            states = data.state[:, :self.config.embodiments[embodiment]["proprio_dim"]]
-            if self.step == 0 and not self.cfg.get("init_from"):
+        if not self.specialize and not self.cfg.get("init_from"):  # a specialist standardises by its demos below
+            for source, data in self.qa.items():
+                embodiment = QA_SOURCES[source][1]
+                states = data.state[:, :self.config.embodiments[embodiment]["proprio_dim"]]
                 self.model.set_proprio_normalization(embodiment, states.mean(0), states.std(0))
         self.demos = None
         if self.specialize:
