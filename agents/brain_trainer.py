@@ -46,14 +46,24 @@ from agents.trainer import GradientTrainer
 from envs.spatial_qa import ANSWERS
 from policies import registry
 from policies.atomic import atomic_write
-from policies.brain_policy import EMBODIMENT_OF_ENV, BrainPolicy, brain_batch, embodiment_of, follower_for
+from policies.brain_policy import (
+    EMBODIMENT_OF_ENV,
+    BrainPolicy,
+    brain_batch,
+    brain_follower,
+    embodiment_of,
+    follower_for,
+)
 from policies.bundle import BundleError, read_bundle, save_bundle
 from policies.language import token_states
 from policies.protocol import EnvInterface, PolicyError, PolicyMeta
 from policies.run_dir import FINAL, LAST, RunDir
-from policies.spatial_brain import SpatialBrainConfig, default_embodiments
+from policies.spatial_brain import PointingHead, SpatialBrainConfig, default_embodiments
 
 log = logging.getLogger(__name__)
+
+VALIDATION_SEED_BASE = 90_000  # validation flights: above every seed's demonstration seeds' range below
+VALIDATION_EPISODES = 10_000  # ... and below the next seed's (seed s flies s * 100_000 + episode)
 
 # A QA source name -> the env that draws its scenes (None: the generic arenas) and the embodiment it feeds
 QA_SOURCES = {"generic": (None, "generic"), "uav": ("embodied/UAVFind-v0", "uav")}
@@ -77,6 +87,8 @@ class BrainSettings:
     demos: int = setting(400, low=1, high=EVAL_SEED_BASE)  # specialize: expert episodes (seeds below the eval seeds)
     decide_every: int = setting(50, low=1, high=10**6)  # control steps between the brain's decisions
     decisions: int = setting(3, low=1, high=1000)  # decisions per episode, then the goal is held
+    goal_noise: float = setting(0.0, low=0.0, high=100.0)  # m, std of the noise on the goal the expert flies to (DART)
+    val_demos: int = setting(50, low=0, high=VALIDATION_EPISODES)  # specialize: held-out expert flights for val_goal_err
     data_dir: str = "data/brain"  # where generated QA data and demonstrations are cached (shared by runs)
     eval_every: int = setting(1000, low=1, high=MAX_STEPS)
     eval_episodes: int = setting(20, low=0, high=10**6)  # specialize: closed-loop episodes per evaluation
@@ -107,45 +119,83 @@ def qa_dataset(data_dir: Path, source: str, scenes: int, split: str, seed: int) 
             sampler.close()
 
 
-def goal_demonstrations(data_dir: Path, env_cfg: dict, episodes: int, decide_every: int, decisions: int,
-                        seed: int) -> dict[str, np.ndarray]:
-    """Observations at the brain's decision points along the expert's flights, with the goal it should emit.
+DEMO_KEYS = ("image", "depth", "state", "instruction", "goal_world", "decision")  # decision: its index in the episode
 
-    The expert is the goal follower itself flying to the true goal; each decision point's label is
-    that goal as the offset the goal head emits from there.
+
+def goal_demonstrations(data_dir: Path, env_cfg: dict, episodes: int, decide_every: int, decisions: int,
+                        seed: int, goal_noise: float = 0.0, first_seed: int | None = None) -> dict[str, np.ndarray]:
+    """Observations at the brain's decision points along the expert's flights, with the true goal (world).
+
+    The expert is the goal follower itself; each decision point's label is the true goal, which
+    :func:`goal_labels` puts in the frame a brain's goal head speaks. With ``goal_noise`` the expert flies, between decision
+    points, to the true goal plus fresh Gaussian noise of that std (m): DART-style noise injection
+    (Laskey et al., 2017), so the later decision points see the off-course states the brain's own
+    imperfect goals lead to, still labelled with the true goal. Episode ``i`` is seeded
+    ``first_seed + i`` (default ``seed * 100_000``).
     """
-    key = _key(env=env_cfg, episodes=episodes, every=decide_every, decisions=decisions, seed=seed)
+    first_seed = seed * 100_000 if first_seed is None else int(first_seed)
+    key = _key(env=env_cfg, episodes=episodes, every=decide_every, decisions=decisions, seed=seed,
+               **({"noise": goal_noise} if goal_noise else {}),
+               **({"first": first_seed} if first_seed != seed * 100_000 else {}))
     path = data_dir / f"goals_{env_cfg['name']}_{episodes}_{key}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as f:
-                return {k: f[k] for k in f.files}
+                data = {k: f[k] for k in f.files}
+            if set(data) == set(DEMO_KEYS):
+                return data
+            log.warning("regenerating %s: it holds %s, not %s", path, sorted(data), sorted(DEMO_KEYS))
         except (OSError, ValueError) as e:
             log.warning("regenerating %s: %s", path, e)
     embodiment = embodiment_of(env_cfg["id"])
-    follower = follower_for(embodiment, env_cfg)
+    follower = follower_for(embodiment, env_cfg, "native")  # the expert: it only flies and clips, in world frame
     env = make_env(env_cfg)
-    rows: dict[str, list] = {k: [] for k in ("image", "depth", "state", "instruction", "goal")}
+    rows: dict[str, list] = {k: [] for k in DEMO_KEYS}
+    noise = np.random.default_rng(first_seed)
     try:
         for episode in tqdm(range(episodes), desc="expert goals", disable=not sys.stderr.isatty()):
-            obs, info = env.reset(seed=seed * 100_000 + episode)
+            obs, info = env.reset(seed=first_seed + episode)
             follower.reset()
             for step in range(decide_every * (decisions - 1) + 1):
                 if step % decide_every == 0:
                     for k in ("image", "depth", "state", "instruction"):
                         rows[k].append(obs[k])
-                    rows["goal"].append(follower.label(obs, info["goal"]))
-                obs, _, terminated, truncated, info = env.step(follower.act(obs, info["goal"]))
+                    rows["goal_world"].append(np.asarray(info["goal"], np.float64))
+                    rows["decision"].append(step // decide_every)
+                    goal = np.asarray(info["goal"], np.float64)
+                    flown = follower.clip(goal + goal_noise * noise.standard_normal(goal.shape))
+                obs, _, terminated, truncated, info = env.step(follower.act(obs, flown))
                 if terminated or truncated:
                     break
     finally:
         env.close()
     data = {"image": np.stack(rows["image"]).astype(np.uint8), "depth": np.stack(rows["depth"]).astype(np.float32),
             "state": np.stack(rows["state"]).astype(np.float32), "instruction": np.array(rows["instruction"]),
-            "goal": np.stack(rows["goal"]).astype(np.float32)}
+            "goal_world": np.stack(rows["goal_world"]).astype(np.float64), "decision": np.array(rows["decision"], np.int64)}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: _save_npz(tmp, data))
     return data
+
+
+def goal_labels(demos: dict[str, np.ndarray], follower) -> np.ndarray:
+    """Each decision point's true goal in the frame of ``follower`` (the brain's goal frame): float32 (N, G)."""
+    return np.stack([follower.label({"state": state}, goal)
+                     for state, goal in zip(demos["state"], demos["goal_world"], strict=True)]).astype(np.float32)
+
+
+def pointing_losses(logits: torch.Tensor, points: torch.Tensor, goal: torch.Tensor,
+                    patch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Dense supervision of a pointing head where the goal is in view: cross-entropy of the pointing over
+    the patches toward the one the goal projects into, and the squared error (m^2) of that patch's own
+    proposal. The goal's likelihood alone trains the pointing only through the attention-weighted mean,
+    slowly when the attention starts spread over every patch."""
+    inside = patch >= 0
+    if not bool(inside.any()):
+        return {"point_ce": logits.sum() * 0.0, "point_l2": logits.sum() * 0.0}
+    rows = inside.nonzero()[:, 0]
+    ce = torch.nn.functional.cross_entropy(logits[rows], patch[rows])
+    chosen = points[rows, patch[rows]]
+    return {"point_ce": ce, "point_l2": ((chosen - goal[rows]) ** 2).sum(-1).mean()}
 
 
 def _save_npz(path: str, arrays: dict) -> None:
@@ -216,7 +266,13 @@ class BrainTrainer(GradientTrainer):
             bundle = read_bundle(RunDir(source).policy(FINAL))
             if bundle.meta.kind != "spatial_brain":
                 raise UserError(f"init_from={source}: a {bundle.meta.kind} run, not a spatial brain")
-            self.model.load_state_dict(bundle.tensors)
+            tensors = dict(bundle.tensors)
+            if bundle.meta.extra.get("stage") == "scaffold":
+                # a scaffold's goal heads never received a gradient: this run's own fresh heads (whatever
+                # kind its config asks for) replace them
+                tensors = {k: v for k, v in tensors.items() if not k.startswith("heads.")}
+                tensors.update({k: v for k, v in self.model.state_dict().items() if k.startswith("heads.")})
+            self.model.load_state_dict(tensors)
         except (BundleError, PolicyError, FileNotFoundError) as e:
             raise UserError(f"init_from={source}: {e}") from None
         except RuntimeError as e:
@@ -235,10 +291,18 @@ class BrainTrainer(GradientTrainer):
                 embodiment = QA_SOURCES[source][1]
                 states = data.state[:, :self.config.embodiments[embodiment]["proprio_dim"]]
                 self.model.set_proprio_normalization(embodiment, states.mean(0), states.std(0))
-        self.demos = None
+        self.demos = self.val_demos = None
         if self.specialize:
             self.demos = goal_demonstrations(self.data_dir, self.env_cfg, int(algo.demos), int(algo.decide_every),
-                                             int(algo.decisions), seed)
+                                             int(algo.decisions), seed, float(algo.goal_noise))
+            if int(algo.val_demos):  # noise-free flights on seeds no run trains or is evaluated on
+                self.val_demos = goal_demonstrations(self.data_dir, self.env_cfg, int(algo.val_demos),
+                                                     int(algo.decide_every), int(algo.decisions), seed,
+                                                     first_seed=VALIDATION_SEED_BASE)
+            follower = brain_follower(self.model, self.embodiment, self.env_cfg)
+            for demos in (self.demos, self.val_demos):
+                if demos is not None:
+                    demos["goal"] = goal_labels(demos, follower)
             if not self.cfg.get("init_from"):
                 self.model.set_proprio_normalization(self.embodiment, self.demos["state"].mean(0),
                                                      self.demos["state"].std(0))
@@ -257,8 +321,8 @@ class BrainTrainer(GradientTrainer):
                  "text": torch.as_tensor(text), "text_mask": torch.as_tensor(mask)}
         return batch, torch.as_tensor(data.answer[rows].astype(np.int64))
 
-    def goal_batch(self, rows: np.ndarray) -> tuple[dict, torch.Tensor]:
-        d = self.demos
+    def goal_batch(self, rows: np.ndarray, demos: dict | None = None) -> tuple[dict, torch.Tensor]:
+        d = self.demos if demos is None else demos
         obs = [{"image": d["image"][i], "depth": d["depth"][i], "state": d["state"][i],
                 "instruction": str(d["instruction"][i])} for i in rows]
         return brain_batch(self.embodiment, obs, self.config.max_text_tokens), torch.as_tensor(d["goal"][rows])
@@ -269,7 +333,11 @@ class BrainTrainer(GradientTrainer):
         out: dict[str, torch.Tensor] = {}
         if self.specialize:
             batch, goal = self.goal_batch(self.rng.integers(len(self.demos["goal"]), size=b))
-            dist = self.model.goal_distribution(batch)
+            if isinstance(self.model.heads[self.embodiment], PointingHead):
+                dist, logits, points, head = self.model.pointing(batch)
+                out.update(pointing_losses(logits, points, goal, head.patch_of(goal)))
+            else:
+                dist = self.model.goal_distribution(batch)
             out["goal_nll"] = -dist.log_prob(goal).sum(-1).mean()
             out["goal_err"] = (dist.mean - goal).norm(dim=-1).mean().detach()
             source = self.embodiment
@@ -279,7 +347,7 @@ class BrainTrainer(GradientTrainer):
         if not self.specialize or float(self.cfg.algo.qa_weight) > 0:
             batch, answer = self.qa_batch(source, self.rng.integers(len(self.qa[source]), size=b))
             out["qa_ce"] = torch.nn.functional.cross_entropy(self.model.qa_logits(batch), answer)
-        out["loss"] = out.get("goal_nll", 0.0) + float(self.cfg.algo.qa_weight if self.specialize else 1.0) * out.get(
+        out["loss"] = out.get("goal_nll", 0.0) + out.get("point_ce", 0.0) + out.get("point_l2", 0.0) + float(self.cfg.algo.qa_weight if self.specialize else 1.0) * out.get(
             "qa_ce", torch.zeros(()))
         return out
 
@@ -300,13 +368,30 @@ class BrainTrainer(GradientTrainer):
         self.model.train()
         return result
 
+    @torch.inference_mode()
+    def val_goal_error(self) -> dict[str, float]:
+        """Mean goal error (m) on the validation flights, overall and per decision point (0 = the start)."""
+        if not self.specialize or self.val_demos is None:
+            return {}
+        self.model.eval()
+        errors = []
+        n = len(self.val_demos["goal"])
+        for lo in range(0, n, 256):
+            batch, goal = self.goal_batch(np.arange(lo, min(n, lo + 256)), self.val_demos)
+            errors.append((self.model.goal_distribution(batch).mean - goal).norm(dim=-1))
+        self.model.train()
+        err, decision = torch.cat(errors).numpy(), self.val_demos["decision"]
+        return {"val_goal_err": float(err.mean()),
+                **{f"val_goal_err_{k}": float(err[decision == k].mean()) for k in np.unique(decision)}}
+
     def closed_loop(self, episodes: int, held_out: bool = False) -> dict[str, float]:
         """Success of the brain steering its controller on evaluation seeds (seen or held-out wordings)."""
         if not self.specialize or episodes <= 0:
             return {}
         self.model.eval()
         algo = self.cfg.algo
-        policy = BrainPolicy(self.model, self.meta(), follower_for(self.embodiment, self.env_cfg), self.embodiment,
+        policy = BrainPolicy(self.model, self.meta(), brain_follower(self.model, self.embodiment, self.env_cfg),
+                             self.embodiment,
                              int(algo.decide_every), int(algo.decisions))
         env = make_env({**self.env_cfg, "held_out": held_out, "paraphrase": None} if held_out else self.env_cfg)
         try:
@@ -350,16 +435,18 @@ class BrainTrainer(GradientTrainer):
         started = time.time()
         self.save_checkpoint(LAST, self.write_bundle, self.state())
         qa = self.qa_accuracy()
+        val = self.val_goal_error()
         loop = self.closed_loop(episodes)
         row = {"steps": self.step, "train_s": round(self.train_s, 1), "lr": self.scheduler.get_last_lr()[0],
                **{f"train_{k}": v for k, v in losses.items()},
-               **{f"qa_heldout_{k}": v for k, v in qa.items()},
+               **{f"qa_heldout_{k}": v for k, v in qa.items()}, **val,
                "eval_success": loop.get("success", math.nan), "eval_s": round(time.time() - started, 1)}
         self.metrics.append(row)
         for logger in self.loggers:
             logger.log_metrics(row, self.step)
-        log.info("step %d: loss %.4f | held-out QA %s | success %s", self.step, losses.get("loss", math.nan),
+        log.info("step %d: loss %.4f | held-out QA %s |%s success %s", self.step, losses.get("loss", math.nan),
                  " ".join(f"{k} {v:.3f}" for k, v in qa.items()),
+                 f" val goal error {val['val_goal_err']:.3f} m |" if val else "",
                  f"{loop['success']:.2f}" if loop else "-")
         return row
 

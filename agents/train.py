@@ -76,7 +76,7 @@ def validate(cfg: DictConfig) -> None:
         registry.check_trainable(cfg.policy.kind, cfg.algo.name)
     except PolicyError as e:
         raise UserError(str(e)) from None
-    trainer_class(cfg.algo.name).validate(cfg)
+    trainer_class(cfg.algo.name, cfg.policy.kind).validate(cfg)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -125,7 +125,7 @@ def train(cfg: DictConfig, run: RunDir | str | Path) -> dict:
     run.path.mkdir(parents=True, exist_ok=True)
     prepare(cfg, run)
     loggers = make_loggers(cfg, run.path)
-    summary = trainer_class(cfg.algo.name)(cfg, run, loggers).learn()
+    summary = trainer_class(cfg.algo.name, cfg.policy.kind)(cfg, run, loggers).learn()
     summary["run_dir"] = str(run.path)
     run.write_summary(summary)
     title = f"{cfg.policy.kind} + {cfg.algo.name} on {cfg.env.name} (seed {cfg.seed})"

@@ -4,7 +4,8 @@ Every trainer fills a :class:`~policies.run_dir.RunDir` the same way (metrics, c
 summary), saves a resumable state in ``checkpoints/last`` at each checkpoint and when SIGTERM or
 SIGINT asks it to stop, and continues from that state when it is started again in the same
 directory. Its per-algorithm checks live in :meth:`Trainer.validate`, run before anything is
-written. ``TRAINERS`` maps ``algo.name`` to the class.
+written. ``TRAINERS`` maps ``algo.name`` to the class; ``POLICY_TRAINERS`` names the few pairs of an
+algorithm and a policy kind that one algo file serves with another trainer.
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ TRAINERS = {
     "scaffold": "agents.brain_trainer:BrainTrainer",
     "specialize": "agents.brain_trainer:BrainTrainer",
 }
+# (algo, policy kind) -> its trainer, where it is not the algo's own: GRPO on the brain's goals, not its actions
+POLICY_TRAINERS = {
+    ("grpo", "spatial_brain"): "agents.brain_grpo:BrainGRPOTrainer",
+}
 
 
-def trainer_class(algo: str) -> type[Trainer]:
+def trainer_class(algo: str, policy_kind: str | None = None) -> type[Trainer]:
     if algo not in TRAINERS:
         raise UserError(f"algo {algo!r} has no trainer (have: {', '.join(TRAINERS)})")
-    module, name = TRAINERS[algo].split(":")
+    module, name = POLICY_TRAINERS.get((algo, policy_kind), TRAINERS[algo]).split(":")
     return getattr(importlib.import_module(module), name)
 
 

@@ -4,8 +4,9 @@ ACE-Brain-0.5's output interfaces, at this project's scale: the brain (``policie
 reads the camera, the body's state and the instruction a few times per episode and emits a goal;
 between its decisions a scripted controller runs at the control rate toward the goal it holds.
 
-- ``uav``: the goal head gives an offset (m) in the vehicle's yaw frame; it is turned into a world
-  point once, when decided, and the cascaded PID (``policies/pid.py``) flies to it.
+- ``uav``: the goal head gives a point in the onboard camera's frame (a pointing head) or an
+  offset (m) in the vehicle's yaw frame; it is turned into a world point once, when decided, and
+  the cascaded PID (``policies/pid.py``) flies to it.
 
 Decisions: at step 0 and every ``decide_every`` control steps after, ``decisions`` times in all;
 after the last one the goal is held (the named landmark leaves an onboard camera's view as the
@@ -54,49 +55,58 @@ def yaw_of(rotation: np.ndarray) -> float:
     return math.atan2(r[1, 0], r[0, 0])
 
 
-def yaw_frame_to_world(offset: np.ndarray, yaw: float) -> np.ndarray:
-    c, s = math.cos(yaw), math.sin(yaw)
-    x, y, z = (float(v) for v in offset)
-    return np.array([c * x - s * y, s * x + c * y, z])
+GOAL_FRAMES = ("native", "camera")  # the embodiment's own goal frame (GoalHead), or its camera's (PointingHead)
 
 
-def world_to_yaw_frame(vector: np.ndarray, yaw: float) -> np.ndarray:
-    c, s = math.cos(yaw), math.sin(yaw)
-    x, y, z = (float(v) for v in vector)
-    return np.array([c * x + s * y, -s * x + c * y, z])
+def goal_frame(spec: Mapping) -> str:
+    """The frame an embodiment's goal head speaks (its entry in ``SpatialBrainConfig.embodiments``)."""
+    return "camera" if "pointing_fovy_deg" in spec else "native"
 
 
 @dataclass
 class UAVGoalFollower:
-    """The cascaded PID flying to a world point; goals are offsets in the yaw frame of the state they were made in."""
+    """The cascaded PID flying to a world point.
+
+    A goal is read in the frame of the state it was made in: ``native``, an offset in the vehicle's
+    yaw frame; ``camera``, a point in the onboard camera's frame (x right, y up, looking along -z).
+    """
 
     pid: object  # policies.pid.CascadedPID
     arena_half_width: float
     ceiling: float
+    mount: np.ndarray  # camera -> body rotation
+    mount_offset: np.ndarray  # camera position in the body frame, m
+    frame: str = "native"
 
     def reset(self) -> None:
         self.pid.reset()
 
-    def to_world(self, obs: Mapping, offset: np.ndarray) -> np.ndarray:
-        from envs.uav.find import FindStateLayout
+    def _pose(self, obs: Mapping) -> tuple[np.ndarray, np.ndarray]:
+        """(origin, frame -> world rotation) of the goal frame in this state."""
+        from envs.uav.find import STATE_LAYOUT
 
-        layout = FindStateLayout()
         state = np.asarray(obs["state"], dtype=np.float64)
-        position = state[slice(*layout.position)]
-        goal = position + yaw_frame_to_world(offset, yaw_of(state[slice(*layout.rotation)]))
-        # the controller clips a goal into the flight volume: a wild sample must not fly the vehicle out
+        position = state[slice(*STATE_LAYOUT.position)]
+        rotation = state[slice(*STATE_LAYOUT.rotation)].reshape(3, 3)
+        if self.frame == "camera":
+            return position + rotation @ self.mount_offset, rotation @ self.mount
+        c, s = math.cos(yaw_of(rotation)), math.sin(yaw_of(rotation))
+        return position, np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+    def to_world(self, obs: Mapping, goal: np.ndarray) -> np.ndarray:
+        origin, rotation = self._pose(obs)
+        return self.clip(origin + rotation @ np.asarray(goal, dtype=np.float64))
+
+    def clip(self, goal: np.ndarray) -> np.ndarray:
+        """A world goal clipped into the flight volume: a wild sample must not fly the vehicle out."""
         limit = self.arena_half_width - 0.2
         return np.array([np.clip(goal[0], -limit, limit), np.clip(goal[1], -limit, limit),
                          np.clip(goal[2], 0.3, self.ceiling - 0.3)])
 
     def label(self, obs: Mapping, goal_world: np.ndarray) -> np.ndarray:
-        """The offset a perfect brain would emit for ``goal_world`` (what behaviour cloning regresses)."""
-        from envs.uav.find import FindStateLayout
-
-        layout = FindStateLayout()
-        state = np.asarray(obs["state"], dtype=np.float64)
-        d = np.asarray(goal_world, dtype=np.float64) - state[slice(*layout.position)]
-        return world_to_yaw_frame(d, yaw_of(state[slice(*layout.rotation)]))
+        """The goal a perfect brain would emit for ``goal_world`` (what behaviour cloning regresses)."""
+        origin, rotation = self._pose(obs)
+        return rotation.T @ (np.asarray(goal_world, dtype=np.float64) - origin)
 
     def act(self, obs: Mapping, goal_world: np.ndarray) -> np.ndarray:
         from envs.uav.find import pid_observation
@@ -104,7 +114,7 @@ class UAVGoalFollower:
         return self.pid.act(pid_observation(np.asarray(obs["state"], dtype=np.float64), goal_world))
 
 
-def uav_follower(env_config: Mapping) -> UAVGoalFollower:
+def uav_follower(env_config: Mapping, frame: str) -> UAVGoalFollower:
     import envs
     from policies.pid import CascadedPID, gains_for
 
@@ -112,7 +122,8 @@ def uav_follower(env_config: Mapping) -> UAVGoalFollower:
     try:
         uav = env.unwrapped
         pid = CascadedPID(uav.params, gains_for(uav.params.name), uav.control_dt, uav.action_mode)
-        return UAVGoalFollower(pid, float(uav.find_config.arena_half_width), float(uav.find_config.ceiling))
+        return UAVGoalFollower(pid, float(uav.find_config.arena_half_width), float(uav.find_config.ceiling),
+                               uav.mount.copy(), uav.mount_offset.copy(), frame)
     finally:
         env.close()
 
@@ -120,11 +131,21 @@ def uav_follower(env_config: Mapping) -> UAVGoalFollower:
 FOLLOWERS = {"uav": uav_follower}
 
 
-def follower_for(embodiment: str, env_config: Mapping):
+def follower_for(embodiment: str, env_config: Mapping, frame: str):
+    """The controller that takes ``embodiment``'s goals in ``frame`` (:func:`goal_frame` of the brain's spec)."""
     if embodiment not in FOLLOWERS:
         raise PolicyError(f"the spatial brain has no controller for embodiment {embodiment!r} "
                           f"(have: {', '.join(FOLLOWERS)})")
-    return FOLLOWERS[embodiment](env_config)
+    if frame not in GOAL_FRAMES:
+        raise PolicyError(f"unknown goal frame {frame!r}; have {', '.join(GOAL_FRAMES)}")
+    return FOLLOWERS[embodiment](env_config, frame)
+
+
+def brain_follower(brain: SpatialBrain, embodiment: str, env_config: Mapping):
+    """The controller for this brain's goals on ``embodiment`` (in the frame its goal head speaks)."""
+    if embodiment not in brain.config.embodiments:
+        raise PolicyError(f"this brain has no embodiment {embodiment!r} (it has {', '.join(brain.config.embodiments)})")
+    return follower_for(embodiment, env_config, goal_frame(brain.config.embodiments[embodiment]))
 
 
 def embodiment_of(env_id: str) -> str:

@@ -196,7 +196,7 @@ def _load_brain(bundle: Bundle, options: dict) -> Policy:
     model = load_module("spatial_brain", bundle, bundle.tensors)
     extra = bundle.meta.extra
     embodiment = extra.get("embodiment") or bp.embodiment_of(bundle.meta.env.get("id", ""))
-    follower = bp.follower_for(embodiment, bundle.meta.env)
+    follower = bp.brain_follower(model, embodiment, bundle.meta.env)
     return bp.BrainPolicy(model, bundle.meta, follower, embodiment,
                           decide_every=options.get("decide_every", extra.get("decide_every", bp.DEFAULT_DECIDE_EVERY)),
                           decisions=options.get("decisions", extra.get("decisions", bp.DEFAULT_DECISIONS)))
@@ -204,13 +204,13 @@ def _load_brain(bundle: Bundle, options: dict) -> Policy:
 
 def _no_untrained_brain(kind: PolicyKind, policy_cfg: dict, env: gym.Env, env_config: dict) -> Policy:
     raise PolicyError("an untrained spatial brain has nothing to show; train one (algo=scaffold, then "
-                      "algo=specialize) and pass run=<dir>")
+                      "algo=specialize, optionally algo=grpo) and pass run=<dir>")
 
 
 def _brain_entry() -> PolicyKind:
     from policies.spatial_brain import SpatialBrain, SpatialBrainConfig
 
-    return PolicyKind("spatial_brain", SpatialBrainConfig, ("scaffold", "specialize"), SpatialBrain,
+    return PolicyKind("spatial_brain", SpatialBrainConfig, ("scaffold", "specialize", "grpo"), SpatialBrain,
                       load=_load_brain, initial=_no_untrained_brain, options=("decide_every", "decisions"))
 
 

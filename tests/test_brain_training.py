@@ -34,7 +34,7 @@ def brain_runs(tmp_path_factory):
     assert result.returncode == 0, result.stderr[-3000:]
     specialist = root / "specialist"
     result = run_module("agents.train", *TINY_BRAIN, "algo=specialize", "env=uav_find", f"init_from={scaffold}",
-                            "algo.total_steps=6", "algo.eval_every=3", "algo.demos=4", "algo.eval_episodes=1",
+                            "algo.total_steps=6", "algo.eval_every=3", "algo.demos=4", "algo.val_demos=2", "algo.eval_episodes=1",
                             "algo.final_eval_episodes=2", data, f"hydra.run.dir={specialist}", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return root, scaffold, specialist
@@ -72,6 +72,28 @@ def test_evaluate_runs_a_brain_run(brain_runs):
     assert report["env"] == "uav_find" and report["episodes"] == 2 and 0.0 <= report["is_success"] <= 1.0
 
 
+def test_noisy_demonstrations_leave_the_expert_path_but_keep_true_labels(tmp_path):
+    """DART: with goal_noise the later decision points differ, and every label is still the true goal's offset."""
+    from agents.brain_trainer import DEMO_KEYS, goal_demonstrations
+
+    env_cfg = {"name": "uav_find", "id": envs.UAV_FIND}
+    clean = goal_demonstrations(tmp_path, env_cfg, 2, 50, 3, seed=0)
+    assert set(clean) == set(DEMO_KEYS)
+    noisy = goal_demonstrations(tmp_path, env_cfg, 2, 50, 3, seed=0, goal_noise=1.0)
+    assert list(clean["decision"]) == [0, 1, 2, 0, 1, 2] == list(noisy["decision"])
+    first = clean["decision"] == 0
+    np.testing.assert_array_equal(clean["state"][first], noisy["state"][first])  # the same start
+    assert np.abs(clean["state"][~first, :3] - noisy["state"][~first, :3]).max() > 0.05  # flown elsewhere
+    env = gym.make(envs.UAV_FIND)
+    _, info = env.reset(seed=1)  # the second demonstration's episode
+    env.close()
+    for row in (3, 4, 5):
+        np.testing.assert_allclose(noisy["goal_world"][row], info["goal"])
+    validation = goal_demonstrations(tmp_path, env_cfg, 2, 50, 3, seed=0, first_seed=90_000)
+    assert not np.array_equal(validation["state"][0], clean["state"][0])
+    assert len(list(tmp_path.glob("goals_*.npz"))) == 3  # each kind of data cached under its own key
+
+
 def test_specialize_needs_a_find_env():
     assert_names(config_error(["policy=spatial_brain", "algo=specialize", "env=swimmer"]), "find env", "uav_find")
 
@@ -95,11 +117,11 @@ def test_the_brain_with_a_perfect_goal_reaches_the_named_landmark():
     from policies.spatial_brain import SpatialBrain, SpatialBrainConfig
 
     env_cfg = {"name": "uav_find", "id": envs.UAV_FIND}
-    follower = follower_for("uav", env_cfg)
     brain = SpatialBrain(SpatialBrainConfig(layers=1, width=32, heads=2, ffn=64, vision_channels=(8, 8, 8)))
     env = gym.make(envs.UAV_FIND)
     outcomes = {}
-    for name, shift in (("true", 0.0), ("off", 2.5)):
+    for name, shift, frame in (("true", 0.0, "native"), ("off", 2.5, "native"), ("true camera", 0.0, "camera")):
+        follower = follower_for("uav", env_cfg, frame)
         policy = BrainPolicy(brain, None, follower, "uav")
         successes = 0
         for seed in range(3):
@@ -114,5 +136,37 @@ def test_the_brain_with_a_perfect_goal_reaches_the_named_landmark():
             successes += bool(info["is_success"])
         outcomes[name] = successes
     env.close()
-    assert outcomes == {"true": 3, "off": 0}, outcomes
+    assert outcomes == {"true": 3, "off": 0, "true camera": 3}, outcomes
     assert torch.get_num_threads() >= 1
+
+
+def test_a_camera_frame_goal_is_where_the_image_shows_it():
+    """The pointing head's frame is the image's: a landmark's centre, put in the camera frame by the follower's
+    label, projects onto a pixel that sees that landmark; and to_world undoes label."""
+    from envs.raycast_camera import camera_rays
+    from policies.brain_policy import follower_for
+
+    env = gym.make(envs.UAV_FIND)
+    follower = follower_for("uav", {"name": "uav_find", "id": envs.UAV_FIND}, "camera")
+    rays = camera_rays(32, 32, env.unwrapped.find_config.fovy_deg).reshape(32, 32, 3)
+    checked = 0
+    for seed in range(4):
+        obs, _ = env.reset(seed=seed)
+        for _ in range(30):  # in flight, tilted
+            obs, *_ = env.step(follower.act(obs, np.array([2.0, 1.0, 2.0])))
+        for obj in env.unwrapped.scene().objects:
+            if obj.shape == "ring":
+                continue  # its centre is the hole: the camera looks through it
+            point = follower.label(obs, obj.position)
+            above = obj.position + np.array([0.0, 0.0, 1.0])  # inside the flight volume, which to_world clips to
+            np.testing.assert_allclose(follower.to_world(obs, follower.label(obs, above)), above, atol=1e-9)
+            direction = point / np.linalg.norm(point)
+            row, col = np.unravel_index(np.argmax(rays @ direction), (32, 32))  # the pixel whose ray is closest
+            if np.max(rays @ direction) > np.cos(np.radians(2.0)):  # inside the image
+                seen = env.unwrapped.frame.geom[row, col]
+                if seen in obj.geom_ids or seen < 0:
+                    checked += seen in obj.geom_ids
+                else:  # another landmark in front of it: nearer along that pixel
+                    assert env.unwrapped.frame.depth[row, col] < -point[2]
+    env.close()
+    assert checked >= 6

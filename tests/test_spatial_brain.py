@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 
 import numpy as np
 import pytest
 import torch
 
-from policies.spatial_brain import SpatialBrain, SpatialBrainConfig
+from policies.spatial_brain import POINT_RANGE, PointingHead, SpatialBrain, SpatialBrainConfig
 
 EMBODIMENTS = ("uav", "swimmer", "kitchen")
 
@@ -81,6 +82,26 @@ def test_builds_on_the_meta_device():
 # ---------------------------------------------------------------- forward
 
 
+def test_a_pointing_head_lifts_patch_centres_along_the_cameras_pixel_rays():
+    """With its attention uniform and no offsets, the point is the mean of the patch-centre rays times the distance."""
+    from envs.raycast_camera import camera_rays
+
+    model = _brain()
+    head = model.heads["uav"]
+    assert isinstance(head, PointingHead)
+    grid, fovy = model.vision.grid, model.config.embodiments["uav"]["pointing_fovy_deg"]
+    with torch.no_grad():
+        for linear in (head.query[1], head.key[1]):
+            linear.weight.zero_()
+            linear.bias.zero_()  # every logit 0: uniform attention
+        head.point[-1].weight.zero_()
+        head.point[-1].bias.copy_(torch.tensor([0.0, 0.0, math.log(3.0), 0.0, 0.0, 0.0]))
+    goal = model(_batch(model.config, "uav"), task="act")
+    # a grid x grid image of the same field of view has its pixel centres where the patches have theirs
+    expected = torch.tensor(3.0 * camera_rays(grid, grid, fovy).mean(0), dtype=torch.float32)
+    torch.testing.assert_close(goal, expected.expand_as(goal), atol=1e-5, rtol=1e-5)
+
+
 def test_shapes_and_bounds_for_every_head_and_embodiment():
     model = _brain()
     cfg = model.config
@@ -95,9 +116,13 @@ def test_shapes_and_bounds_for_every_head_and_embodiment():
         assert isinstance(dist, torch.distributions.Normal)
         assert dist.mean.shape == dist.stddev.shape == (3, spec["goal_dim"])
         torch.testing.assert_close(dist.mean, goal)
-        lo = torch.tensor(spec["goal_center"]) - torch.tensor(spec["goal_scale"])
-        hi = torch.tensor(spec["goal_center"]) + torch.tensor(spec["goal_scale"])
-        assert bool(((goal >= lo) & (goal <= hi)).all())
+        if "pointing_fovy_deg" in spec:  # a point along a ray in front of the camera, plus the bounded residual
+            reach = POINT_RANGE[1] + torch.tensor(spec["goal_scale"]).norm()
+            assert bool((goal.norm(dim=-1) <= reach).all()) and bool((goal[:, 2] < 0).all())
+        else:
+            lo = torch.tensor(spec["goal_center"]) - torch.tensor(spec["goal_scale"])
+            hi = torch.tensor(spec["goal_center"]) + torch.tensor(spec["goal_scale"])
+            assert bool(((goal >= lo) & (goal <= hi)).all())
         assert dist.log_prob(dist.sample()).sum(-1).shape == (3,)
         assert model(_batch(cfg, name, depth=False), task="act").shape == (3, spec["goal_dim"])  # depth optional
     holes = _batch(cfg, "uav")
@@ -296,3 +321,18 @@ def test_token_states_feed_the_brain():
     batch = dict(_batch(cfg, "uav", b=2), text=text, text_mask=mask)
     assert model(batch, task="act").shape == (2, 3)
     assert model(batch, task="qa").shape == (2, cfg.n_answers)
+
+
+def test_a_point_on_a_patch_centre_ray_belongs_to_that_patch():
+    from envs.raycast_camera import camera_rays
+
+    model = _brain()
+    head = model.heads["uav"]
+    grid, fovy = model.vision.grid, model.config.embodiments["uav"]["pointing_fovy_deg"]
+    points = torch.tensor(2.0 * camera_rays(grid, grid, fovy), dtype=torch.float32)  # row-major, like the patches
+    assert head.patch_of(points).tolist() == list(range(grid * grid))
+    behind = points.clone()
+    behind[:, 2] *= -1
+    wide = points.clone()
+    wide[:, 0] += 10.0
+    assert set(head.patch_of(behind).tolist()) == {-1} and set(head.patch_of(wide).tolist()) == {-1}
