@@ -44,11 +44,10 @@ from agents.rollout import EVAL_SEED_BASE, run_episodes
 from agents.schema import MAX_STEPS, check, plain, setting
 from agents.trainer import GradientTrainer
 from policies.brain_policy import (
-    DEFAULT_DECIDE_EVERY,
-    DEFAULT_DECISIONS,
     BrainPolicy,
     brain_batch,
     brain_follower,
+    decision_schedule,
     embodiment_of,
 )
 from policies.bundle import Bundle, read_bundle, read_meta, save_bundle
@@ -112,18 +111,6 @@ def brain_source(source, embodiment: str, weights: bool = True) -> Bundle | Poli
     if not spec.get("goal_dim"):
         raise UserError(f"init_from={source}: the brain has no goal head for embodiment {embodiment!r}")
     return bundle if bundle is not None else meta
-
-
-def decision_schedule(meta: PolicyMeta, embodiment: str) -> tuple[int, int]:
-    """(decide_every, decisions) the run ``meta`` was trained with for ``embodiment`` (a merge records each expert's)."""
-    extra = meta.extra or {}
-    expert = next((e for e in extra.get("experts") or [] if e.get("embodiment") == embodiment), {})
-    own = extra if extra.get("embodiment") == embodiment else {}
-
-    def pick(key: str, default: int) -> int:
-        return int(expert.get(key) or own.get(key) or extra.get(key) or default)
-
-    return pick("decide_every", DEFAULT_DECIDE_EVERY), pick("decisions", DEFAULT_DECISIONS)
 
 
 class BrainQA:

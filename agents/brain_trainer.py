@@ -51,6 +51,7 @@ from policies.brain_policy import (
     BrainPolicy,
     brain_batch,
     brain_follower,
+    decision_schedule,
     embodiment_of,
     follower_for,
 )
@@ -65,8 +66,11 @@ log = logging.getLogger(__name__)
 VALIDATION_SEED_BASE = 90_000  # validation flights: above every seed's demonstration seeds' range below
 VALIDATION_EPISODES = 10_000  # ... and below the next seed's (seed s flies s * 100_000 + episode)
 
+SCAFFOLD_SOURCES_BEFORE = ("generic", "uav")  # what scaffold bundles asked about before they recorded it
+
 # A QA source name -> the env that draws its scenes (None: the generic arenas) and the embodiment it feeds
-QA_SOURCES = {"generic": (None, "generic"), "uav": ("embodied/UAVFind-v0", "uav")}
+QA_SOURCES = {"generic": (None, "generic"), "uav": ("embodied/UAVFind-v0", "uav"),
+              "swimmer": ("embodied/SwimmerFind-v0", "swimmer")}
 
 
 @dataclass
@@ -85,8 +89,8 @@ class BrainSettings:
     qa_eval_scenes: int = setting(200, low=1, high=10**6)  # scenes per source for held-out-template accuracy
     qa_weight: float = setting(1.0, low=0.0)  # specialize: weight of the QA loss beside the goal loss
     demos: int = setting(400, low=1, high=EVAL_SEED_BASE)  # specialize: expert episodes (seeds below the eval seeds)
-    decide_every: int = setting(50, low=1, high=10**6)  # control steps between the brain's decisions
-    decisions: int = setting(3, low=1, high=1000)  # decisions per episode, then the goal is held
+    decide_every: int | None = setting(None, low=1, high=10**6)  # control steps between decisions; None: the body's
+    decisions: int | None = setting(None, low=1, high=1000)  # decisions per episode, then the goal is held; None: idem
     goal_noise: float = setting(0.0, low=0.0, high=100.0)  # m, std of the noise on the goal the expert flies to (DART)
     val_demos: int = setting(50, low=0, high=VALIDATION_EPISODES)  # specialize: held-out expert flights for val_goal_err
     data_dir: str = "data/brain"  # where generated QA data and demonstrations are cached (shared by runs)
@@ -230,6 +234,8 @@ class BrainTrainer(GradientTrainer):
         self.env_cfg = OmegaConf.to_container(cfg.env, resolve=True)
         self.data_dir = Path(str(algo.data_dir))
         self.embodiment = embodiment_of(self.env_cfg["id"]) if self.specialize else None
+        every, decisions = decision_schedule(None, self.embodiment or "uav")
+        self.schedule = (int(algo.decide_every or every), int(algo.decisions or decisions))
         self.config = self.model_config(cfg)
         try:
             self.model = registry.build_module("spatial_brain", self.config.to_dict())
@@ -268,10 +274,15 @@ class BrainTrainer(GradientTrainer):
                 raise UserError(f"init_from={source}: a {bundle.meta.kind} run, not a spatial brain")
             tensors = dict(bundle.tensors)
             if bundle.meta.extra.get("stage") == "scaffold":
-                # a scaffold's goal heads never received a gradient: this run's own fresh heads (whatever
-                # kind its config asks for) replace them
-                tensors = {k: v for k, v in tensors.items() if not k.startswith("heads.")}
-                tensors.update({k: v for k, v in self.model.state_dict().items() if k.startswith("heads.")})
+                # A scaffold trains the shared parts, and the proprio projectors and embodiment tokens of the
+                # bodies it asked questions about; never a goal head. Everything it did not train is this
+                # run's own, freshly initialised (whatever kind of head or proprio size its config asks for).
+                trained = {QA_SOURCES[s][1] for s in bundle.meta.extra.get("qa_sources") or SCAFFOLD_SOURCES_BEFORE}
+                own = self.model.state_dict()
+                untrained = [k for k in own if k.startswith("heads.")
+                             or (self.model.owner_of(k) is not None and self.model.owner_of(k) not in trained)]
+                tensors = {k: v for k, v in tensors.items() if k not in untrained and not k.startswith("heads.")}
+                tensors.update({k: own[k] for k in untrained})
             self.model.load_state_dict(tensors)
         except (BundleError, PolicyError, FileNotFoundError) as e:
             raise UserError(f"init_from={source}: {e}") from None
@@ -293,12 +304,11 @@ class BrainTrainer(GradientTrainer):
                 self.model.set_proprio_normalization(embodiment, states.mean(0), states.std(0))
         self.demos = self.val_demos = None
         if self.specialize:
-            self.demos = goal_demonstrations(self.data_dir, self.env_cfg, int(algo.demos), int(algo.decide_every),
-                                             int(algo.decisions), seed, float(algo.goal_noise))
+            self.demos = goal_demonstrations(self.data_dir, self.env_cfg, int(algo.demos), *self.schedule, seed,
+                                             float(algo.goal_noise))
             if int(algo.val_demos):  # noise-free flights on seeds no run trains or is evaluated on
-                self.val_demos = goal_demonstrations(self.data_dir, self.env_cfg, int(algo.val_demos),
-                                                     int(algo.decide_every), int(algo.decisions), seed,
-                                                     first_seed=VALIDATION_SEED_BASE)
+                self.val_demos = goal_demonstrations(self.data_dir, self.env_cfg, int(algo.val_demos), *self.schedule,
+                                                     seed, first_seed=VALIDATION_SEED_BASE)
             follower = brain_follower(self.model, self.embodiment, self.env_cfg)
             for demos in (self.demos, self.val_demos):
                 if demos is not None:
@@ -389,10 +399,8 @@ class BrainTrainer(GradientTrainer):
         if not self.specialize or episodes <= 0:
             return {}
         self.model.eval()
-        algo = self.cfg.algo
         policy = BrainPolicy(self.model, self.meta(), brain_follower(self.model, self.embodiment, self.env_cfg),
-                             self.embodiment,
-                             int(algo.decide_every), int(algo.decisions))
+                             self.embodiment, *self.schedule)
         env = make_env({**self.env_cfg, "held_out": held_out, "paraphrase": None} if held_out else self.env_cfg)
         try:
             result = run_episodes(env, policy, episodes, seed=EVAL_SEED_BASE)
@@ -423,8 +431,9 @@ class BrainTrainer(GradientTrainer):
         finally:
             env.close()
         extra = {"stage": str(self.cfg.algo.name), "embodiment": embodiment_of(env_cfg["id"]),
-                 "decide_every": int(self.cfg.algo.decide_every), "decisions": int(self.cfg.algo.decisions),
-                 "answers": list(ANSWERS), "init_from": self.cfg.get("init_from")}
+                 "decide_every": self.schedule[0], "decisions": self.schedule[1],
+                 "answers": list(ANSWERS), "init_from": self.cfg.get("init_from"),
+                 "qa_sources": [self.embodiment] if self.specialize else list(self.cfg.algo.qa_sources)}
         return PolicyMeta.for_env("spatial_brain", self.config.to_dict(), env_cfg, interface, steps=self.step,
                                   extra=extra)
 

@@ -27,6 +27,8 @@ UAV_HOVER = "embodied/UAVHover-v0"
 UAV_WAYPOINTS = "embodied/UAVWaypoints-v0"
 KITCHEN = "embodied/Kitchen-v0"  # task (or task sequence) chosen by the ``task`` kwarg
 UAV_FIND = "embodied/UAVFind-v0"  # fly to the landmark a language instruction names
+SWIMMER_FIND = "embodied/SwimmerFind-v0"  # swim to the target a language instruction names
+KITCHEN_POINT = "embodied/KitchenPoint-v0"  # point at the kitchen object an instruction names, then do its task
 
 if SWIMMER not in registry:
     register(SWIMMER, entry_point="envs.swimmer.env:SwimmerEnv", max_episode_steps=1000)
@@ -46,6 +48,12 @@ if KITCHEN not in registry:
 if UAV_FIND not in registry:
     # Timed by the env itself (episode_seconds at any control_hz), so no TimeLimit.
     register(UAV_FIND, entry_point="envs.uav.find:UAVFindEnv")
+if SWIMMER_FIND not in registry:
+    # Timed by the env itself (episode_seconds at any control_timestep), so no TimeLimit.
+    register(SWIMMER_FIND, entry_point="envs.swimmer.find:SwimmerFindEnv")
+if KITCHEN_POINT not in registry:
+    # Timed by the env itself (episode_steps), as the kitchen, so no TimeLimit.
+    register(KITCHEN_POINT, entry_point="envs.kitchen.point:KitchenPointEnv")
 
 
 ENV_CONFIG_KEYS = ("name", "id")  # an env config's own keys; every other key is a gym.make kwarg
@@ -72,7 +80,8 @@ CONFIG_CLASSES = {
     SWIMMER: "envs.swimmer.env:SwimmerConfig", SWIMMER_SWIM: "envs.swimmer.env:SwimmerConfig",
     SWIMMER_NAVIGATE: "envs.swimmer.env:SwimmerConfig", UAV: "envs.uav.env:UAVConfig",
     UAV_HOVER: "envs.uav.env:UAVConfig", UAV_WAYPOINTS: "envs.uav.env:UAVConfig", KITCHEN: "envs.kitchen.env:KitchenConfig",
-    UAV_FIND: "envs.uav.find:UAVFindConfig",
+    UAV_FIND: "envs.uav.find:UAVFindConfig", SWIMMER_FIND: "envs.swimmer.find:SwimmerFindConfig",
+    KITCHEN_POINT: "envs.kitchen.point:KitchenPointConfig",
 }
 
 

@@ -4,6 +4,8 @@ ACE-Brain-0.5's output interfaces, at this project's scale: the brain (``policie
 reads the camera, the body's state and the instruction a few times per episode and emits a goal;
 between its decisions a scripted controller runs at the control rate toward the goal it holds.
 
+- ``swimmer``: a point in the head camera's frame (or a planar offset), whose floor position the
+  hard-wired steering NCAP swims the nose to.
 - ``uav``: the goal head gives a point in the onboard camera's frame (a pointing head) or an
   offset (m) in the vehicle's yaw frame; it is turned into a world point once, when decided, and
   the cascaded PID (``policies/pid.py``) flies to it.
@@ -28,9 +30,11 @@ from policies.protocol import Policy, PolicyError, PolicyMeta
 from policies.spatial_brain import SpatialBrain
 
 # env id -> the embodiment the brain drives there (its proprio projector and goal head)
-EMBODIMENT_OF_ENV = {"embodied/UAVFind-v0": "uav"}
+EMBODIMENT_OF_ENV = {"embodied/UAVFind-v0": "uav", "embodied/SwimmerFind-v0": "swimmer"}
 DEFAULT_DECIDE_EVERY = 50  # control steps between decisions: 2 Hz at the UAV's 100 Hz control rate
 DEFAULT_DECISIONS = 3  # decisions per episode (0, 0.5 and 1 s on the UAV), then the goal is held
+# embodiment -> (decide_every, decisions): the swimmer covers a metre in ~10 s, so it decides every 3 s for 12 s
+DECISION_SCHEDULES = {"uav": (DEFAULT_DECIDE_EVERY, DEFAULT_DECISIONS), "swimmer": (100, 5)}
 
 
 def brain_batch(embodiment: str, observations: list[Mapping], max_tokens: int, text_key: str = "instruction") -> dict:
@@ -128,7 +132,76 @@ def uav_follower(env_config: Mapping, frame: str) -> UAVGoalFollower:
         env.close()
 
 
-FOLLOWERS = {"uav": uav_follower}
+SWIMMER_GOAL_Z = 0.1  # m, the height a planar swimmer goal is lifted to for the camera frame: a target's middle
+
+
+@dataclass
+class SwimmerGoalFollower:
+    """The hard-wired steering NCAP (:class:`policies.swimmer_steering.SwimmerSteering`) swimming to a world point.
+
+    Goals are world xy. ``camera``: a point in the head camera's frame (x right, y up, looking along -z),
+    of which the follower keeps the floor-plane position; ``native``: an offset (m) in the plane, x along
+    the head's heading, y to its left.
+    """
+
+    steering: object  # policies.swimmer_steering.SwimmerSteering
+    head_z: float  # m, the head's constant height (the swimmer moves in a plane)
+    mount: np.ndarray  # camera -> head rotation
+    mount_offset: np.ndarray  # camera position in the head frame, m
+    floor_half_size: float
+    frame: str = "native"
+
+    def reset(self) -> None:
+        self.steering.reset()
+
+    def _pose(self, obs: Mapping) -> tuple[np.ndarray, np.ndarray]:
+        from envs.swimmer.find import STATE_LAYOUT
+
+        state = np.asarray(obs["state"], dtype=np.float64)
+        c, s = state[slice(*STATE_LAYOUT.heading)]
+        head = np.array([*state[slice(*STATE_LAYOUT.head_position)], self.head_z])
+        if self.frame == "camera":
+            head_rotation = np.array([[-s, -c, 0.0], [c, -s, 0.0], [0.0, 0.0, 1.0]])  # the head looks along its -y
+            return head + head_rotation @ self.mount_offset, head_rotation @ self.mount
+        return head, np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+    def to_world(self, obs: Mapping, goal: np.ndarray) -> np.ndarray:
+        origin, rotation = self._pose(obs)
+        goal = np.asarray(goal, dtype=np.float64)
+        if self.frame == "native":
+            goal = np.array([goal[0], goal[1], 0.0])
+        return self.clip((origin + rotation @ goal)[:2])
+
+    def clip(self, goal: np.ndarray) -> np.ndarray:
+        limit = self.floor_half_size - 0.2
+        return np.clip(np.asarray(goal, dtype=np.float64)[:2], -limit, limit)
+
+    def label(self, obs: Mapping, goal_world: np.ndarray) -> np.ndarray:
+        origin, rotation = self._pose(obs)
+        point = np.array([*np.asarray(goal_world, dtype=np.float64)[:2], SWIMMER_GOAL_Z])
+        local = rotation.T @ (point - origin)
+        return local if self.frame == "camera" else local[:2]
+
+    def act(self, obs: Mapping, goal_world: np.ndarray) -> np.ndarray:
+        return self.steering.act(obs, np.asarray(goal_world, dtype=np.float64)[:2])
+
+
+def swimmer_follower(env_config: Mapping, frame: str) -> SwimmerGoalFollower:
+    import envs
+    from envs.swimmer.find import FLOOR_HALF_SIZE
+    from policies.swimmer_steering import SwimmerSteering
+
+    env = envs.make_from_config(env_config)
+    try:
+        swimmer = env.unwrapped
+        swimmer.reset(seed=0)
+        return SwimmerGoalFollower(SwimmerSteering(), float(swimmer._head.xpos[2]), swimmer.mount.copy(),
+                                   swimmer.mount_offset.copy(), FLOOR_HALF_SIZE, frame)
+    finally:
+        env.close()
+
+
+FOLLOWERS = {"uav": uav_follower, "swimmer": swimmer_follower}
 
 
 def follower_for(embodiment: str, env_config: Mapping, frame: str):
@@ -146,6 +219,20 @@ def brain_follower(brain: SpatialBrain, embodiment: str, env_config: Mapping):
     if embodiment not in brain.config.embodiments:
         raise PolicyError(f"this brain has no embodiment {embodiment!r} (it has {', '.join(brain.config.embodiments)})")
     return follower_for(embodiment, env_config, goal_frame(brain.config.embodiments[embodiment]))
+
+
+def decision_schedule(meta: PolicyMeta | None, embodiment: str) -> tuple[int, int]:
+    """(decide_every, decisions) a run was trained with for ``embodiment`` (a merge records each expert's),
+    else the embodiment's default."""
+    extra = (meta.extra if meta is not None else None) or {}
+    expert = next((e for e in extra.get("experts") or [] if e.get("embodiment") == embodiment), {})
+    own = extra if extra.get("embodiment") == embodiment else {}
+    every, decisions = DECISION_SCHEDULES.get(embodiment, (DEFAULT_DECIDE_EVERY, DEFAULT_DECISIONS))
+
+    def pick(key: str, default: int) -> int:
+        return int(expert.get(key) or own.get(key) or default)
+
+    return pick("decide_every", every), pick("decisions", decisions)
 
 
 def embodiment_of(env_id: str) -> str:

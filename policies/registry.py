@@ -197,9 +197,10 @@ def _load_brain(bundle: Bundle, options: dict) -> Policy:
     extra = bundle.meta.extra
     embodiment = extra.get("embodiment") or bp.embodiment_of(bundle.meta.env.get("id", ""))
     follower = bp.brain_follower(model, embodiment, bundle.meta.env)
+    every, decisions = bp.decision_schedule(bundle.meta, embodiment)
     return bp.BrainPolicy(model, bundle.meta, follower, embodiment,
-                          decide_every=options.get("decide_every", extra.get("decide_every", bp.DEFAULT_DECIDE_EVERY)),
-                          decisions=options.get("decisions", extra.get("decisions", bp.DEFAULT_DECISIONS)))
+                          decide_every=options.get("decide_every") or every,
+                          decisions=options.get("decisions") or decisions)
 
 
 def _no_untrained_brain(kind: PolicyKind, policy_cfg: dict, env: gym.Env, env_config: dict) -> Policy:

@@ -78,8 +78,9 @@ def default_embodiments() -> dict[str, dict]:
         # (envs/uav/find.py). The goal is pointed at in the onboard camera (70 deg vertical field of view)
         # and lifted along the pixel's ray; a residual within 1 m (the goal is 0.5 m above a landmark's top).
         "uav": {"proprio_dim": 22, "goal_dim": 3, "goal_scale": [1.0, 1.0, 1.0], "pointing_fovy_deg": 70.0},
-        # the 6-link swimmer's 5 joint angles and 18 body velocities; navigate targets lie in a 4 m box (+-2 m).
-        "swimmer": {"proprio_dim": 23, "goal_dim": 2, "goal_scale": [2.0, 2.0], "goal_center": [0.0, 0.0]},
+        # swimmer_find's state (envs/swimmer/find.py): 5 joint angles, 18 body velocities, head xy and heading,
+        # the clock. The goal is pointed at in the head camera (80 deg); a residual within 0.5 m.
+        "swimmer": {"proprio_dim": 28, "goal_dim": 3, "goal_scale": [0.5, 0.5, 0.5], "pointing_fovy_deg": 80.0},
         # 7 arm joints and the gripper opening; every kitchen handle, knob and switch lies within
         # x -0.64..-0.11, y 0.35..0.64, z 1.79..2.60 (world m), inside centre +- scale.
         "kitchen": {"proprio_dim": 8, "goal_dim": 3, "goal_scale": [0.6, 0.4, 0.6], "goal_center": [-0.3, 0.5, 2.2]},

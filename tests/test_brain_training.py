@@ -72,6 +72,31 @@ def test_evaluate_runs_a_brain_run(brain_runs):
     assert report["env"] == "uav_find" and report["episodes"] == 2 and 0.0 <= report["is_success"] <= 1.0
 
 
+def test_a_swimmer_specialist_trains_and_swims(tmp_path):
+    """The second embodiment through the same stage: swimmer_find demonstrations and QA, its own schedule."""
+    run = tmp_path / "swimmer"
+    result = run_module("agents.train", *TINY_BRAIN, "algo=specialize", "env=swimmer_find", "init_from=null",
+                        "algo.total_steps=2", "algo.eval_every=2", "algo.demos=2", "algo.val_demos=1",
+                        "algo.eval_episodes=0", "algo.final_eval_episodes=1", f"algo.data_dir={tmp_path / 'data'}",
+                        f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    s = summary(run)
+    assert s["env"] == "swimmer_find" and 0.0 <= s["success_rate"] <= 1.0
+    assert 2 < s["train_goal_samples"] <= 2 * 5  # up to 5 decisions each (every 100 steps) until the target is reached
+    assert set(s["qa_held_out"]) == {"swimmer"}
+
+    from policies.registry import load_policy
+    from policies.run_dir import RunDir
+
+    policy = load_policy(RunDir(run).policy())
+    assert (policy.decide_every, policy.decisions) == (100, 5)
+    env = gym.make(envs.SWIMMER_FIND)
+    obs, _ = env.reset(seed=0)
+    action = policy.act(obs)
+    assert action.shape == env.action_space.shape and np.all(np.isfinite(action)) and policy.goal.shape == (2,)
+    env.close()
+
+
 def test_noisy_demonstrations_leave_the_expert_path_but_keep_true_labels(tmp_path):
     """DART: with goal_noise the later decision points differ, and every label is still the true goal's offset."""
     from agents.brain_trainer import DEMO_KEYS, goal_demonstrations
@@ -140,26 +165,34 @@ def test_the_brain_with_a_perfect_goal_reaches_the_named_landmark():
     assert torch.get_num_threads() >= 1
 
 
-def test_a_camera_frame_goal_is_where_the_image_shows_it():
-    """The pointing head's frame is the image's: a landmark's centre, put in the camera frame by the follower's
-    label, projects onto a pixel that sees that landmark; and to_world undoes label."""
+@pytest.mark.parametrize("embodiment, env_id, away", [("uav", envs.UAV_FIND, [2.0, 1.0, 2.0]),
+                                                      ("swimmer", envs.SWIMMER_FIND, [1.0, 1.0])])
+def test_a_camera_frame_goal_is_where_the_image_shows_it(embodiment, env_id, away):
+    """The pointing head's frame is the image's: an object's centre, put in the camera frame by the follower's
+    label, projects onto a pixel that sees that object; and to_world undoes label."""
     from envs.raycast_camera import camera_rays
     from policies.brain_policy import follower_for
 
-    env = gym.make(envs.UAV_FIND)
-    follower = follower_for("uav", {"name": "uav_find", "id": envs.UAV_FIND}, "camera")
-    rays = camera_rays(32, 32, env.unwrapped.find_config.fovy_deg).reshape(32, 32, 3)
+    env = gym.make(env_id)
+    follower = follower_for(embodiment, {"name": embodiment, "id": env_id}, "camera")
+    rays = camera_rays(32, 32, env.unwrapped.camera.fovy_deg).reshape(32, 32, 3)
     checked = 0
     for seed in range(4):
         obs, _ = env.reset(seed=seed)
-        for _ in range(30):  # in flight, tilted
-            obs, *_ = env.step(follower.act(obs, np.array([2.0, 1.0, 2.0])))
+        for _ in range(30):  # moving, tilted or mid-stroke
+            obs, *_ = env.step(follower.act(obs, np.array(away)))
         for obj in env.unwrapped.scene().objects:
             if obj.shape == "ring":
                 continue  # its centre is the hole: the camera looks through it
-            point = follower.label(obs, obj.position)
-            above = obj.position + np.array([0.0, 0.0, 1.0])  # inside the flight volume, which to_world clips to
-            np.testing.assert_allclose(follower.to_world(obs, follower.label(obs, above)), above, atol=1e-9)
+            point = follower.label(obs, obj.position) if embodiment == "uav" else None
+            if embodiment == "swimmer":  # planar goals: the label lifts them to a target's middle height
+                origin, rotation = follower._pose(obs)
+                point = rotation.T @ (obj.position - origin)
+                np.testing.assert_allclose(follower.to_world(obs, follower.label(obs, obj.position[:2])),
+                                           obj.position[:2], atol=1e-9)
+            else:
+                above = obj.position + np.array([0.0, 0.0, 1.0])  # inside the flight volume, which to_world clips to
+                np.testing.assert_allclose(follower.to_world(obs, follower.label(obs, above)), above, atol=1e-9)
             direction = point / np.linalg.norm(point)
             row, col = np.unravel_index(np.argmax(rays @ direction), (32, 32))  # the pixel whose ray is closest
             if np.max(rays @ direction) > np.cos(np.radians(2.0)):  # inside the image

@@ -255,7 +255,8 @@ def test_overfits_a_small_spatial_qa_set():
     questions = rng.normal(size=(2, 6, cfg.text_dim)).astype(np.float32)
     answers = np.concatenate([(cols + 3 >= s // 2).astype(int), 2 + (rows + 3 >= s // 2).astype(int)])
     batch = {"embodiment": "swimmer", "image": torch.as_tensor(np.concatenate([images, images])),
-             "proprio": torch.as_tensor(np.tile(rng.normal(size=(n, 23)), (2, 1)), dtype=torch.float32),
+             "proprio": torch.as_tensor(np.tile(rng.normal(size=(n, cfg.embodiments["swimmer"]["proprio_dim"])), (2, 1)),
+                                        dtype=torch.float32),
              "text": torch.as_tensor(np.repeat(questions, n, axis=0)), "text_mask": torch.ones(2 * n, 6, dtype=torch.bool)}
     target = torch.as_tensor(answers)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)

@@ -26,7 +26,7 @@ from envs.swimmer.model import joint_limit, swimmer_mjcf
 
 from conftest import check_quietly
 
-REGISTERED = [envs.SWIMMER, envs.SWIMMER_SWIM, envs.SWIMMER_NAVIGATE, envs.SWIMMER_GYM]
+REGISTERED = [envs.SWIMMER, envs.SWIMMER_SWIM, envs.SWIMMER_NAVIGATE, envs.SWIMMER_GYM, envs.SWIMMER_FIND]
 SWIMMER_IDS = [envs.SWIMMER, envs.SWIMMER_SWIM, envs.SWIMMER_NAVIGATE]
 KNOWN_CHECK_WARNINGS = ("infinity", "wrapper applied")
 

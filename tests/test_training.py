@@ -27,7 +27,7 @@ RUN_FILES = ["config.yaml", "metrics.csv", "learning_curve.png", "summary.json"]
 FINAL_FILES = ["policy.json", "policy.safetensors", "trainer_state.json", "trainer_state.safetensors"]
 ENVS = sorted(p.stem for p in (CONFIG_DIR / "env").glob("*.yaml"))
 POLICIES = sorted(p.stem for p in (CONFIG_DIR / "policy").glob("*.yaml"))
-SWIMMER_ENVS = [e for e in ENVS if e.startswith("swimmer")]
+SWIMMER_ENVS = [e for e in ENVS if e.startswith("swimmer") and e != "swimmer_find"]  # vector observations (find: a Dict)
 CHUNK_POLICIES = {"mtact": "mtact", "bc_single": "mtact"}  # config -> kind; behaviour cloning (tests/test_bc.py)
 # Flat actors trained by RL: pid is a scripted controller (tests/test_uav.py), the chunk policies learn from datasets.
 # The spatial brain has its own supervised stages (tests/test_brain_training.py).
@@ -209,7 +209,8 @@ def test_bad_algo_values_are_user_errors(tmp_path):
 
 
 def test_config_groups_present():
-    assert ENVS == ["kitchen", "swimmer", "swimmer_gym", "swimmer_navigate", "uav_find", "uav_hover", "uav_waypoints"]
+    assert ENVS == ["kitchen", "kitchen_point", "swimmer", "swimmer_find", "swimmer_gym", "swimmer_navigate", "uav_find",
+                    "uav_hover", "uav_waypoints"]
     assert POLICIES == ["bc_single", "mlp", "mtact", "ncap", "pid", "spatial_brain"]
 
 

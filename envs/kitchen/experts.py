@@ -24,6 +24,15 @@ it sends, not to what it tracks).
 previous plan, release and retreat included, has played out with that task done);
 ``expert.done`` says when the last plan has played out. A task whose plan plays out without
 success is not tried again: the expert then holds still until the episode is truncated.
+
+Every plan is anchored on its object's *interaction point* (:data:`INTERACTION_POINTS`,
+:func:`interaction_point`): the handle, knob grip or lever tip the hand goes for. A plan function
+``PLANS[task](ik, object_state, point=None)`` given a ``point`` (world xyz, m) builds the plan on
+that point instead of the true one: everything attached to the object (a door's hinge, a
+slide's travel) moves with it, as if the object stood where the point says (the scene's
+variations only translate objects, so this is the plan of an object at the pointed place).
+What is not the object's stays put: the kettle is still set down on the goal burner.
+:class:`envs.kitchen.point.PointedExpert` drives a plan from a pointed location this way.
 """
 
 from __future__ import annotations
@@ -231,11 +240,15 @@ class KitchenExpert:
         self.ik.set_objects(self._scratch_qpos(proprio, object_state))
         q = proprio[:7].copy() if self._q is None else self._q
         pos, rot = self.ik.pose(q)
-        self._plan = PLANS[task](self.ik, object_state)
+        self._plan = self._make_plan(task, object_state)
         self._start = Waypoint(pos, rot, OPEN if proprio[7] > 0.5 else CLOSED, 1)
         self._cursor = 0  # index of the waypoint being approached
         self._t = 0
         self._q = q
+
+    def _make_plan(self, task: str, object_state: np.ndarray) -> list[Waypoint]:
+        """The task's waypoints (the scratch data holds the object state); a subclass may anchor them elsewhere."""
+        return PLANS[task](self.ik, object_state)
 
     def _next_action(self, proprio: np.ndarray) -> np.ndarray:
         plan = self._plan
@@ -262,12 +275,37 @@ class KitchenExpert:
 
 
 # --- plans: gripper waypoints from the object state (the scratch data holds it) -------------------
-def _site(ik: ArmIK, name: str) -> np.ndarray:
-    return ik.data.site_xpos[ik.model.site(name).id].copy()
-
-
 def _body(ik: ArmIK, name: str) -> np.ndarray:
     return ik.data.xpos[ik.model.body(name).id].copy()
+
+
+# The point of each task's object that its plan is anchored on: a site of the model plus a world
+# offset (m). The scene's variations translate objects and never turn them, so a world offset
+# stays on the same part of the object.
+INTERACTION_POINTS: dict[str, tuple[str, tuple[float, float, float]]] = {
+    "microwave": ("microhandle_site", (0.0, 0.0, 0.08)),  # upper part of the door's handle bar: nearer the arm
+    "kettle": ("kettle_site", (0.0, 0.0, 0.0)),  # the top of the handle, grasped from above-behind
+    "light_switch": ("light_site", (0.0, 0.0, 0.0)),  # the lever's tip, pushed by the closed fingers
+    "slide_cabinet": ("slide_site", (0.0, 0.0, 0.0)),  # the sliding door's handle
+    "hinge_cabinet": ("hinge_site2", (0.0, 0.0, 0.0)),  # the right door's handle
+    "bottom_burner": ("knob2_site", (0.0, -0.03, 0.0)),  # the knob's grip, in front of its disc
+    "top_burner": ("knob4_site", (0.0, -0.03, 0.0)),
+}
+
+
+def interaction_point(model: mujoco.MjModel, data: mujoco.MjData, task: str) -> np.ndarray:
+    """World xyz (m) of ``task``'s interaction point in ``data``'s kinematics (call ``mj_kinematics`` first)."""
+    site, offset = INTERACTION_POINTS[task]
+    return data.site_xpos[model.site(site).id] + np.asarray(offset)
+
+
+def _anchor(ik: ArmIK, task: str, point) -> tuple[np.ndarray, np.ndarray]:
+    """(the point a plan is built on, its offset from the true interaction point): ``point`` if given."""
+    true = interaction_point(ik.model, ik.data, task)
+    if point is None:
+        return true, np.zeros(3)
+    point = np.asarray(point, dtype=np.float64).reshape(3)
+    return point, point - true
 
 
 def _closed_yaw(ik: ArmIK, door_body: str, angle: float) -> float:
@@ -277,14 +315,15 @@ def _closed_yaw(ik: ArmIK, door_body: str, angle: float) -> float:
 
 
 def _door_arc(ik: ArmIK, door_body: str, handle: np.ndarray, angles, yaw_follow: float, closed_yaw: float,
-              now: float, steps_per_rad: float = 30.0) -> list[Waypoint]:
+              now: float, steps_per_rad: float = 30.0, shift: np.ndarray | None = None) -> list[Waypoint]:
     """Waypoints holding a vertical handle bar through a door's swing about its vertical hinge.
 
     ``angles`` are the door angles to pass (rad), starting after ``now``, the current one. The gripper turns by
     ``yaw_follow`` times the door's turn: closed around a round bar it may turn about the bar,
-    and turning less (or the other way) keeps the arm inside its reach and joint limits.
+    and turning less (or the other way) keeps the arm inside its reach and joint limits. ``shift``
+    (m) moves the hinge with a handle placed off its true position.
     """
-    hinge = _body(ik, door_body)
+    hinge = _body(ik, door_body) + (0.0 if shift is None else shift)
     out, prev = [], now
     for a in angles:
         yaw = closed_yaw + now + yaw_follow * (a - now)
@@ -322,35 +361,36 @@ HINGE_YAW = 0.5
 HINGE_STEPS_PER_RAD = 45  # slower than the microwave: the arm lags a faster swing and the handle slips
 
 
-def plan_microwave(ik: ArmIK, object_state: np.ndarray) -> list[Waypoint]:
+def plan_microwave(ik: ArmIK, object_state: np.ndarray, point=None) -> list[Waypoint]:
     now = float(object_state[OBJECT_SLICES["microwave"]][0])
     closed_yaw = _closed_yaw(ik, "microdoorroot", now)
-    handle = _site(ik, "microhandle_site") + [0.0, 0.0, 0.08]  # upper part of the bar: nearer the arm
+    handle, shift = _anchor(ik, "microwave", point)
     rot = rot_z(closed_yaw + now) @ FORWARD
-    arc = _door_arc(ik, "microdoorroot", handle, _arc_angles(now, min(now, -0.85)), MICROWAVE_YAW, closed_yaw, now)
+    arc = _door_arc(ik, "microdoorroot", handle, _arc_angles(now, min(now, -0.85)), MICROWAVE_YAW, closed_yaw, now,
+                    shift=shift)
     return _grasp(handle, rot) + arc + _release(arc[-1])
 
 
-def plan_hinge_cabinet(ik: ArmIK, object_state: np.ndarray) -> list[Waypoint]:
+def plan_hinge_cabinet(ik: ArmIK, object_state: np.ndarray, point=None) -> list[Waypoint]:
     now = float(object_state[OBJECT_SLICES["hinge_cabinet"]][1])  # the right door
     closed_yaw = _closed_yaw(ik, "hingerightdoor", now)
-    handle = _site(ik, "hinge_site2")
+    handle, shift = _anchor(ik, "hinge_cabinet", point)
     rot = rot_z(closed_yaw + now) @ FORWARD
     arc = _door_arc(ik, "hingerightdoor", handle, _arc_angles(now, max(now, 1.5)), HINGE_YAW, closed_yaw, now,
-                    HINGE_STEPS_PER_RAD)
+                    HINGE_STEPS_PER_RAD, shift)
     return _grasp(handle, rot) + arc + _release(arc[-1])
 
 
-def plan_slide_cabinet(ik: ArmIK, object_state: np.ndarray) -> list[Waypoint]:
-    handle = _site(ik, "slide_site")
+def plan_slide_cabinet(ik: ArmIK, object_state: np.ndarray, point=None) -> list[Waypoint]:
+    handle, _ = _anchor(ik, "slide_cabinet", point)
     now = float(object_state[OBJECT_SLICES["slide_cabinet"]][0])
     pull = Waypoint(handle + [max(0.38 - now, 0.0), 0.0, 0.0], FORWARD, CLOSED, 45, holding=True)  # slides along +x
     return _grasp(handle, FORWARD) + [pull] + _release(pull)
 
 
-def plan_light_switch(ik: ArmIK, object_state: np.ndarray) -> list[Waypoint]:
+def plan_light_switch(ik: ArmIK, object_state: np.ndarray, point=None) -> list[Waypoint]:
     """Push the lever's tip from its right to its left with the closed fingers."""
-    tip = _site(ik, "light_site")
+    tip, _ = _anchor(ik, "light_switch", point)
     start = tip + [0.035, -0.02, 0.0]
     end = tip + [-0.09, -0.02, 0.0]
     return [
@@ -364,12 +404,12 @@ def plan_light_switch(ik: ArmIK, object_state: np.ndarray) -> list[Waypoint]:
 KNOB_OVERTURN = 0.1  # rad past the goal: the grip has play in the fingers, the knob lags the wrist under noise
 
 
-def _plan_knob(task: str, site: str, goal: float):
+def _plan_knob(task: str, goal: float):
     """Grasp the knob's grip from the front and turn the wrist about the knob's axis (world y)."""
 
-    def plan(ik: ArmIK, object_state: np.ndarray) -> list[Waypoint]:
+    def plan(ik: ArmIK, object_state: np.ndarray, point=None) -> list[Waypoint]:
         now = float(object_state[OBJECT_SLICES[task]][0])
-        pos = _site(ik, site) + [0.0, -0.03, 0.0]  # the finger pads on the grip, clear of the knob's disc
+        pos, _ = _anchor(ik, task, point)  # the finger pads on the grip, clear of the knob's disc
         grip = rot_axis([0.0, 1.0, 0.0], -now) @ FORWARD  # the knob turns about -y: the grip as it stands
         turned = Waypoint(pos, rot_axis([0.0, 1.0, 0.0], -(goal - KNOB_OVERTURN)) @ FORWARD, CLOSED, 30, hold=2, holding=True)
         return _grasp(pos, grip) + [turned] + _release(turned)
@@ -377,12 +417,13 @@ def _plan_knob(task: str, site: str, goal: float):
     return plan
 
 
-def plan_kettle(ik: ArmIK, object_state: np.ndarray) -> list[Waypoint]:
+def plan_kettle(ik: ArmIK, object_state: np.ndarray, point=None) -> list[Waypoint]:
     """Grasp the handle from above-behind (45°: the hood over the back burners leaves no room for a
-    top-down hand), lift, carry, set down on the goal burner, release."""
-    handle = _site(ik, "kettle_site")
+    top-down hand), lift, carry, set down on the goal burner, release. The goal burner does not move
+    with a pointed handle: the carry ends where the handle is with the kettle on its goal."""
+    handle, shift = _anchor(ik, "kettle", point)
     kettle = object_state[OBJECT_SLICES["kettle"]]
-    target = handle + (np.asarray(TASK_BY_NAME["kettle"].goal[:3]) - kettle[:3])  # the handle, kettle on the goal
+    target = handle - shift + (np.asarray(TASK_BY_NAME["kettle"].goal[:3]) - kettle[:3])  # the handle, kettle on the goal
     lift = np.array([0.0, 0.0, 0.08])
     carry = [
         Waypoint(handle + lift, TILTED, CLOSED, 12, holding=True),
@@ -398,8 +439,8 @@ PLANS = {
     "light_switch": plan_light_switch,
     "slide_cabinet": plan_slide_cabinet,
     "hinge_cabinet": plan_hinge_cabinet,
-    "bottom_burner": _plan_knob("bottom_burner", "knob2_site", TASK_BY_NAME["bottom_burner"].goal[0]),
-    "top_burner": _plan_knob("top_burner", "knob4_site", TASK_BY_NAME["top_burner"].goal[0]),
+    "bottom_burner": _plan_knob("bottom_burner", TASK_BY_NAME["bottom_burner"].goal[0]),
+    "top_burner": _plan_knob("top_burner", TASK_BY_NAME["top_burner"].goal[0]),
 }
 
 
