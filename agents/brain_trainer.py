@@ -63,6 +63,7 @@ from policies.spatial_brain import PointingHead, SpatialBrainConfig, default_emb
 
 log = logging.getLogger(__name__)
 
+START_VIEW_SEEDS = 20_000  # start views: seeds s * 100_000 + 20_000 + i, between the flights' and the validation's
 VALIDATION_SEED_BASE = 90_000  # validation flights: above every seed's demonstration seeds' range below
 VALIDATION_EPISODES = 10_000  # ... and below the next seed's (seed s flies s * 100_000 + episode)
 
@@ -70,7 +71,7 @@ SCAFFOLD_SOURCES_BEFORE = ("generic", "uav")  # what scaffold bundles asked abou
 
 # A QA source name -> the env that draws its scenes (None: the generic arenas) and the embodiment it feeds
 QA_SOURCES = {"generic": (None, "generic"), "uav": ("embodied/UAVFind-v0", "uav"),
-              "swimmer": ("embodied/SwimmerFind-v0", "swimmer")}
+              "swimmer": ("embodied/SwimmerFind-v0", "swimmer"), "kitchen": ("embodied/KitchenPoint-v0", "kitchen")}
 
 
 @dataclass
@@ -84,7 +85,7 @@ class BrainSettings:
     weight_decay: float = setting(1e-4, low=0.0, high=1.0)
     warmup_steps: int = setting(100, low=0, high=MAX_STEPS)
     max_grad_norm: float = setting(1.0, above=0.0)
-    qa_sources: list[str] = setting(factory=lambda: ["generic", "uav"])  # scaffold: where QA scenes come from
+    qa_sources: list[str] = setting(factory=lambda: list(QA_SOURCES))  # scaffold: where QA scenes come from
     qa_scenes: int = setting(4000, low=1, high=10**7)  # scenes per QA source (8 questions each)
     qa_eval_scenes: int = setting(200, low=1, high=10**6)  # scenes per source for held-out-template accuracy
     qa_weight: float = setting(1.0, low=0.0)  # specialize: weight of the QA loss beside the goal loss
@@ -93,6 +94,8 @@ class BrainSettings:
     decisions: int | None = setting(None, low=1, high=1000)  # decisions per episode, then the goal is held; None: idem
     goal_noise: float = setting(0.0, low=0.0, high=100.0)  # m, std of the noise on the goal the expert flies to (DART)
     val_demos: int = setting(50, low=0, high=VALIDATION_EPISODES)  # specialize: held-out expert flights for val_goal_err
+    start_views: int = setting(0, low=0, high=VALIDATION_SEED_BASE - START_VIEW_SEEDS)  # specialize: extra scenes seen
+    # from the start pose only (one reset and one image each, no flight): cheap variety for grounding
     data_dir: str = "data/brain"  # where generated QA data and demonstrations are cached (shared by runs)
     eval_every: int = setting(1000, low=1, high=MAX_STEPS)
     eval_episodes: int = setting(20, low=0, high=10**6)  # specialize: closed-loop episodes per evaluation
@@ -123,7 +126,8 @@ def qa_dataset(data_dir: Path, source: str, scenes: int, split: str, seed: int) 
             sampler.close()
 
 
-DEMO_KEYS = ("image", "depth", "state", "instruction", "goal_world", "decision")  # decision: its index in the episode
+# decision: its index in the episode; target_mask: the camera pixels that show the named object (the env's geom map)
+DEMO_KEYS = ("image", "depth", "state", "instruction", "goal_world", "decision", "target_mask")
 
 
 def goal_demonstrations(data_dir: Path, env_cfg: dict, episodes: int, decide_every: int, decisions: int,
@@ -166,6 +170,7 @@ def goal_demonstrations(data_dir: Path, env_cfg: dict, episodes: int, decide_eve
                         rows[k].append(obs[k])
                     rows["goal_world"].append(np.asarray(info["goal"], np.float64))
                     rows["decision"].append(step // decide_every)
+                    rows["target_mask"].append(target_mask(env, info["target"]))
                     goal = np.asarray(info["goal"], np.float64)
                     flown = follower.clip(goal + goal_noise * noise.standard_normal(goal.shape))
                 obs, _, terminated, truncated, info = env.step(follower.act(obs, flown))
@@ -175,10 +180,18 @@ def goal_demonstrations(data_dir: Path, env_cfg: dict, episodes: int, decide_eve
         env.close()
     data = {"image": np.stack(rows["image"]).astype(np.uint8), "depth": np.stack(rows["depth"]).astype(np.float32),
             "state": np.stack(rows["state"]).astype(np.float32), "instruction": np.array(rows["instruction"]),
-            "goal_world": np.stack(rows["goal_world"]).astype(np.float64), "decision": np.array(rows["decision"], np.int64)}
+            "goal_world": np.stack(rows["goal_world"]).astype(np.float64), "decision": np.array(rows["decision"], np.int64),
+            "target_mask": np.stack(rows["target_mask"]).astype(bool)}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: _save_npz(tmp, data))
     return data
+
+
+def target_mask(env, target: str) -> np.ndarray:
+    """The pixels of the env's last camera frame that see the object named ``target`` (bool H x W)."""
+    unwrapped = env.unwrapped
+    ids = next((o.geom_ids for o in unwrapped.scene().objects if o.name == target), ())
+    return np.isin(unwrapped.frame.geom, np.asarray(ids, dtype=np.int64))
 
 
 def goal_labels(demos: dict[str, np.ndarray], follower) -> np.ndarray:
@@ -187,19 +200,32 @@ def goal_labels(demos: dict[str, np.ndarray], follower) -> np.ndarray:
                      for state, goal in zip(demos["state"], demos["goal_world"], strict=True)]).astype(np.float32)
 
 
+def pointing_target(mask: np.ndarray, patch: torch.Tensor, grid: int) -> torch.Tensor:
+    """Where a pointing head should point, a distribution over the patches (B, grid^2): in proportion to
+    the named object's pixels in each patch (its segmentation from the env's camera); where the object
+    is out of view, the patch the goal projects into; all zeros where neither is in view."""
+    b, h, w = mask.shape
+    share = torch.as_tensor(mask, dtype=torch.float32).reshape(b, grid, h // grid, grid, w // grid).mean((2, 4))
+    share = share.reshape(b, grid * grid)
+    total = share.sum(-1, keepdim=True)
+    fallback = torch.nn.functional.one_hot(patch.clamp_min(0), grid * grid).float() * (patch >= 0)[:, None]
+    return torch.where(total > 0, share / total.clamp_min(1e-12), fallback)
+
+
 def pointing_losses(logits: torch.Tensor, points: torch.Tensor, goal: torch.Tensor,
-                    patch: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Dense supervision of a pointing head where the goal is in view: cross-entropy of the pointing over
-    the patches toward the one the goal projects into, and the squared error (m^2) of that patch's own
-    proposal. The goal's likelihood alone trains the pointing only through the attention-weighted mean,
-    slowly when the attention starts spread over every patch."""
-    inside = patch >= 0
-    if not bool(inside.any()):
+                    target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Dense supervision of a pointing head (``target`` from :func:`pointing_target`): cross-entropy of its
+    pointing against the target distribution, and the squared error (m^2) of the goal proposed by the
+    patches it should point at. The goal's likelihood alone trains the pointing only through the
+    attention-weighted mean, slowly when the attention starts spread over every patch, and never says
+    which pixels are the named object: a referring-segmentation signal for free from the simulator."""
+    seen = target.sum(-1) > 0
+    if not bool(seen.any()):
         return {"point_ce": logits.sum() * 0.0, "point_l2": logits.sum() * 0.0}
-    rows = inside.nonzero()[:, 0]
-    ce = torch.nn.functional.cross_entropy(logits[rows], patch[rows])
-    chosen = points[rows, patch[rows]]
-    return {"point_ce": ce, "point_l2": ((chosen - goal[rows]) ** 2).sum(-1).mean()}
+    t = target[seen]
+    ce = -(t * torch.log_softmax(logits[seen], -1)).sum(-1).mean()
+    l2 = (t * ((points[seen] - goal[seen, None]) ** 2).sum(-1)).sum(-1).mean()
+    return {"point_ce": ce, "point_l2": l2}
 
 
 def _save_npz(path: str, arrays: dict) -> None:
@@ -306,6 +332,10 @@ class BrainTrainer(GradientTrainer):
         if self.specialize:
             self.demos = goal_demonstrations(self.data_dir, self.env_cfg, int(algo.demos), *self.schedule, seed,
                                              float(algo.goal_noise))
+            if int(algo.start_views):
+                views = goal_demonstrations(self.data_dir, self.env_cfg, int(algo.start_views), self.schedule[0], 1,
+                                            seed, first_seed=seed * 100_000 + START_VIEW_SEEDS)
+                self.demos = {k: np.concatenate([self.demos[k], views[k]]) for k in DEMO_KEYS}
             if int(algo.val_demos):  # noise-free flights on seeds no run trains or is evaluated on
                 self.val_demos = goal_demonstrations(self.data_dir, self.env_cfg, int(algo.val_demos), *self.schedule,
                                                      seed, first_seed=VALIDATION_SEED_BASE)
@@ -342,10 +372,12 @@ class BrainTrainer(GradientTrainer):
         b = int(self.cfg.algo.batch_size)
         out: dict[str, torch.Tensor] = {}
         if self.specialize:
-            batch, goal = self.goal_batch(self.rng.integers(len(self.demos["goal"]), size=b))
+            rows = self.rng.integers(len(self.demos["goal"]), size=b)
+            batch, goal = self.goal_batch(rows)
             if isinstance(self.model.heads[self.embodiment], PointingHead):
                 dist, logits, points, head = self.model.pointing(batch)
-                out.update(pointing_losses(logits, points, goal, head.patch_of(goal)))
+                target = pointing_target(self.demos["target_mask"][rows], head.patch_of(goal), head.grid)
+                out.update(pointing_losses(logits, points, goal, target))
             else:
                 dist = self.model.goal_distribution(batch)
             out["goal_nll"] = -dist.log_prob(goal).sum(-1).mean()
@@ -511,8 +543,8 @@ class BrainTrainer(GradientTrainer):
             "algo": str(algo.name), "seed": int(self.cfg.seed), "init_from": self.cfg.get("init_from"),
         }
         if self.specialize:
-            summary.update({"success_rate": loop["success"], "distance_to_goal": loop["distance_to_goal"],
-                            "success_rate_held_out_wordings": loop_held_out["success"],
+            summary.update({"success_rate": loop.get("success"), "distance_to_goal": loop.get("distance_to_goal"),
+                            "success_rate_held_out_wordings": loop_held_out.get("success"),
                             "eval_episodes": int(algo.final_eval_episodes),
                             "train_goal_samples": len(self.demos["goal"])})
         return summary

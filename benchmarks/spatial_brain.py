@@ -9,7 +9,7 @@ Rows (each a normal run directory trained through ``python -m agents.train``):
 - ``scratch_<D>``: ``algo=specialize env=uav_find`` from random weights on D expert episodes;
 - ``ssr_<D>``: the same from the scaffold (ACE-Brain-0's Scaffold -> Specialize).
 
-Columns: held-out-template QA accuracy (generic, uav), closed-loop success on uav_find (seen
+Columns: held-out-template QA accuracy per source, closed-loop success on uav_find (seen
 wordings, ``--episodes`` episodes with seeds 10,000 + i (agents.evaluate's), the same for every row), the mean
 distance to the goal at the end, training time. The QA and demonstration data are generated once
 into benchmarks/.work/spatial_brain/data and shared by every row and seed.
@@ -94,8 +94,7 @@ def table(results: dict) -> str:
                   f"{lat['run']}): median {lat['median_ms']:.2f} ms, p90 {lat['p90_ms']:.2f} ms over {lat['n']} "
                   f"queries (load {lat['load']}); a new instruction's MiniLM token states: {lat['new_text_ms']:.1f} ms "
                   "the first time, then cached."]
-    lines += ["", "Not yet measured (issue 27): the full demonstration budget and a second seed, swimmer_find and "
-              "kitchen_point, merging across embodiments, joint and sequential baselines, GRPO on the merged brain."]
+    lines += ["", *(f"- {note}" for note in results.get("notes", []))]
     return "\n".join(lines) + "\n"
 
 
@@ -153,6 +152,7 @@ def main() -> None:
     if out.is_file():
         recorded = json.loads(out.read_text())
         results["cells"], results["latency"] = recorded.get("cells", []), recorded.get("latency")
+        results["notes"] = recorded.get("notes", [])
     done = {(c["row"], c["seed"]) for c in results["cells"]}
 
     def record(name: str, seed: int, summary: dict, cmd: list[str]) -> None:

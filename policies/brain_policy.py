@@ -6,6 +6,8 @@ between its decisions a scripted controller runs at the control rate toward the 
 
 - ``swimmer``: a point in the head camera's frame (or a planar offset), whose floor position the
   hard-wired steering NCAP swims the nose to.
+- ``kitchen``: the instructed object's interaction point, seen from the fixed scene camera; the
+  scripted arm plans of the task the instruction names run anchored on it.
 - ``uav``: the goal head gives a point in the onboard camera's frame (a pointing head) or an
   offset (m) in the vehicle's yaw frame; it is turned into a world point once, when decided, and
   the cascaded PID (``policies/pid.py``) flies to it.
@@ -30,11 +32,13 @@ from policies.protocol import Policy, PolicyError, PolicyMeta
 from policies.spatial_brain import SpatialBrain
 
 # env id -> the embodiment the brain drives there (its proprio projector and goal head)
-EMBODIMENT_OF_ENV = {"embodied/UAVFind-v0": "uav", "embodied/SwimmerFind-v0": "swimmer"}
+EMBODIMENT_OF_ENV = {"embodied/UAVFind-v0": "uav", "embodied/SwimmerFind-v0": "swimmer",
+                     "embodied/KitchenPoint-v0": "kitchen"}
 DEFAULT_DECIDE_EVERY = 50  # control steps between decisions: 2 Hz at the UAV's 100 Hz control rate
 DEFAULT_DECISIONS = 3  # decisions per episode (0, 0.5 and 1 s on the UAV), then the goal is held
 # embodiment -> (decide_every, decisions): the swimmer covers a metre in ~10 s, so it decides every 3 s for 12 s
-DECISION_SCHEDULES = {"uav": (DEFAULT_DECIDE_EVERY, DEFAULT_DECISIONS), "swimmer": (100, 5)}
+# the kitchen decides once, before the arm moves (it would hide the object from the scene camera)
+DECISION_SCHEDULES = {"uav": (DEFAULT_DECIDE_EVERY, DEFAULT_DECISIONS), "swimmer": (100, 5), "kitchen": (250, 1)}
 
 
 def brain_batch(embodiment: str, observations: list[Mapping], max_tokens: int, text_key: str = "instruction") -> dict:
@@ -201,7 +205,59 @@ def swimmer_follower(env_config: Mapping, frame: str) -> SwimmerGoalFollower:
         env.close()
 
 
-FOLLOWERS = {"uav": uav_follower, "swimmer": swimmer_follower}
+KITCHEN_BOUNDS = ((-1.0, -0.2, 1.6), (0.4, 1.2, 3.0))  # m, world: a box around every interaction point, reachable
+
+
+@dataclass
+class KitchenGoalFollower:
+    """The kitchen's scripted arm plans (:class:`envs.kitchen.point.PointedExpert`) anchored on a pointed location.
+
+    Goals are world points: ``camera``, in the fixed scene camera's frame; ``native``, world coordinates.
+    Which plan to run (the task) comes from the instruction through the kitchen's own wording table,
+    as a skill library reads its command; where to run it is the brain's. The expert works on its own
+    copy of the env (for the arm's kinematics) and reads the arm from the observation.
+    """
+
+    expert: object  # envs.kitchen.point.PointedExpert
+    camera_position: np.ndarray
+    camera_rotation: np.ndarray  # camera -> world
+    frame: str = "native"
+
+    def reset(self) -> None:
+        self.expert.reset()
+
+    def to_world(self, obs: Mapping, goal: np.ndarray) -> np.ndarray:
+        goal = np.asarray(goal, dtype=np.float64)
+        return self.clip(self.camera_position + self.camera_rotation @ goal if self.frame == "camera" else goal)
+
+    def clip(self, goal: np.ndarray) -> np.ndarray:
+        return np.clip(np.asarray(goal, dtype=np.float64), *KITCHEN_BOUNDS)
+
+    def label(self, obs: Mapping, goal_world: np.ndarray) -> np.ndarray:
+        goal = np.asarray(goal_world, dtype=np.float64)
+        return self.camera_rotation.T @ (goal - self.camera_position) if self.frame == "camera" else goal
+
+    def act(self, obs: Mapping, goal_world: np.ndarray) -> np.ndarray:
+        from envs.kitchen.instructions import task_of
+
+        task = task_of(str(obs["instruction"]))
+        if task is None:
+            raise PolicyError(f"the kitchen controller has no task for the instruction {str(obs['instruction'])[:80]!r}")
+        return self.expert.act({"state": obs["state"]}, goal_world, task=task)
+
+
+def kitchen_follower(env_config: Mapping, frame: str) -> KitchenGoalFollower:
+    import envs
+    from envs.kitchen.point import PointedExpert
+
+    env = envs.make_from_config(env_config)  # kept open: the expert's inverse kinematics runs on its model
+    kitchen = env.unwrapped
+    kitchen.reset(seed=0)
+    position, rotation = kitchen.camera_pose()
+    return KitchenGoalFollower(PointedExpert(kitchen), position, rotation, frame)
+
+
+FOLLOWERS = {"uav": uav_follower, "swimmer": swimmer_follower, "kitchen": kitchen_follower}
 
 
 def follower_for(embodiment: str, env_config: Mapping, frame: str):

@@ -30,6 +30,7 @@ def brain_runs(tmp_path_factory):
     data = f"algo.data_dir={root / 'data'}"
     scaffold = root / "scaffold"
     result = run_module("agents.train", *TINY_BRAIN, "algo=scaffold", "algo.total_steps=6", "algo.eval_every=3",
+                        "algo.qa_sources=[generic,uav]",  # two of the four: the swimmer and kitchen stages test theirs
                             data, f"hydra.run.dir={scaffold}", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     specialist = root / "specialist"
@@ -72,6 +73,19 @@ def test_evaluate_runs_a_brain_run(brain_runs):
     assert report["env"] == "uav_find" and report["episodes"] == 2 and 0.0 <= report["is_success"] <= 1.0
 
 
+def test_a_kitchen_specialist_trains_and_points(tmp_path):
+    """The third embodiment: one decision before the arm moves, the plan of the instructed task."""
+    run = tmp_path / "kitchen"
+    result = run_module("agents.train", *TINY_BRAIN, "algo=specialize", "env=kitchen_point", "init_from=null",
+                        "algo.total_steps=2", "algo.eval_every=2", "algo.demos=3", "algo.val_demos=1",
+                        "algo.eval_episodes=0", "algo.final_eval_episodes=0", f"algo.data_dir={tmp_path / 'data'}",
+                        f"hydra.run.dir={run}", cwd=tmp_path)  # the closed loop: the true-point test below
+    assert result.returncode == 0, result.stderr[-3000:]
+    s = summary(run)
+    assert s["env"] == "kitchen_point" and s["train_goal_samples"] == 3 and set(s["qa_held_out"]) == {"kitchen"}
+    assert s["success_rate"] is None and s["eval_episodes"] == 0  # none asked for: none reported
+
+
 def test_a_swimmer_specialist_trains_and_swims(tmp_path):
     """The second embodiment through the same stage: swimmer_find demonstrations and QA, its own schedule."""
     run = tmp_path / "swimmer"
@@ -97,6 +111,27 @@ def test_a_swimmer_specialist_trains_and_swims(tmp_path):
     env.close()
 
 
+def test_the_kitchen_controller_runs_the_instructed_task_at_the_pointed_location():
+    """A brain that points at the true interaction point succeeds on every task; the task comes from the wording."""
+    from envs.kitchen.env import TASKS
+    from policies.brain_policy import follower_for
+
+    env = gym.make(envs.KITCHEN_POINT, level="L1")
+    follower = follower_for("kitchen", {"name": "kitchen_point", "id": envs.KITCHEN_POINT}, "camera")
+    outcomes = {}
+    for k, task in enumerate(TASKS):
+        obs, info = env.reset(seed=k, options={"task": task})
+        goal = follower.to_world(obs, follower.label(obs, info["goal"]))  # through the camera frame
+        follower.reset()
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(follower.act(obs, goal))
+            done = terminated or truncated
+        outcomes[task] = bool(info["is_success"])
+    env.close()
+    assert all(outcomes.values()), outcomes
+
+
 def test_noisy_demonstrations_leave_the_expert_path_but_keep_true_labels(tmp_path):
     """DART: with goal_noise the later decision points differ, and every label is still the true goal's offset."""
     from agents.brain_trainer import DEMO_KEYS, goal_demonstrations
@@ -104,6 +139,7 @@ def test_noisy_demonstrations_leave_the_expert_path_but_keep_true_labels(tmp_pat
     env_cfg = {"name": "uav_find", "id": envs.UAV_FIND}
     clean = goal_demonstrations(tmp_path, env_cfg, 2, 50, 3, seed=0)
     assert set(clean) == set(DEMO_KEYS)
+    assert clean["target_mask"][clean["decision"] == 0].any(axis=(1, 2)).all()  # the named landmark is in view at the start
     noisy = goal_demonstrations(tmp_path, env_cfg, 2, 50, 3, seed=0, goal_noise=1.0)
     assert list(clean["decision"]) == [0, 1, 2, 0, 1, 2] == list(noisy["decision"])
     first = clean["decision"] == 0
@@ -117,6 +153,26 @@ def test_noisy_demonstrations_leave_the_expert_path_but_keep_true_labels(tmp_pat
     validation = goal_demonstrations(tmp_path, env_cfg, 2, 50, 3, seed=0, first_seed=90_000)
     assert not np.array_equal(validation["state"][0], clean["state"][0])
     assert len(list(tmp_path.glob("goals_*.npz"))) == 3  # each kind of data cached under its own key
+
+
+def test_the_pointing_target_follows_the_named_objects_pixels():
+    """Pointing supervision: the object's pixels per patch where it is seen, else the goal's patch, else nothing;
+    and the loss falls when the pointing moves onto the target."""
+    import torch
+
+    from agents.brain_trainer import pointing_losses, pointing_target
+
+    mask = np.zeros((3, 32, 32), bool)
+    mask[0, 0:8, 4:12] = True  # half its pixels in patch 0, half in patch 1
+    target = pointing_target(mask, torch.tensor([5, 7, -1]), grid=4)
+    torch.testing.assert_close(target[0, :2], torch.tensor([0.5, 0.5]))
+    assert target[1].argmax() == 7 and target[1].sum() == 1 and target[2].sum() == 0
+    goal = torch.zeros(3, 3)
+    points = torch.zeros(3, 16, 3)
+    on, off = torch.zeros(3, 16), torch.zeros(3, 16)
+    on[0, :2], on[1, 7] = 5.0, 5.0
+    off[:, 12] = 5.0
+    assert pointing_losses(on, points, goal, target)["point_ce"] < pointing_losses(off, points, goal, target)["point_ce"]
 
 
 def test_specialize_needs_a_find_env():
@@ -166,7 +222,8 @@ def test_the_brain_with_a_perfect_goal_reaches_the_named_landmark():
 
 
 @pytest.mark.parametrize("embodiment, env_id, away", [("uav", envs.UAV_FIND, [2.0, 1.0, 2.0]),
-                                                      ("swimmer", envs.SWIMMER_FIND, [1.0, 1.0])])
+                                                      ("swimmer", envs.SWIMMER_FIND, [1.0, 1.0]),
+                                                      ("kitchen", envs.KITCHEN_POINT, [-0.3, 0.5, 2.2])])
 def test_a_camera_frame_goal_is_where_the_image_shows_it(embodiment, env_id, away):
     """The pointing head's frame is the image's: an object's centre, put in the camera frame by the follower's
     label, projects onto a pixel that sees that object; and to_world undoes label."""
@@ -184,12 +241,14 @@ def test_a_camera_frame_goal_is_where_the_image_shows_it(embodiment, env_id, awa
         for obj in env.unwrapped.scene().objects:
             if obj.shape == "ring":
                 continue  # its centre is the hole: the camera looks through it
-            point = follower.label(obs, obj.position) if embodiment == "uav" else None
+            point = None if embodiment == "swimmer" else follower.label(obs, obj.position)
             if embodiment == "swimmer":  # planar goals: the label lifts them to a target's middle height
                 origin, rotation = follower._pose(obs)
                 point = rotation.T @ (obj.position - origin)
                 np.testing.assert_allclose(follower.to_world(obs, follower.label(obs, obj.position[:2])),
                                            obj.position[:2], atol=1e-9)
+            elif embodiment == "kitchen":
+                np.testing.assert_allclose(follower.to_world(obs, point), obj.position, atol=1e-9)
             else:
                 above = obj.position + np.array([0.0, 0.0, 1.0])  # inside the flight volume, which to_world clips to
                 np.testing.assert_allclose(follower.to_world(obs, follower.label(obs, above)), above, atol=1e-9)

@@ -388,15 +388,19 @@ class PointedExpert(KitchenExpert):
         self.tasks = self.env.tasks
         self._point = None
 
-    def act(self, obs_or_env, point=None) -> np.ndarray:
-        """The action for this step, the plan anchored on ``point`` (world xyz, m)."""
+    def act(self, obs_or_env, point=None, task: str | None = None) -> np.ndarray:
+        """The action for this step, the plan anchored on ``point`` (world xyz, m); ``task``: the task to plan
+        when a plan starts (default: the env's episode task), e.g. read from the instruction by a controller
+        that does not see the simulator."""
         if point is None:
             raise ValueError("the pointed expert needs a point (world xyz, m)")
         point = np.asarray(point, dtype=np.float64).reshape(-1)
         if point.shape != (3,) or not np.all(np.isfinite(point)):
             raise ValueError(f"point must be 3 finite numbers (world xyz, m), got {point}")
-        if self._plan is None:
-            self.tasks = self.env.tasks  # the episode's task, also when reset() came before env.reset()
+        if self._plan is None:  # the episode's task, also when reset() came before env.reset()
+            if task is not None and task not in PLANS:
+                raise ValueError(f"unknown kitchen task {task!r}; have {', '.join(PLANS)}")
+            self.tasks = (task,) if task is not None else self.env.tasks
         self._point = point
         return super().act(obs_or_env)
 
