@@ -69,24 +69,25 @@ from __future__ import annotations
 import math
 import operator
 import string
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import reduce
 
 import mujoco
 import numpy as np
 from gymnasium import spaces, utils
 
-from envs.find_instructions import (
-    MAX_CHARS,
-    Description,
-    ViewFrame,
-    check_paraphrase,
-    describe,
-    draw_paraphrase,
-    instruction,
+from envs.find_instructions import MAX_CHARS, Description, ViewFrame, instruction
+from envs.find_shapes import ShapeSizes, resize_geom, shown_geoms
+from envs.find_task import (
+    COLOUR_RGBA,
+    FindEpisode,
+    check_camera_and_wording,
+    check_number_fields,
+    draw_layout,
+    range_pair,
 )
 from envs.raycast_camera import CameraFrame, RaycastCamera
-from envs.scene import COLOURS, Scene, SceneObject
+from envs.scene import Scene, SceneObject
 from envs.swimmer.env import PHYSICS_TIMESTEP, SwimmerEnv, swimmer_observation
 from envs.swimmer.model import joint_limit
 
@@ -102,6 +103,7 @@ PILLAR_HEIGHT = (0.2, 0.4)
 SPHERE_RADIUS = (0.07, 0.12)
 CONE_RADIUS = 0.1
 CONE_HEIGHTS = (0.15, 0.22, 0.3)  # one mesh each: a mesh cannot be resized at run time
+SIZES = ShapeSizes(BOX_HALF_WIDTH, BOX_HEIGHT, PILLAR_RADIUS, PILLAR_HEIGHT, SPHERE_RADIUS, CONE_RADIUS, CONE_HEIGHTS)
 PARKED_Z = -5.0  # unused target slots wait below the floor (and are invisible)
 FLOOR_HALF_SIZE = 5.0  # m, the floor plane's half-width (the navigate task's is 2 m)
 NOSE_AHEAD = 0.06  # m, the nose's distance ahead of the head body's origin (envs/assets/swimmer_head.xml)
@@ -110,11 +112,6 @@ SWIMMER_GROUP = 2  # geom group of the swimmer's own geoms: drawn by render(), n
 HIDDEN_GROUP = 3  # the navigate task's target marker: neither drawn nor ray cast (it marks the goal)
 CAMERA_GROUPS = (1, 1, 0, 0, 0, 0)  # the ray camera sees the floor and the targets (groups 0 and 1)
 PROGRESS_GAIN = 10.0  # reward per metre closed on the goal
-COLOUR_RGBA = {
-    "red": (0.85, 0.1, 0.1, 1.0), "green": (0.1, 0.7, 0.15, 1.0), "blue": (0.1, 0.25, 0.9, 1.0),
-    "yellow": (0.95, 0.85, 0.1, 1.0), "purple": (0.55, 0.15, 0.75, 1.0), "orange": (1.0, 0.5, 0.05, 1.0),
-    "white": (0.95, 0.95, 0.95, 1.0), "black": (0.08, 0.08, 0.08, 1.0),
-}
 
 
 @dataclass(frozen=True)
@@ -150,27 +147,19 @@ class SwimmerFindConfig:
     camera_name: str | None = "tracking"  # the camera render() uses ("eye": the observation's pose)
 
     def __post_init__(self):
-        for f in fields(self):  # numbers first: the checks below compare them
-            value = getattr(self, f.name)
-            if f.type in ("float", "int") and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise ValueError(f"{f.name} must be a number, got {value!r}")
-        if not isinstance(self.held_out, bool):
-            raise ValueError(f"held_out must be true or false, got {self.held_out!r}")
-        lo, hi = _pair(self, "n_targets")
+        check_number_fields(self)  # numbers first: the checks below compare them
+        check_camera_and_wording(self)
+        lo, hi = range_pair(self, "n_targets")
         if not (int(lo) == lo and int(hi) == hi and 3 <= lo <= hi <= 6):
             raise ValueError(f"n_targets must be a range [low, high] of whole numbers with 3 <= low <= high <= 6, "
                              f"got {list(self.n_targets)}")
-        for name in ("episode_seconds", "control_timestep", "target_spacing", "image_width", "image_height",
-                     "max_depth", "success_radius", "camera_height"):
+        for name in ("episode_seconds", "control_timestep", "target_spacing", "success_radius", "camera_height"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("image_width", "image_height"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) > 1024:
-                raise ValueError(f"{name} must be a whole number of pixels up to 1024, got {getattr(self, name)}")
         for name in ("start_offset", "sightline_clearance", "success_bonus", "fluid_density", "fluid_viscosity"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
-        low, high = _pair(self, "target_distance")
+        low, high = range_pair(self, "target_distance")
         if not 0 < low <= high:
             raise ValueError(f"target_distance must be a range [low, high] with 0 < low <= high, "
                              f"got {list(self.target_distance)}")
@@ -180,26 +169,10 @@ class SwimmerFindConfig:
         frame_skip = round(self.control_timestep / PHYSICS_TIMESTEP)
         if frame_skip < 1 or not math.isclose(frame_skip * PHYSICS_TIMESTEP, self.control_timestep):
             raise ValueError(f"control_timestep must be a multiple of {PHYSICS_TIMESTEP} s, got {self.control_timestep}")
-        if not 0 <= self.relation_prob <= 1:
-            raise ValueError(f"relation_prob must be a probability in [0, 1], got {self.relation_prob}")
         if not 0 < self.target_bearing_deg < 90:
             raise ValueError(f"target_bearing_deg must be in (0, 90) degrees, got {self.target_bearing_deg}")
         if not 0 <= self.start_yaw_deg <= 180:
             raise ValueError(f"start_yaw_deg must be in [0, 180] degrees, got {self.start_yaw_deg}")
-        if not 0 < self.fovy_deg < 180:
-            raise ValueError(f"fovy_deg must be in (0, 180) degrees, got {self.fovy_deg}")
-        if not -90 <= self.camera_tilt_deg <= 90:
-            raise ValueError(f"camera_tilt_deg must be in [-90, 90] degrees, got {self.camera_tilt_deg}")
-        if self.paraphrase is not None:
-            check_paraphrase(self.paraphrase)
-
-
-def _pair(config, name: str) -> tuple:
-    value = getattr(config, name)
-    if (not isinstance(value, list | tuple) or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int | float) for v in value)):
-        raise ValueError(f"{name} must be a range [low, high] of two numbers, got {value!r}")
-    return tuple(value)
 
 
 # --- the state vector and the navigate NCAP's view of it ----------------------------------------
@@ -263,45 +236,17 @@ class Target:
     @property
     def height(self) -> float:
         """m, its top above the floor."""
-        if self.shape in ("box", "pillar"):
-            return self.dims[-1]
-        if self.shape == "sphere":
-            return 2.0 * self.dims[0]
-        return CONE_HEIGHTS[int(self.dims[0])]
+        return SIZES.height(self.shape, self.dims)
 
     @property
     def half_extent(self) -> float:
         """m, its largest half-extent."""
-        if self.shape == "box":
-            return max(self.dims[0], self.dims[1], self.dims[2] / 2)
-        if self.shape == "pillar":
-            return max(self.dims[0], self.dims[1] / 2)
-        if self.shape == "cone":
-            return max(CONE_RADIUS, self.height / 2)
-        return self.dims[0]
+        return SIZES.half_extent(self.shape, self.dims)
 
     @property
     def centre(self) -> np.ndarray:
         """World xyz of its bounding box's centre, m."""
         return np.array([self.xy[0], self.xy[1], self.height / 2])
-
-
-def _draw_dims(shape: str, rng: np.random.Generator) -> tuple[float, ...]:
-    if shape == "box":
-        return (float(rng.uniform(*BOX_HALF_WIDTH)), float(rng.uniform(*BOX_HALF_WIDTH)), float(rng.uniform(*BOX_HEIGHT)))
-    if shape == "pillar":
-        return (float(rng.uniform(*PILLAR_RADIUS)), float(rng.uniform(*PILLAR_HEIGHT)))
-    if shape == "sphere":
-        return (float(rng.uniform(*SPHERE_RADIUS)),)
-    return (float(rng.integers(len(CONE_HEIGHTS))),)
-
-
-def _cone_vertices(height: float, edges: int = 16) -> list[float]:
-    verts = [0.0, 0.0, height]
-    for k in range(edges):
-        a = 2.0 * math.pi * k / edges
-        verts += [CONE_RADIUS * math.cos(a), CONE_RADIUS * math.sin(a), 0.0]
-    return verts
 
 
 def _segment_distance(p: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -313,8 +258,10 @@ def _segment_distance(p: tuple[float, float], a: tuple[float, float], b: tuple[f
     return math.hypot(apx - t * abx, apy - t * aby)
 
 
-class SwimmerFindEnv(SwimmerEnv):
+class SwimmerFindEnv(FindEpisode, SwimmerEnv):
     """The swimmer of :class:`envs.swimmer.env.SwimmerEnv` finding the target an instruction names (module docstring)."""
+
+    task_name = "swimmer_find"
 
     def __init__(self, **kwargs):
         """``kwargs``: any fields of :class:`SwimmerFindConfig`."""
@@ -343,8 +290,7 @@ class SwimmerFindEnv(SwimmerEnv):
             "instruction": spaces.Text(max_length=MAX_CHARS, charset=string.printable),
         })
         self._target_geom = self.model.geom("target").id
-        self._slot_geoms = [self._geoms_of_slot(i) for i in range(self.n_slots)]
-        self._pending_paraphrase: int | None = None
+        self._slot_geoms = [SIZES.slot_geoms(self.model, f"target{i}") for i in range(self.n_slots)]
         self._reset_find_state()
 
     # --- model -----------------------------------------------------------------------------------
@@ -364,44 +310,22 @@ class SwimmerFindEnv(SwimmerEnv):
         for body in [spec.body("head"), *spec.body("head").find_all(mujoco.mjtObj.mjOBJ_BODY)]:
             for geom in body.geoms:
                 geom.group = SWIMMER_GROUP
-        for k, height in enumerate(CONE_HEIGHTS):
-            spec.add_mesh(name=f"cone{k}", uservert=_cone_vertices(height))
-        g = mujoco.mjtGeom
+        SIZES.add_meshes(spec)
         for i in range(self.n_slots):
             body = spec.worldbody.add_body(name=f"target{i}", mocap=True, pos=[0.0, 0.0, PARKED_Z])
             # The inertial frame is the body frame: ray casting culls a body by its bounding box placed at
             # the inertial frame's origin unrotated, exact for these bodies that never turn.
             body.explicitinertial = True
             body.mass, body.inertia, body.ipos, body.iquat = 1.0, [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]
-            hw, bh = BOX_HALF_WIDTH[1], BOX_HEIGHT[1]
-            common = {"contype": 0, "conaffinity": 0, "group": 0}
-            body.add_geom(name=f"target{i}_box", type=g.mjGEOM_BOX, size=[hw, hw, bh / 2], pos=[0, 0, bh / 2], **common)
-            pr, ph = PILLAR_RADIUS[1], PILLAR_HEIGHT[1]
-            body.add_geom(name=f"target{i}_pillar", type=g.mjGEOM_CYLINDER, size=[pr, ph / 2, 0], pos=[0, 0, ph / 2],
-                          **common)
-            sr = SPHERE_RADIUS[1]
-            body.add_geom(name=f"target{i}_sphere", type=g.mjGEOM_SPHERE, size=[sr, 0, 0], pos=[0, 0, sr], **common)
-            for k in range(len(CONE_HEIGHTS)):
-                body.add_geom(name=f"target{i}_cone{k}", type=g.mjGEOM_MESH, meshname=f"cone{k}", **common)
+            SIZES.add_slot_geoms(body, f"target{i}", contype=0, conaffinity=0, group=0)  # markers: no contacts
         quat = np.empty(4)
         mujoco.mju_mat2Quat(quat, camera_mount(c.camera_tilt_deg).reshape(-1))
         spec.body("head").add_camera(name="eye", pos=[0.0, -EYES_AHEAD, c.camera_height], quat=quat, fovy=c.fovy_deg)
         model = spec.compile()
         return model, mujoco.MjData(model)
 
-    def _geoms_of_slot(self, slot: int) -> dict[str, list[int]]:
-        """Geom ids of each shape in one slot (the cone's: one per height)."""
-        m = self.model
-        return {
-            "box": [m.geom(f"target{slot}_box").id],
-            "pillar": [m.geom(f"target{slot}_pillar").id],
-            "sphere": [m.geom(f"target{slot}_sphere").id],
-            "cone": [m.geom(f"target{slot}_cone{k}").id for k in range(len(CONE_HEIGHTS))],
-        }
-
     def _shown_geoms(self, slot: int, target: Target) -> list[int]:
-        geoms = self._slot_geoms[slot][target.shape]
-        return [geoms[int(target.dims[0])]] if target.shape == "cone" else list(geoms)
+        return shown_geoms(self._slot_geoms[slot], target.shape, target.dims)
 
     def _apply_layout(self) -> None:
         """Write this episode's targets into the model (geom sizes, colours) and mocap poses, and the goal marker."""
@@ -417,15 +341,7 @@ class SwimmerFindEnv(SwimmerEnv):
             d.mocap_pos[mocap] = (t.xy[0], t.xy[1], 0.0)
             shown = self._shown_geoms(slot, t)
             m.geom_rgba[shown] = COLOUR_RGBA[t.colour]
-            if t.shape == "box":
-                m.geom_size[shown[0]] = (t.dims[0], t.dims[1], t.dims[2] / 2)
-                m.geom_pos[shown[0]] = (0.0, 0.0, t.dims[2] / 2)
-            elif t.shape == "pillar":
-                m.geom_size[shown[0]] = (t.dims[0], t.dims[1] / 2, 0.0)
-                m.geom_pos[shown[0]] = (0.0, 0.0, t.dims[1] / 2)
-            elif t.shape == "sphere":
-                m.geom_size[shown[0]] = (t.dims[0], 0.0, 0.0)
-                m.geom_pos[shown[0]] = (0.0, 0.0, t.dims[0])
+            resize_geom(m, shown[0], t.shape, t.dims)
         if self._targets:  # the navigate marker (hidden) sits on the goal: nose_to_target() points at it
             m.geom_pos[self._target_geom, :2] = self.goal
 
@@ -451,39 +367,15 @@ class SwimmerFindEnv(SwimmerEnv):
                          f"each other's sightlines in the wedge: widen target_distance or target_bearing_deg, "
                          f"or lower target_spacing, sightline_clearance or n_targets")
 
-    def _draw_kinds(self, n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
-        """(shape, colour) of each target, the named one first, with the distractors the module docstring names."""
-        shapes = TARGET_SHAPES
-        shape, colour = shapes[rng.integers(len(shapes))], COLOURS[rng.integers(len(COLOURS))]
-        twin = rng.random() < self.find_config.relation_prob
-        kinds = [(shape, colour)]
-        if twin:
-            kinds.append((shape, colour))
-        else:
-            kinds.append((shape, str(rng.choice([c for c in COLOURS if c != colour]))))
-            kinds.append((str(rng.choice([s for s in shapes if s != shape])), colour))
-        while len(kinds) < n:
-            kind = (shapes[rng.integers(len(shapes))], COLOURS[rng.integers(len(COLOURS))])
-            if twin or kind != (shape, colour):
-                kinds.append(kind)
-        return kinds
-
     def _draw_layout(self, frame: ViewFrame, rng: np.random.Generator) -> tuple[list[Target], int, Description]:
-        lo, hi = (int(v) for v in self.find_config.n_targets)
-        while True:
-            n = int(rng.integers(lo, hi + 1))
-            kinds = self._draw_kinds(n, rng)
-            order = rng.permutation(n)  # slot of each kind: the named target is not always slot 0
-            positions = self._draw_positions(n, frame, rng)
-            targets = [None] * n
-            for k, slot in enumerate(order):
-                shape, colour = kinds[k]
-                xy = positions[slot]
-                targets[slot] = Target(shape, colour, (float(xy[0]), float(xy[1])), _draw_dims(shape, rng))
-            named = int(order[0])
-            description = describe(self._objects(targets), named, frame, rng)
-            if description is not None:
-                return targets, named, description
+        """The targets, the named one's slot and its description (:func:`envs.find_task.draw_layout`)."""
+        c = self.find_config
+
+        def place(shape: str, colour: str, xy: np.ndarray) -> Target:
+            return Target(shape, colour, (float(xy[0]), float(xy[1])), SIZES.draw_dims(shape, rng))
+
+        return draw_layout(c.n_targets, TARGET_SHAPES, c.relation_prob, lambda n: self._draw_positions(n, frame, rng),
+                           place, self._objects, frame, rng)
 
     def _objects(self, targets: list[Target]) -> list[SceneObject]:
         return [SceneObject(name=f"{t.colour}_{t.shape}_{slot}", shape=t.shape, colour=t.colour, position=t.centre,
@@ -532,11 +424,6 @@ class SwimmerFindEnv(SwimmerEnv):
         return np.array(self._targets[self._named].xy, dtype=np.float64)
 
     @property
-    def description(self) -> Description:
-        """This episode's referring expression (indices into :meth:`scene`'s objects)."""
-        return self._description
-
-    @property
     def view_frame(self) -> ViewFrame:
         """The start pose, where this episode's relations are judged from."""
         return self._view_frame
@@ -544,10 +431,6 @@ class SwimmerFindEnv(SwimmerEnv):
     @property
     def instruction(self) -> str:
         return self._words
-
-    @property
-    def episode_paraphrase(self) -> int:
-        return self._episode_paraphrase
 
     def head_pose(self) -> tuple[np.ndarray, float]:
         """(world xy of the head body, m; the head's world yaw, rad: the direction its nose points)."""
@@ -596,12 +479,7 @@ class SwimmerFindEnv(SwimmerEnv):
         position, yaw = self.head_pose()
         self._view_frame = ViewFrame((float(position[0]), float(position[1])), yaw)
         self._targets, self._named, self._description = self._draw_layout(self._view_frame, rng)
-        if self._pending_paraphrase is not None:
-            self._episode_paraphrase = self._pending_paraphrase
-        elif self.paraphrase is None:
-            self._episode_paraphrase = draw_paraphrase(rng, c.held_out)
-        else:
-            self._episode_paraphrase = self.paraphrase
+        self._episode_paraphrase = self._choose_paraphrase(rng)
         self._apply_layout()
         self._name_targets()
         mujoco.mj_forward(self.model, self.data)  # the targets' geom poses (mocap bodies moved)
@@ -609,25 +487,11 @@ class SwimmerFindEnv(SwimmerEnv):
         self._start_xy = position
         return self._get_obs()
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """Gymnasium's reset; ``options={"paraphrase": k}`` words this episode's instruction with wording k."""
-        options = dict(options or {})
-        paraphrase = options.pop("paraphrase", None)
-        if options:
-            raise ValueError(f"unknown swimmer_find reset options {sorted(options)}; the only one is 'paraphrase'")
-        self._pending_paraphrase = None if paraphrase is None else check_paraphrase(paraphrase)
-        try:
-            return super().reset(seed=seed)
-        finally:
-            self._pending_paraphrase = None
-
     def _get_reset_info(self) -> dict:
         return self._find_info(self.nose_distance())
 
     def _find_info(self, distance: float) -> dict:
-        return {"goal": self.goal.copy(), "target": self._scene_objects[self._named].name,
-                "instruction": self.instruction, "paraphrase": self._episode_paraphrase,
-                "is_success": bool(self._success), "distance_to_goal": distance}
+        return self._episode_info(self._scene_objects[self._named].name, distance)
 
     def _get_rew(self, before: float, after: float) -> tuple[float, dict[str, float]]:
         """The reward and its named terms (see the module docstring), added left to right."""

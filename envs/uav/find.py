@@ -61,24 +61,25 @@ from __future__ import annotations
 import math
 import operator
 import string
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import reduce
 
 import mujoco
 import numpy as np
 from gymnasium import spaces, utils
 
-from envs.find_instructions import (
-    MAX_CHARS,
-    Description,
-    ViewFrame,
-    check_paraphrase,
-    describe,
-    draw_paraphrase,
-    instruction,
+from envs.find_instructions import MAX_CHARS, Description, ViewFrame, instruction
+from envs.find_shapes import ShapeSizes, resize_geom, shown_geoms
+from envs.find_task import (
+    COLOUR_RGBA,
+    FindEpisode,
+    check_camera_and_wording,
+    check_number_fields,
+    draw_layout,
+    range_pair,
 )
 from envs.raycast_camera import CameraFrame, RaycastCamera
-from envs.scene import COLOURS, SHAPES, Scene, SceneObject
+from envs.scene import SHAPES, Scene, SceneObject
 from envs.uav.disturbances import GustField
 from envs.uav.env import ACTION_MODES, PHYSICS_TIMESTEP, UAVEnv
 from envs.uav.model import PRESETS, preset
@@ -93,15 +94,11 @@ PILLAR_HEIGHT = (0.8, 1.5)
 SPHERE_RADIUS = (0.18, 0.3)
 CONE_RADIUS = 0.25
 CONE_HEIGHTS = (0.5, 0.8, 1.1)  # one mesh each: a mesh cannot be resized at run time
+SIZES = ShapeSizes(BOX_HALF_WIDTH, BOX_HEIGHT, PILLAR_RADIUS, PILLAR_HEIGHT, SPHERE_RADIUS, CONE_RADIUS, CONE_HEIGHTS)
 RING_RADIUS = (0.25, 0.4)  # of the tube's centre line
 RING_TUBE = 0.05  # the tube's radius
 RING_SEGMENTS = 10
 PARKED_Z = -5.0  # unused landmark slots wait below the floor (and are invisible and collision-free)
-COLOUR_RGBA = {
-    "red": (0.85, 0.1, 0.1, 1.0), "green": (0.1, 0.7, 0.15, 1.0), "blue": (0.1, 0.25, 0.9, 1.0),
-    "yellow": (0.95, 0.85, 0.1, 1.0), "purple": (0.55, 0.15, 0.75, 1.0), "orange": (1.0, 0.5, 0.05, 1.0),
-    "white": (0.95, 0.95, 0.95, 1.0), "black": (0.08, 0.08, 0.08, 1.0),
-}
 VIEW_FRAME = ViewFrame(origin=(0.0, 0.0), yaw=0.0)  # the nominal start pose, where relations are judged from
 
 
@@ -144,45 +141,32 @@ class UAVFindConfig:
     camera_name: str | None = "chase"  # the camera render() uses ("onboard": the observation's pose)
 
     def __post_init__(self):
-        for f in fields(self):  # numbers first: the checks below compare them
-            value = getattr(self, f.name)
-            if f.type in ("float", "int") and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise ValueError(f"{f.name} must be a number, got {value!r}")
+        check_number_fields(self)  # numbers first: the checks below compare them
+        check_camera_and_wording(self)
         if self.vehicle not in PRESETS:
             raise ValueError(f"unknown vehicle {self.vehicle!r}; choose one of {sorted(PRESETS)}")
-        if not isinstance(self.held_out, bool):
-            raise ValueError(f"held_out must be true or false, got {self.held_out!r}")
         if self.action_mode not in ACTION_MODES:
             raise ValueError(f"unknown action_mode {self.action_mode!r}; choose one of {ACTION_MODES}")
-        lo, hi = _pair(self, "n_landmarks")
+        lo, hi = range_pair(self, "n_landmarks")
         if not (int(lo) == lo and int(hi) == hi and 3 <= lo <= hi <= 8):
             raise ValueError(f"n_landmarks must be a range [low, high] of whole numbers with 3 <= low <= high <= 8, "
                              f"got {list(self.n_landmarks)}")
-        for name in ("episode_seconds", "arena_half_width", "ceiling", "landmark_spacing", "image_width",
-                     "image_height", "max_depth", "success_radius", "hold_seconds", "control_hz"):
+        for name in ("episode_seconds", "arena_half_width", "ceiling", "landmark_spacing", "success_radius",
+                     "hold_seconds", "control_hz"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("image_width", "image_height"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) > 1024:
-                raise ValueError(f"{name} must be a whole number of pixels up to 1024, got {getattr(self, name)}")
         for name in ("start_offset", "goal_height", "success_bonus", "crash_penalty", "gust_speed"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("landmark_distance", "start_height", "gust_duration"):
-            low, high = _pair(self, name)
+            low, high = range_pair(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"{name} must be a range [low, high] with 0 < low <= high, got {list(getattr(self, name))}")
         frame_skip = round(1.0 / (self.control_hz * PHYSICS_TIMESTEP))
         if frame_skip < 1 or not math.isclose(frame_skip * PHYSICS_TIMESTEP * self.control_hz, 1.0):
             raise ValueError(f"control_hz must divide the {1 / PHYSICS_TIMESTEP:.0f} Hz physics rate, got {self.control_hz}")
-        if not 0 <= self.relation_prob <= 1:
-            raise ValueError(f"relation_prob must be a probability in [0, 1], got {self.relation_prob}")
         if not 0 < self.landmark_bearing_deg < 90:
             raise ValueError(f"landmark_bearing_deg must be in (0, 90) degrees, got {self.landmark_bearing_deg}")
-        if not 0 < self.fovy_deg < 180:
-            raise ValueError(f"fovy_deg must be in (0, 180) degrees, got {self.fovy_deg}")
-        if not -90 <= self.camera_tilt_deg <= 90:
-            raise ValueError(f"camera_tilt_deg must be in [-90, 90] degrees, got {self.camera_tilt_deg}")
         if self.landmark_distance[1] + RING_RADIUS[1] + 0.5 > self.arena_half_width:
             raise ValueError(f"landmark_distance {list(self.landmark_distance)} m puts landmarks outside the arena "
                              f"(arena_half_width {self.arena_half_width} m)")
@@ -191,19 +175,9 @@ class UAVFindConfig:
         if PILLAR_HEIGHT[1] + self.goal_height >= self.ceiling:
             raise ValueError(f"goal_height {self.goal_height} m above the tallest landmark ({PILLAR_HEIGHT[1]} m) "
                              f"reaches the ceiling ({self.ceiling} m)")
-        if self.paraphrase is not None:
-            check_paraphrase(self.paraphrase)
         if (not isinstance(self.wind, list | tuple) or len(self.wind) != 3
                 or any(isinstance(v, bool) or not isinstance(v, int | float) for v in self.wind)):
             raise ValueError(f"wind must be a 3-vector in m/s, got {self.wind!r}")
-
-
-def _pair(config, name: str) -> tuple:
-    value = getattr(config, name)
-    if (not isinstance(value, list | tuple) or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int | float) for v in value)):
-        raise ValueError(f"{name} must be a range [low, high] of two numbers, got {value!r}")
-    return tuple(value)
 
 
 # --- the state vector and the PID's view of it -------------------------------------------------
@@ -263,24 +237,12 @@ class Landmark:
     @property
     def height(self) -> float:
         """m, its top above the ground."""
-        if self.shape in ("box", "pillar"):
-            return self.dims[-1]
-        if self.shape == "sphere":
-            return 2.0 * self.dims[0]
-        if self.shape == "cone":
-            return CONE_HEIGHTS[int(self.dims[0])]
-        return 2.0 * (self.dims[0] + RING_TUBE)
+        return 2.0 * (self.dims[0] + RING_TUBE) if self.shape == "ring" else SIZES.height(self.shape, self.dims)
 
     @property
     def half_extent(self) -> float:
         """m, its largest half-extent."""
-        if self.shape == "box":
-            return max(self.dims[0], self.dims[1], self.dims[2] / 2)
-        if self.shape == "pillar":
-            return max(self.dims[0], self.dims[1] / 2)
-        if self.shape == "cone":
-            return max(CONE_RADIUS, self.height / 2)
-        return self.height / 2
+        return self.height / 2 if self.shape == "ring" else SIZES.half_extent(self.shape, self.dims)
 
     @property
     def centre(self) -> np.ndarray:
@@ -289,15 +251,7 @@ class Landmark:
 
 
 def _draw_dims(shape: str, rng: np.random.Generator) -> tuple[float, ...]:
-    if shape == "box":
-        return (float(rng.uniform(*BOX_HALF_WIDTH)), float(rng.uniform(*BOX_HALF_WIDTH)), float(rng.uniform(*BOX_HEIGHT)))
-    if shape == "pillar":
-        return (float(rng.uniform(*PILLAR_RADIUS)), float(rng.uniform(*PILLAR_HEIGHT)))
-    if shape == "sphere":
-        return (float(rng.uniform(*SPHERE_RADIUS)),)
-    if shape == "cone":
-        return (float(rng.integers(len(CONE_HEIGHTS))),)
-    return (float(rng.uniform(*RING_RADIUS)),)
+    return (float(rng.uniform(*RING_RADIUS)),) if shape == "ring" else SIZES.draw_dims(shape, rng)
 
 
 def _ring_segments(radius: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
@@ -313,16 +267,10 @@ def _ring_segments(radius: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
     return out
 
 
-def _cone_vertices(height: float, edges: int = 16) -> list[float]:
-    verts = [0.0, 0.0, height]
-    for k in range(edges):
-        a = 2.0 * math.pi * k / edges
-        verts += [CONE_RADIUS * math.cos(a), CONE_RADIUS * math.sin(a), 0.0]
-    return verts
-
-
-class UAVFindEnv(UAVEnv):
+class UAVFindEnv(FindEpisode, UAVEnv):
     """The quadrotor of :class:`envs.uav.env.UAVEnv` finding the landmark an instruction names (module docstring)."""
+
+    task_name = "uav_find"
 
     def __init__(self, **kwargs):
         """``kwargs``: any fields of :class:`UAVFindConfig`."""
@@ -354,7 +302,6 @@ class UAVFindEnv(UAVEnv):
             "instruction": spaces.Text(max_length=MAX_CHARS, charset=string.printable),
         })
         self._slot_geoms = [self._geoms_of_slot(i) for i in range(self.n_slots)]
-        self._pending_paraphrase: int | None = None
         self._reset_find_state()
 
     # --- model -----------------------------------------------------------------------------------
@@ -370,8 +317,7 @@ class UAVFindEnv(UAVEnv):
         spec.option.disableflags |= mujoco.mjtDisableBit.mjDSBL_MIDPHASE
         spec.visual.global_.offwidth = max(spec.visual.global_.offwidth, self.width)
         spec.visual.global_.offheight = max(spec.visual.global_.offheight, self.height)
-        for k, height in enumerate(CONE_HEIGHTS):
-            spec.add_mesh(name=f"cone{k}", uservert=_cone_vertices(height))
+        SIZES.add_meshes(spec)
         g = mujoco.mjtGeom
         for i in range(self.n_slots):
             body = spec.worldbody.add_body(name=f"landmark{i}", mocap=True, pos=[0.0, 0.0, PARKED_Z])
@@ -379,14 +325,7 @@ class UAVFindEnv(UAVEnv):
             # the inertial frame's origin unrotated, exact for these bodies that only turn about z.
             body.explicitinertial = True
             body.mass, body.inertia, body.ipos, body.iquat = 1.0, [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]
-            hw, bh = BOX_HALF_WIDTH[1], BOX_HEIGHT[1]
-            body.add_geom(name=f"landmark{i}_box", type=g.mjGEOM_BOX, size=[hw, hw, bh / 2], pos=[0, 0, bh / 2])
-            pr, ph = PILLAR_RADIUS[1], PILLAR_HEIGHT[1]
-            body.add_geom(name=f"landmark{i}_pillar", type=g.mjGEOM_CYLINDER, size=[pr, ph / 2, 0], pos=[0, 0, ph / 2])
-            sr = SPHERE_RADIUS[1]
-            body.add_geom(name=f"landmark{i}_sphere", type=g.mjGEOM_SPHERE, size=[sr, 0, 0], pos=[0, 0, sr])
-            for k in range(len(CONE_HEIGHTS)):
-                body.add_geom(name=f"landmark{i}_cone{k}", type=g.mjGEOM_MESH, meshname=f"cone{k}")
+            SIZES.add_slot_geoms(body, f"landmark{i}")
             for k, (pos, quat, half) in enumerate(_ring_segments(RING_RADIUS[1])):
                 body.add_geom(name=f"landmark{i}_ring{k}", type=g.mjGEOM_CAPSULE, size=[RING_TUBE, half, 0],
                               pos=pos, quat=quat)
@@ -400,17 +339,11 @@ class UAVFindEnv(UAVEnv):
     def _geoms_of_slot(self, slot: int) -> dict[str, list[int]]:
         """Geom ids of each shape in one slot (the cone's: one per height; the ring's: its capsules)."""
         m = self.model
-        return {
-            "box": [m.geom(f"landmark{slot}_box").id],
-            "pillar": [m.geom(f"landmark{slot}_pillar").id],
-            "sphere": [m.geom(f"landmark{slot}_sphere").id],
-            "cone": [m.geom(f"landmark{slot}_cone{k}").id for k in range(len(CONE_HEIGHTS))],
-            "ring": [m.geom(f"landmark{slot}_ring{k}").id for k in range(RING_SEGMENTS)],
-        }
+        return {**SIZES.slot_geoms(m, f"landmark{slot}"),
+                "ring": [m.geom(f"landmark{slot}_ring{k}").id for k in range(RING_SEGMENTS)]}
 
     def _shown_geoms(self, slot: int, lm: Landmark) -> list[int]:
-        geoms = self._slot_geoms[slot][lm.shape]
-        return [geoms[int(lm.dims[0])]] if lm.shape == "cone" else list(geoms)
+        return shown_geoms(self._slot_geoms[slot], lm.shape, lm.dims)
 
     def _apply_layout(self) -> None:
         """Write this episode's landmarks into the model (geom sizes, colours, collisions) and mocap poses."""
@@ -431,19 +364,12 @@ class UAVFindEnv(UAVEnv):
             m.geom_rgba[shown] = COLOUR_RGBA[lm.colour]
             m.geom_contype[shown] = 1
             m.geom_conaffinity[shown] = 1
-            if lm.shape == "box":
-                m.geom_size[shown[0]] = (lm.dims[0], lm.dims[1], lm.dims[2] / 2)
-                m.geom_pos[shown[0]] = (0.0, 0.0, lm.dims[2] / 2)
-            elif lm.shape == "pillar":
-                m.geom_size[shown[0]] = (lm.dims[0], lm.dims[1] / 2, 0.0)
-                m.geom_pos[shown[0]] = (0.0, 0.0, lm.dims[1] / 2)
-            elif lm.shape == "sphere":
-                m.geom_size[shown[0]] = (lm.dims[0], 0.0, 0.0)
-                m.geom_pos[shown[0]] = (0.0, 0.0, lm.dims[0])
-            elif lm.shape == "ring":
+            if lm.shape == "ring":
                 for geom, (pos, _, half) in zip(shown, _ring_segments(lm.dims[0])):
                     m.geom_size[geom] = (RING_TUBE, half, 0.0)
                     m.geom_pos[geom] = pos
+            else:
+                resize_geom(m, shown[0], lm.shape, lm.dims)
 
     # --- layout ----------------------------------------------------------------------------------
     def _draw_positions(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -461,39 +387,16 @@ class UAVFindEnv(UAVEnv):
         raise ValueError(f"cannot place {n} landmarks {c.landmark_spacing} m apart in the wedge: widen "
                          f"landmark_distance or landmark_bearing_deg, or lower landmark_spacing")
 
-    def _draw_kinds(self, n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
-        """(shape, colour) of each landmark, the target's first, with the distractors the module docstring names."""
-        shape, colour = SHAPES[rng.integers(len(SHAPES))], COLOURS[rng.integers(len(COLOURS))]
-        twin = rng.random() < self.find_config.relation_prob
-        kinds = [(shape, colour)]
-        if twin:
-            kinds.append((shape, colour))
-        else:
-            kinds.append((shape, str(rng.choice([c for c in COLOURS if c != colour]))))
-            kinds.append((str(rng.choice([s for s in SHAPES if s != shape])), colour))
-        while len(kinds) < n:
-            kind = (SHAPES[rng.integers(len(SHAPES))], COLOURS[rng.integers(len(COLOURS))])
-            if twin or kind != (shape, colour):
-                kinds.append(kind)
-        return kinds
-
     def _draw_layout(self, rng: np.random.Generator) -> tuple[list[Landmark], int, Description]:
-        lo, hi = (int(v) for v in self.find_config.n_landmarks)
-        while True:
-            n = int(rng.integers(lo, hi + 1))
-            kinds = self._draw_kinds(n, rng)
-            order = rng.permutation(n)  # slot of each kind: the target is not always slot 0
-            positions = self._draw_positions(n, rng)
-            landmarks = [None] * n
-            for k, slot in enumerate(order):
-                shape, colour = kinds[k]
-                xy = positions[slot]
-                yaw = math.atan2(VIEW_FRAME.origin[1] - xy[1], VIEW_FRAME.origin[0] - xy[0])
-                landmarks[slot] = Landmark(shape, colour, (float(xy[0]), float(xy[1])), yaw, _draw_dims(shape, rng))
-            target = int(order[0])
-            description = describe(self._objects(landmarks), target, VIEW_FRAME, rng)
-            if description is not None:
-                return landmarks, target, description
+        """The landmarks, the target's slot and its description (:func:`envs.find_task.draw_layout`)."""
+        c = self.find_config
+
+        def place(shape: str, colour: str, xy: np.ndarray) -> Landmark:
+            yaw = math.atan2(VIEW_FRAME.origin[1] - xy[1], VIEW_FRAME.origin[0] - xy[0])  # facing the start
+            return Landmark(shape, colour, (float(xy[0]), float(xy[1])), yaw, _draw_dims(shape, rng))
+
+        return draw_layout(c.n_landmarks, SHAPES, c.relation_prob, lambda n: self._draw_positions(n, rng), place,
+                           self._objects, VIEW_FRAME, rng)
 
     def _objects(self, landmarks: list[Landmark]) -> list[SceneObject]:
         objects = []
@@ -537,17 +440,8 @@ class UAVFindEnv(UAVEnv):
         return self.target
 
     @property
-    def description(self) -> Description:
-        """This episode's referring expression (indices into :meth:`scene`'s objects)."""
-        return self._description
-
-    @property
     def instruction(self) -> str:
         return instruction(self._description, self._objects(self._landmarks), self._episode_paraphrase)
-
-    @property
-    def episode_paraphrase(self) -> int:
-        return self._episode_paraphrase
 
     def camera_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """(world position, camera → world rotation) of the onboard camera in the current state."""
@@ -579,12 +473,7 @@ class UAVFindEnv(UAVEnv):
         self._reset_episode_state()
         self._reset_find_state()
         self._landmarks, self._target, self._description = self._draw_layout(rng)
-        if self._pending_paraphrase is not None:
-            self._episode_paraphrase = self._pending_paraphrase
-        elif self.paraphrase is None:
-            self._episode_paraphrase = draw_paraphrase(rng, c.held_out)
-        else:
-            self._episode_paraphrase = self.paraphrase
+        self._episode_paraphrase = self._choose_paraphrase(rng)
         target = self._landmarks[self._target]
         self._waypoints = np.array([[target.xy[0], target.xy[1], target.height + c.goal_height]])
         self._apply_layout()
@@ -597,25 +486,12 @@ class UAVFindEnv(UAVEnv):
         self.model.site_pos[self._target_site] = self.goal
         return self._get_obs()
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """Gymnasium's reset; ``options={"paraphrase": k}`` words this episode's instruction with wording k."""
-        options = dict(options or {})
-        paraphrase = options.pop("paraphrase", None)
-        if options:
-            raise ValueError(f"unknown uav_find reset options {sorted(options)}; the only one is 'paraphrase'")
-        self._pending_paraphrase = None if paraphrase is None else check_paraphrase(paraphrase)
-        try:
-            return super().reset(seed=seed)
-        finally:
-            self._pending_paraphrase = None
-
     def _get_reset_info(self) -> dict:
         return self._find_info(float(np.linalg.norm(self.goal - self.data.qpos[:3])), crashed=False)
 
     def _find_info(self, distance: float, crashed: bool) -> dict:
-        return {"goal": self.goal.copy(), "target": self._objects(self._landmarks)[self._target].name,
-                "instruction": self.instruction, "paraphrase": self._episode_paraphrase,
-                "is_success": bool(self._success), "distance_to_goal": distance, "crashed": bool(crashed)}
+        return {**self._episode_info(self._objects(self._landmarks)[self._target].name, distance),
+                "crashed": bool(crashed)}
 
     def _get_rew(self, before: float, after: float, crashed: bool) -> tuple[float, dict[str, float]]:
         """The reward and its named terms (see the module docstring), added left to right."""
