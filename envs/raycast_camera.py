@@ -63,6 +63,15 @@ def camera_rays(width: int, height: int, fovy_deg: float) -> np.ndarray:
     return rays / np.linalg.norm(rays, axis=1, keepdims=True)
 
 
+def camera_mount(tilt_deg: float, forward) -> np.ndarray:
+    """Camera -> body rotation of a camera looking along the body axis ``forward`` (a unit vector
+    perpendicular to the body's +z, its up), pitched ``tilt_deg`` down: image right is forward x up."""
+    t = math.radians(tilt_deg)
+    forward, up = np.asarray(forward, dtype=np.float64), np.array([0.0, 0.0, 1.0])
+    right, camera_up = np.cross(forward, up), math.sin(t) * forward + math.cos(t) * up
+    return np.column_stack([right, camera_up, np.cross(right, camera_up)])
+
+
 def _texture_means(model: mujoco.MjModel) -> np.ndarray:
     """(ntex, 3) mean rgb in [0, 1] of each texture (a ray hit has no texture coordinates)."""
     means = np.ones((model.ntex, 3))

@@ -364,12 +364,17 @@ class SwimmerEnv(MujocoEnv, utils.EzPickle):
             rewards = navigate_reward(np.hypot(tips[:, 0] - tips[:, 2], tips[:, 1] - tips[:, 3]))
         return obs, rewards, np.zeros(len(envs), dtype=bool)
 
-    def step(self, action):
+    def checked_action(self, action) -> np.ndarray:
+        """The action as float64, or a ValueError naming what is wrong with it (shape, NaN or inf)."""
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (self.model.nu,):
             raise ValueError(f"swimmer action must have shape ({self.model.nu},), got {action.shape}")
         if not np.isfinite(action).all():
             raise ValueError(f"swimmer action contains NaN or inf: {action}")
+        return action
+
+    def step(self, action):
+        action = self.checked_action(action)
         self._step_mujoco_simulation(action, self.frame_skip)
         self._step_count += 1
         obs = self._get_obs()

@@ -86,7 +86,7 @@ from envs.find_task import (
     draw_layout,
     range_pair,
 )
-from envs.raycast_camera import CameraFrame, RaycastCamera
+from envs.raycast_camera import CameraFrame, RaycastCamera, camera_mount
 from envs.scene import Scene, SceneObject
 from envs.swimmer.env import PHYSICS_TIMESTEP, SwimmerEnv, swimmer_observation
 from envs.swimmer.model import joint_limit
@@ -113,6 +113,8 @@ HIDDEN_GROUP = 3  # the navigate task's target marker: neither drawn nor ray cas
 CAMERA_GROUPS = (1, 1, 0, 0, 0, 0)  # the ray camera sees the floor and the targets (groups 0 and 1)
 PROGRESS_GAIN = 10.0  # reward per metre closed on the goal
 
+
+CAMERA_FORWARD = (0.0, -1.0, 0.0)  # the head camera looks along the head's heading, its -y
 
 @dataclass(frozen=True)
 class SwimmerFindConfig:
@@ -215,13 +217,6 @@ def navigate_observation(state, goal_xy) -> np.ndarray:
                                to_target)
 
 
-def camera_mount(tilt_deg: float) -> np.ndarray:
-    """Camera → head rotation of a camera looking along the head's heading (its -y), pitched ``tilt_deg`` down."""
-    t = math.radians(tilt_deg)
-    right, up = np.array([-1.0, 0.0, 0.0]), np.array([0.0, -math.sin(t), math.cos(t)])
-    return np.column_stack([right, up, np.cross(right, up)])
-
-
 # --- targets -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Target:
@@ -278,7 +273,7 @@ class SwimmerFindEnv(FindEpisode, SwimmerEnv):
         self.paraphrase = None if c.paraphrase is None else int(c.paraphrase)
         self.max_steps = max(1, int(round(c.episode_seconds / c.control_timestep)))
         self.state_layout = STATE_LAYOUT
-        self.mount = camera_mount(c.camera_tilt_deg)
+        self.mount = camera_mount(c.camera_tilt_deg, CAMERA_FORWARD)
         self.mount_offset = np.array([0.0, -EYES_AHEAD, c.camera_height])  # m, head frame
         self.camera = RaycastCamera(self.model, c.image_width, c.image_height, c.fovy_deg, c.max_depth,
                                     geomgroup=CAMERA_GROUPS)
@@ -319,7 +314,7 @@ class SwimmerFindEnv(FindEpisode, SwimmerEnv):
             body.mass, body.inertia, body.ipos, body.iquat = 1.0, [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]
             SIZES.add_slot_geoms(body, f"target{i}", contype=0, conaffinity=0, group=0)  # markers: no contacts
         quat = np.empty(4)
-        mujoco.mju_mat2Quat(quat, camera_mount(c.camera_tilt_deg).reshape(-1))
+        mujoco.mju_mat2Quat(quat, camera_mount(c.camera_tilt_deg, CAMERA_FORWARD).reshape(-1))
         spec.body("head").add_camera(name="eye", pos=[0.0, -EYES_AHEAD, c.camera_height], quat=quat, fovy=c.fovy_deg)
         model = spec.compile()
         return model, mujoco.MjData(model)
@@ -502,11 +497,7 @@ class SwimmerFindEnv(FindEpisode, SwimmerEnv):
         return reduce(operator.add, terms.values()), terms
 
     def step(self, action):
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (self.model.nu,):
-            raise ValueError(f"swimmer action must have shape ({self.model.nu},), got {action.shape}")
-        if not np.isfinite(action).all():
-            raise ValueError(f"swimmer action contains NaN or inf: {action}")
+        action = self.checked_action(action)
         before = self.nose_distance()
         self._step_mujoco_simulation(action, self.frame_skip)
         self._step_count += 1

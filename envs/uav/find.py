@@ -78,7 +78,7 @@ from envs.find_task import (
     draw_layout,
     range_pair,
 )
-from envs.raycast_camera import CameraFrame, RaycastCamera
+from envs.raycast_camera import CameraFrame, RaycastCamera, camera_mount
 from envs.scene import SHAPES, Scene, SceneObject
 from envs.uav.disturbances import GustField
 from envs.uav.env import ACTION_MODES, PHYSICS_TIMESTEP, UAVEnv
@@ -101,6 +101,8 @@ RING_SEGMENTS = 10
 PARKED_Z = -5.0  # unused landmark slots wait below the floor (and are invisible and collision-free)
 VIEW_FRAME = ViewFrame(origin=(0.0, 0.0), yaw=0.0)  # the nominal start pose, where relations are judged from
 
+
+CAMERA_FORWARD = (1.0, 0.0, 0.0)  # the onboard camera looks along the body's +x
 
 @dataclass(frozen=True)
 class UAVFindConfig:
@@ -215,13 +217,6 @@ def pid_observation(state, goal, target_yaw: float = 0.0) -> np.ndarray:
                            part("last_action"), goal, (), target_yaw)
 
 
-def camera_mount(tilt_deg: float) -> np.ndarray:
-    """Camera → body rotation of a camera looking along the body's +x, pitched ``tilt_deg`` down."""
-    t = math.radians(tilt_deg)
-    right, up = np.array([0.0, -1.0, 0.0]), np.array([math.sin(t), 0.0, math.cos(t)])
-    return np.column_stack([right, up, np.cross(right, up)])
-
-
 # --- landmarks -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Landmark:
@@ -290,7 +285,7 @@ class UAVFindEnv(FindEpisode, UAVEnv):
         self.paraphrase = None if c.paraphrase is None else int(c.paraphrase)
         self.hold_steps = max(1, int(round(c.hold_seconds / self.control_dt)))
         self.state_layout = STATE_LAYOUT
-        self.mount = camera_mount(c.camera_tilt_deg)
+        self.mount = camera_mount(c.camera_tilt_deg, CAMERA_FORWARD)
         self.mount_offset = np.array([self.params.frame_half_size[0] + 0.01, 0.0, 0.0])  # m, body frame
         self.camera = RaycastCamera(self.model, c.image_width, c.image_height, c.fovy_deg, c.max_depth,
                                     bodyexclude=self._body)
@@ -330,7 +325,7 @@ class UAVFindEnv(FindEpisode, UAVEnv):
                 body.add_geom(name=f"landmark{i}_ring{k}", type=g.mjGEOM_CAPSULE, size=[RING_TUBE, half, 0],
                               pos=pos, quat=quat)
         quat = np.empty(4)
-        mujoco.mju_mat2Quat(quat, camera_mount(c.camera_tilt_deg).reshape(-1))
+        mujoco.mju_mat2Quat(quat, camera_mount(c.camera_tilt_deg, CAMERA_FORWARD).reshape(-1))
         offset = [preset(c.vehicle).frame_half_size[0] + 0.01, 0.0, 0.0]
         spec.body("quad").add_camera(name="onboard", pos=offset, quat=quat, fovy=c.fovy_deg)
         model = spec.compile()
