@@ -49,6 +49,7 @@ from policies.brain_policy import (
     brain_follower,
     decision_schedule,
     embodiment_of,
+    trained_envs,
 )
 from policies.bundle import Bundle, read_bundle, read_meta, save_bundle
 from policies.protocol import EnvInterface, PolicyError, PolicyMeta
@@ -127,8 +128,8 @@ class BrainQA:
     def __init__(self, model, data_dir: Path, source: str, scenes: int, eval_scenes: int, train: bool):
         self.model, self.config, self.source = model, model.config, source
         # the stages' fixed sets: training questions drawn with seed 0, held-out templates with seed 1
-        self.qa = {source: qa_dataset(data_dir, source, scenes, "seen", 0) if train else None}
-        self.qa_eval = {source: qa_dataset(data_dir, source, eval_scenes, "held_out", 1)}
+        self.qa = {source: qa_dataset(data_dir, source, scenes, "seen") if train else None}
+        self.qa_eval = {source: qa_dataset(data_dir, source, eval_scenes, "held_out")}
 
     def held_out(self) -> dict[str, float]:
         try:
@@ -394,9 +395,16 @@ class BrainGRPOTrainer(GradientTrainer):
             interface = EnvInterface.of(env)
         finally:
             env.close()
+        init = self.init_bundle.meta
         extra = {"stage": "grpo", "embodiment": self.embodiment, "decide_every": self.decide_every,
-                 "decisions": self.decisions, "answers": (self.init_bundle.meta.extra or {}).get("answers"),
-                 "init_from": str(self.cfg.init_from)}
+                 "decisions": self.decisions, "answers": (init.extra or {}).get("answers"),
+                 "init_from": str(self.cfg.init_from),
+                 # the init run's other trained embodiments stay deployable (and measurable for forgetting)
+                 "embodiments": {**trained_envs(init), self.embodiment: dict(self.env_cfg)}}
+        if (init.extra or {}).get("experts"):
+            extra["experts"] = [dict(e, **({"decide_every": self.decide_every, "decisions": self.decisions}
+                                           if e.get("embodiment") == self.embodiment else {}))
+                                for e in init.extra["experts"]]
         return PolicyMeta.for_env("spatial_brain", self.config.to_dict(), self.env_cfg, interface, steps=self.step,
                                   extra=extra)
 

@@ -1,7 +1,9 @@
-"""``algo=scaffold`` and ``algo=specialize``: the spatial brain's supervised stages (ACE-Brain-0's SSR 1-2).
+"""``algo=scaffold``, ``algo=specialize`` and ``algo=joint``: the spatial brain's supervised stages (ACE-Brain-0's
+SSR 1-2, and the joint baseline).
 
 ``python -m agents.train policy=spatial_brain algo=scaffold``
 ``python -m agents.train policy=spatial_brain algo=specialize env=uav_find init_from=<scaffold run>``
+``python -m agents.train policy=spatial_brain algo=joint [algo.envs=[uav_find,swimmer_find]] [init_from=<scaffold>]``
 
 - Scaffold: spatial question answering on generic arenas and on every embodiment's find scenes
   (``algo.qa_sources``); the env group is not used.
@@ -9,6 +11,10 @@
   landmark's goal point, as the offset the goal head emits) on the env's embodiment, at the
   decision points of the expert's own flights, mixed batch by batch with that embodiment's QA
   (``algo.qa_weight``); from scratch when ``init_from`` is null (the baseline without a scaffold).
+- Joint: the specialist's recipe on every env of ``algo.envs`` at once (one find task per embodiment, each
+  batch one task's, drawn uniformly), the baseline a merge of specialists is measured against. A
+  specialist started from another specialist (sequential fine-tuning) keeps a record of the
+  embodiments that one had trained (``meta.extra["embodiments"]``), so it can be evaluated on them all.
 - Data: QA datasets (``agents/qa_data.py``) and goal demonstrations are generated from the
   simulators on first use into ``algo.data_dir``, keyed by what made them, so the stages and seeds
   of one benchmark share them, and reruns reuse them.
@@ -39,6 +45,7 @@ from tqdm import tqdm
 from agents.builders import make_env
 from agents.dataset import DatasetError
 from agents.errors import UserError
+from agents.overrides import CONFIG_DIR
 from agents.qa_data import EnvSource, QADataset, collect_qa, load_qa
 from agents.rollout import EVAL_SEED_BASE, run_episodes
 from agents.schema import MAX_STEPS, check, setting
@@ -54,6 +61,7 @@ from policies.brain_policy import (
     decision_schedule,
     embodiment_of,
     follower_for,
+    trained_envs,
 )
 from policies.bundle import BundleError, read_bundle, save_bundle
 from policies.language import token_states
@@ -68,6 +76,8 @@ VALIDATION_SEED_BASE = 90_000  # validation flights: above every seed's demonstr
 VALIDATION_EPISODES = 10_000  # ... and below the next seed's (seed s flies s * 100_000 + episode)
 
 SCAFFOLD_SOURCES_BEFORE = ("generic", "uav")  # what scaffold bundles asked about before they recorded it
+EMBODIMENT_OF_ENV_NAMES = ("uav_find", "swimmer_find", "kitchen_point")  # the find envs' config names
+QA_SEEDS = {"seen": 0, "held_out": 1}  # one fixed QA set per source and split: every stage, seed and evaluation share it
 
 # A QA source name -> the env that draws its scenes (None: the generic arenas) and the embodiment it feeds
 QA_SOURCES = {"generic": (None, "generic"), "uav": ("embodied/UAVFind-v0", "uav"),
@@ -76,7 +86,7 @@ QA_SOURCES = {"generic": (None, "generic"), "uav": ("embodied/UAVFind-v0", "uav"
 
 @dataclass
 class BrainSettings:
-    """The algo group of ``algo=scaffold`` and ``algo=specialize``."""
+    """The algo group of ``algo=scaffold``, ``algo=specialize`` and ``algo=joint``."""
 
     name: str = "scaffold"
     total_steps: int = setting(3000, low=1, high=MAX_STEPS)  # gradient steps
@@ -101,14 +111,44 @@ class BrainSettings:
     eval_episodes: int = setting(20, low=0, high=10**6)  # specialize: closed-loop episodes per evaluation
     final_eval_episodes: int = setting(100, low=0, high=10**6)
     log_every: int = setting(100, low=0, high=MAX_STEPS)
+    # joint: the find envs (configs/env/<name>.yaml, one per embodiment) whose goals one model learns together
+    envs: list[str] = setting(factory=lambda: list(JOINT_ENVS))
+
+
+JOINT_ENVS = ("uav_find", "swimmer_find", "kitchen_point")
+
+
+@dataclass
+class FindTask:
+    """One find env a run learns goals in: its config, the body acting there, when it decides, the expert data."""
+
+    env_cfg: dict
+    embodiment: str
+    schedule: tuple[int, int]  # (decide_every, decisions)
+    demos: dict | None = None
+    val_demos: dict | None = None
+
+
+def find_env_config(name: str) -> dict:
+    """The env config ``configs/env/<name>.yaml`` of a find env (joint training names several)."""
+    path = CONFIG_DIR / "env" / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"algo.envs: unknown env {name!r} (choose from: {', '.join(EMBODIMENT_OF_ENV_NAMES)})")
+    env_cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    try:
+        embodiment_of(env_cfg.get("id", ""))
+    except PolicyError as e:
+        raise UserError(f"algo.envs: {name}: {e}") from None
+    return env_cfg
 
 
 def _key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def qa_dataset(data_dir: Path, source: str, scenes: int, split: str, seed: int) -> QADataset:
-    """The QA dataset of one source, generated on first use (resumable, validated on load)."""
+def qa_dataset(data_dir: Path, source: str, scenes: int, split: str, seed: int | None = None) -> QADataset:
+    """The QA dataset of one source, generated on first use (resumable, validated on load); seeded by the split."""
+    seed = QA_SEEDS[split] if seed is None else seed
     from envs.generic_scene import GenericSceneSampler
 
     env_id, _ = QA_SOURCES[source]
@@ -124,6 +164,30 @@ def qa_dataset(data_dir: Path, source: str, scenes: int, split: str, seed: int) 
     finally:
         if hasattr(sampler, "close"):
             sampler.close()
+
+
+def qa_batch(config: SpatialBrainConfig, source: str, data: QADataset, rows: np.ndarray) -> tuple[dict, torch.Tensor]:
+    """A brain batch of the questions ``rows`` of one source's dataset, and their answers."""
+    embodiment = QA_SOURCES[source][1]
+    scenes = data.scene[rows]
+    p = config.embodiments[embodiment]["proprio_dim"]
+    text, mask = token_states(list(data.question[rows]), config.max_text_tokens)
+    depth = np.where(data.has_depth[scenes, None, None], data.depth[scenes].astype(np.float32), np.nan)
+    batch = {"embodiment": embodiment, "image": torch.as_tensor(data.image[scenes]),
+             "depth": torch.as_tensor(depth), "proprio": torch.as_tensor(data.state[scenes, :p]),
+             "text": torch.as_tensor(text), "text_mask": torch.as_tensor(mask)}
+    return batch, torch.as_tensor(data.answer[rows].astype(np.int64))
+
+
+@torch.inference_mode()
+def qa_accuracy(model, source: str, data: QADataset, limit: int = 2000) -> float:
+    """The brain's accuracy on (the first ``limit``) questions of one source's dataset."""
+    rows = np.arange(min(len(data), limit))
+    correct = 0
+    for lo in range(0, len(rows), 256):
+        batch, answer = qa_batch(model.config, source, data, rows[lo:lo + 256])
+        correct += int((model.qa_logits(batch).argmax(-1) == answer).sum())
+    return correct / max(len(rows), 1)
 
 
 # decision: its index in the episode; target_mask: the camera pixels that show the named object (the env's geom map)
@@ -249,6 +313,10 @@ class BrainTrainer(GradientTrainer):
                 embodiment_of(cfg.env.id)
             except PolicyError as e:
                 raise UserError(f"algo=specialize needs a find env (env=uav_find): {e}") from None
+        if cfg.algo.name == "joint":
+            bodies = [embodiment_of(find_env_config(name)["id"]) for name in cfg.algo.envs]
+            if not bodies or len(set(bodies)) != len(bodies):
+                raise UserError(f"algo.envs: one find env per embodiment, got {list(cfg.algo.envs)}")
 
     def __init__(self, cfg: DictConfig, run: RunDir, loggers: list):
         super().__init__(cfg, run, loggers)
@@ -256,12 +324,11 @@ class BrainTrainer(GradientTrainer):
         torch.set_num_threads(int(cfg.threads))
         torch.manual_seed(int(cfg.seed))
         self.rng = np.random.default_rng(int(cfg.seed))
-        self.specialize = algo.name == "specialize"
         self.env_cfg = OmegaConf.to_container(cfg.env, resolve=True)
         self.data_dir = Path(str(algo.data_dir))
-        self.embodiment = embodiment_of(self.env_cfg["id"]) if self.specialize else None
-        every, decisions = decision_schedule(None, self.embodiment or "uav")
-        self.schedule = (int(algo.decide_every or every), int(algo.decisions or decisions))
+        env_cfgs = {"specialize": lambda: [self.env_cfg], "joint": lambda: [find_env_config(n) for n in algo.envs]}
+        self.tasks = [self.find_task(c) for c in env_cfgs.get(str(algo.name), list)()]  # none: the scaffold
+        self.inherited: dict[str, dict] = {}  # embodiment -> env config the init_from run had trained goals for
         self.config = self.model_config(cfg)
         try:
             self.model = registry.build_module("spatial_brain", self.config.to_dict())
@@ -283,6 +350,12 @@ class BrainTrainer(GradientTrainer):
         self.load_data()
 
     # --- model and data -------------------------------------------------------------------------
+    def find_task(self, env_cfg: dict) -> FindTask:
+        embodiment = embodiment_of(env_cfg["id"])
+        every, decisions = decision_schedule(None, embodiment)
+        algo = self.cfg.algo
+        return FindTask(env_cfg, embodiment, (int(algo.decide_every or every), int(algo.decisions or decisions)))
+
     def model_config(self, cfg: DictConfig) -> SpatialBrainConfig:
         switches = OmegaConf.to_container(cfg.policy.actor, resolve=True) or {}
         embodiments = default_embodiments()
@@ -299,6 +372,7 @@ class BrainTrainer(GradientTrainer):
             if bundle.meta.kind != "spatial_brain":
                 raise UserError(f"init_from={source}: a {bundle.meta.kind} run, not a spatial brain")
             tensors = dict(bundle.tensors)
+            self.inherited = trained_envs(bundle.meta)
             if bundle.meta.extra.get("stage") == "scaffold":
                 # A scaffold trains the shared parts, and the proprio projectors and embodiment tokens of the
                 # bodies it asked questions about; never a goal head. Everything it did not train is this
@@ -319,77 +393,69 @@ class BrainTrainer(GradientTrainer):
 
     def load_data(self) -> None:
         algo, seed = self.cfg.algo, int(self.cfg.seed)
-        sources = [self.embodiment] if self.specialize else list(algo.qa_sources)
-        # the QA data are one fixed set per source (seed 0): every stage and seed of a benchmark sees the same
-        self.qa = {s: qa_dataset(self.data_dir, s, int(algo.qa_scenes), "seen", 0) for s in sources}
-        self.qa_eval = {s: qa_dataset(self.data_dir, s, int(algo.qa_eval_scenes), "held_out", 1) for s in sources}
-        if not self.specialize and not self.cfg.get("init_from"):  # a specialist standardises by its demos below
+        sources = [t.embodiment for t in self.tasks] if self.tasks else list(algo.qa_sources)
+        self.qa = {s: qa_dataset(self.data_dir, s, int(algo.qa_scenes), "seen") for s in sources}
+        self.qa_eval = {s: qa_dataset(self.data_dir, s, int(algo.qa_eval_scenes), "held_out") for s in sources}
+        if not self.tasks and not self.cfg.get("init_from"):  # a goal learner standardises by its demos below
             for source, data in self.qa.items():
                 embodiment = QA_SOURCES[source][1]
                 states = data.state[:, :self.config.embodiments[embodiment]["proprio_dim"]]
                 self.model.set_proprio_normalization(embodiment, states.mean(0), states.std(0))
-        self.demos = self.val_demos = None
-        if self.specialize:
-            self.demos = goal_demonstrations(self.data_dir, self.env_cfg, int(algo.demos), *self.schedule, seed,
+        for task in self.tasks:
+            every, decisions = task.schedule
+            task.demos = goal_demonstrations(self.data_dir, task.env_cfg, int(algo.demos), every, decisions, seed,
                                              float(algo.goal_noise))
             if int(algo.start_views):
-                views = goal_demonstrations(self.data_dir, self.env_cfg, int(algo.start_views), self.schedule[0], 1,
-                                            seed, first_seed=seed * 100_000 + START_VIEW_SEEDS)
-                self.demos = {k: np.concatenate([self.demos[k], views[k]]) for k in DEMO_KEYS}
-            if int(algo.val_demos):  # noise-free flights on seeds no run trains or is evaluated on
-                self.val_demos = goal_demonstrations(self.data_dir, self.env_cfg, int(algo.val_demos), *self.schedule,
-                                                     seed, first_seed=VALIDATION_SEED_BASE)
-            follower = brain_follower(self.model, self.embodiment, self.env_cfg)
-            for demos in (self.demos, self.val_demos):
+                views = goal_demonstrations(self.data_dir, task.env_cfg, int(algo.start_views), every, 1, seed,
+                                            first_seed=seed * 100_000 + START_VIEW_SEEDS)
+                task.demos = {k: np.concatenate([task.demos[k], views[k]]) for k in DEMO_KEYS}
+            if int(algo.val_demos):  # noise-free episodes on seeds no run trains or is evaluated on
+                task.val_demos = goal_demonstrations(self.data_dir, task.env_cfg, int(algo.val_demos), every,
+                                                     decisions, seed, first_seed=VALIDATION_SEED_BASE)
+            follower = brain_follower(self.model, task.embodiment, task.env_cfg)
+            for demos in (task.demos, task.val_demos):
                 if demos is not None:
                     demos["goal"] = goal_labels(demos, follower)
             if not self.cfg.get("init_from"):
-                self.model.set_proprio_normalization(self.embodiment, self.demos["state"].mean(0),
-                                                     self.demos["state"].std(0))
+                self.model.set_proprio_normalization(task.embodiment, task.demos["state"].mean(0),
+                                                     task.demos["state"].std(0))
         log.info("data: %s QA questions%s", ", ".join(f"{k} {len(v)}" for k, v in self.qa.items()),
-                 f", {len(self.demos['goal'])} goal samples" if self.demos is not None else "")
+                 "".join(f", {t.embodiment} {len(t.demos['goal'])} goal samples" for t in self.tasks))
 
     def qa_batch(self, source: str, rows: np.ndarray, data: QADataset | None = None) -> tuple[dict, torch.Tensor]:
-        data = data if data is not None else self.qa[source]
-        embodiment = QA_SOURCES[source][1]
-        scenes = data.scene[rows]
-        p = self.config.embodiments[embodiment]["proprio_dim"]
-        text, mask = token_states(list(data.question[rows]), self.config.max_text_tokens)
-        depth = np.where(data.has_depth[scenes, None, None], data.depth[scenes].astype(np.float32), np.nan)
-        batch = {"embodiment": embodiment, "image": torch.as_tensor(data.image[scenes]),
-                 "depth": torch.as_tensor(depth), "proprio": torch.as_tensor(data.state[scenes, :p]),
-                 "text": torch.as_tensor(text), "text_mask": torch.as_tensor(mask)}
-        return batch, torch.as_tensor(data.answer[rows].astype(np.int64))
+        return qa_batch(self.config, source, data if data is not None else self.qa[source], rows)
 
-    def goal_batch(self, rows: np.ndarray, demos: dict | None = None) -> tuple[dict, torch.Tensor]:
-        d = self.demos if demos is None else demos
+    def goal_batch(self, task: FindTask, rows: np.ndarray, demos: dict | None = None) -> tuple[dict, torch.Tensor]:
+        d = task.demos if demos is None else demos
         obs = [{"image": d["image"][i], "depth": d["depth"][i], "state": d["state"][i],
                 "instruction": str(d["instruction"][i])} for i in rows]
-        return brain_batch(self.embodiment, obs, self.config.max_text_tokens), torch.as_tensor(d["goal"][rows])
+        return brain_batch(task.embodiment, obs, self.config.max_text_tokens), torch.as_tensor(d["goal"][rows])
 
     def losses(self) -> dict[str, torch.Tensor]:
-        """One batch's losses: a goal batch (specialize) and a QA batch, or a QA batch of one source."""
+        """One batch's losses: a goal batch of one find task (drawn uniformly where there are several) and its
+        embodiment's QA batch, or (the scaffold) a QA batch of one source."""
         b = int(self.cfg.algo.batch_size)
         out: dict[str, torch.Tensor] = {}
-        if self.specialize:
-            rows = self.rng.integers(len(self.demos["goal"]), size=b)
-            batch, goal = self.goal_batch(rows)
-            if isinstance(self.model.heads[self.embodiment], PointingHead):
+        if self.tasks:
+            task = self.tasks[int(self.rng.integers(len(self.tasks)))] if len(self.tasks) > 1 else self.tasks[0]
+            rows = self.rng.integers(len(task.demos["goal"]), size=b)
+            batch, goal = self.goal_batch(task, rows)
+            if isinstance(self.model.heads[task.embodiment], PointingHead):
                 dist, logits, points, head = self.model.pointing(batch)
-                target = pointing_target(self.demos["target_mask"][rows], head.patch_of(goal), head.grid)
+                target = pointing_target(task.demos["target_mask"][rows], head.patch_of(goal), head.grid)
                 out.update(pointing_losses(logits, points, goal, target))
             else:
                 dist = self.model.goal_distribution(batch)
             out["goal_nll"] = -dist.log_prob(goal).sum(-1).mean()
             out["goal_err"] = (dist.mean - goal).norm(dim=-1).mean().detach()
-            source = self.embodiment
+            source = task.embodiment
         else:
             sizes = np.array([len(self.qa[s]) for s in self.qa], dtype=np.float64)
             source = list(self.qa)[self.rng.choice(len(sizes), p=sizes / sizes.sum())]
-        if not self.specialize or float(self.cfg.algo.qa_weight) > 0:
+        if not self.tasks or float(self.cfg.algo.qa_weight) > 0:
             batch, answer = self.qa_batch(source, self.rng.integers(len(self.qa[source]), size=b))
             out["qa_ce"] = torch.nn.functional.cross_entropy(self.model.qa_logits(batch), answer)
-        out["loss"] = out.get("goal_nll", 0.0) + out.get("point_ce", 0.0) + out.get("point_l2", 0.0) + float(self.cfg.algo.qa_weight if self.specialize else 1.0) * out.get(
+        out["loss"] = out.get("goal_nll", 0.0) + out.get("point_ce", 0.0) + out.get("point_l2", 0.0) + float(self.cfg.algo.qa_weight if self.tasks else 1.0) * out.get(
             "qa_ce", torch.zeros(()))
         return out
 
@@ -398,42 +464,45 @@ class BrainTrainer(GradientTrainer):
     def qa_accuracy(self, which: str = "held_out") -> dict[str, float]:
         """Accuracy per source on the held-out templates (``which="held_out"``) or on training questions."""
         self.model.eval()
-        result = {}
-        for source in self.qa:
-            data = self.qa_eval[source] if which == "held_out" else self.qa[source]
-            rows = np.arange(min(len(data), 2000))
-            correct = 0
-            for lo in range(0, len(rows), 256):
-                batch, answer = self.qa_batch(source, rows[lo:lo + 256], data)
-                correct += int((self.model.qa_logits(batch).argmax(-1) == answer).sum())
-            result[source] = correct / max(len(rows), 1)
+        result = {source: qa_accuracy(self.model, source, self.qa_eval[source] if which == "held_out" else data)
+                  for source, data in self.qa.items()}
         self.model.train()
         return result
 
     @torch.inference_mode()
     def val_goal_error(self) -> dict[str, float]:
-        """Mean goal error (m) on the validation flights, overall and per decision point (0 = the start)."""
-        if not self.specialize or self.val_demos is None:
-            return {}
+        """Mean goal error (m) on the validation episodes, overall and per decision point (0 = the start);
+        with several find tasks, each key is prefixed by the embodiment."""
         self.model.eval()
-        errors = []
-        n = len(self.val_demos["goal"])
-        for lo in range(0, n, 256):
-            batch, goal = self.goal_batch(np.arange(lo, min(n, lo + 256)), self.val_demos)
-            errors.append((self.model.goal_distribution(batch).mean - goal).norm(dim=-1))
+        out = {}
+        for task in self.tasks:
+            if task.val_demos is None:
+                continue
+            errors = []
+            n = len(task.val_demos["goal"])
+            for lo in range(0, n, 256):
+                batch, goal = self.goal_batch(task, np.arange(lo, min(n, lo + 256)), task.val_demos)
+                errors.append((self.model.goal_distribution(batch).mean - goal).norm(dim=-1))
+            err, decision = torch.cat(errors).numpy(), task.val_demos["decision"]
+            prefix = self.prefix(task)
+            out.update({f"{prefix}val_goal_err": float(err.mean()),
+                        **{f"{prefix}val_goal_err_{k}": float(err[decision == k].mean()) for k in np.unique(decision)}})
         self.model.train()
-        err, decision = torch.cat(errors).numpy(), self.val_demos["decision"]
-        return {"val_goal_err": float(err.mean()),
-                **{f"val_goal_err_{k}": float(err[decision == k].mean()) for k in np.unique(decision)}}
+        return out
 
-    def closed_loop(self, episodes: int, held_out: bool = False) -> dict[str, float]:
+    def prefix(self, task: FindTask) -> str:
+        """How a find task's metrics are named: bare for a specialist's one, by the embodiment for a joint run's."""
+        return "" if len(self.tasks) == 1 else f"{task.embodiment}_"
+
+    def closed_loop(self, task: FindTask, episodes: int, held_out: bool = False) -> dict[str, float]:
         """Success of the brain steering its controller on evaluation seeds (seen or held-out wordings)."""
-        if not self.specialize or episodes <= 0:
+        if episodes <= 0:
             return {}
         self.model.eval()
-        policy = BrainPolicy(self.model, self.meta(), brain_follower(self.model, self.embodiment, self.env_cfg),
-                             self.embodiment, *self.schedule)
-        env = make_env({**self.env_cfg, "held_out": held_out, "paraphrase": None} if held_out else self.env_cfg)
+        policy = BrainPolicy(self.model, self.meta(), brain_follower(self.model, task.embodiment, task.env_cfg),
+                             task.embodiment, *task.schedule)
+        env_cfg = task.env_cfg
+        env = make_env({**env_cfg, "held_out": held_out, "paraphrase": None} if held_out else env_cfg)
         try:
             result = run_episodes(env, policy, episodes, seed=EVAL_SEED_BASE)
         finally:
@@ -444,29 +513,35 @@ class BrainTrainer(GradientTrainer):
                 "distance_to_goal": float(metrics.get("distance_to_goal", math.nan))}
 
     # --- checkpoints ----------------------------------------------------------------------------
-    def acting_env(self) -> dict:
-        """The env config the bundle acts in: the run's find env, else (a scaffold) the first find env it saw."""
-        if self.specialize or self.env_cfg["id"] in EMBODIMENT_OF_ENV:
-            return self.env_cfg
-        for source in self.cfg.algo.qa_sources:
-            env_id = QA_SOURCES[source][0]
-            if env_id is not None:
-                return {"name": f"{source}_find", "id": env_id}
-        return {"name": "uav_find", "id": "embodied/UAVFind-v0"}
+    def acting_task(self) -> FindTask:
+        """Where the bundle acts as deployed: the run's (first) find task, else (a scaffold) the first find env
+        it asked about, so every stage deploys alike (a scaffold with its untrained goal head)."""
+        if self.tasks:
+            return self.tasks[0]
+        if self.env_cfg["id"] in EMBODIMENT_OF_ENV:
+            return self.find_task(self.env_cfg)
+        source = next((s for s in self.cfg.algo.qa_sources if QA_SOURCES[s][0] is not None), "uav")
+        env_id = QA_SOURCES[source][0]
+        return self.find_task({"name": next(n for n in EMBODIMENT_OF_ENV_NAMES
+                                            if find_env_config(n)["id"] == env_id), "id": env_id})
 
     def meta(self) -> PolicyMeta:
-        """A scaffold's bundle acts in a find env too (with the goal head it has), so every stage deploys alike."""
-        env_cfg = self.acting_env()
-        env = make_env(env_cfg)
+        task = self.acting_task()
+        env = make_env(task.env_cfg)
         try:
             interface = EnvInterface.of(env)
         finally:
             env.close()
-        extra = {"stage": str(self.cfg.algo.name), "embodiment": embodiment_of(env_cfg["id"]),
-                 "decide_every": self.schedule[0], "decisions": self.schedule[1],
+        extra = {"stage": str(self.cfg.algo.name), "embodiment": task.embodiment,
+                 "decide_every": task.schedule[0], "decisions": task.schedule[1],
                  "answers": list(ANSWERS), "init_from": self.cfg.get("init_from"),
-                 "qa_sources": [self.embodiment] if self.specialize else list(self.cfg.algo.qa_sources)}
-        return PolicyMeta.for_env("spatial_brain", self.config.to_dict(), env_cfg, interface, steps=self.step,
+                 "qa_sources": [t.embodiment for t in self.tasks] if self.tasks else list(self.cfg.algo.qa_sources)}
+        if self.tasks:  # every embodiment with a trained goal head: this run's, and what init_from had trained
+            extra["embodiments"] = {**self.inherited, **{t.embodiment: t.env_cfg for t in self.tasks}}
+            if len(self.tasks) > 1:
+                extra["experts"] = [{"embodiment": t.embodiment, "decide_every": t.schedule[0],
+                                     "decisions": t.schedule[1]} for t in self.tasks]
+        return PolicyMeta.for_env("spatial_brain", self.config.to_dict(), task.env_cfg, interface, steps=self.step,
                                   extra=extra)
 
     def write_bundle(self, directory: Path) -> None:
@@ -477,18 +552,21 @@ class BrainTrainer(GradientTrainer):
         self.save_checkpoint(LAST, self.write_bundle, self.state())
         qa = self.qa_accuracy()
         val = self.val_goal_error()
-        loop = self.closed_loop(episodes)
+        loops = {self.prefix(t): self.closed_loop(t, episodes) for t in self.tasks} or {"": {}}
         row = {"steps": self.step, "train_s": round(self.train_s, 1), "lr": self.scheduler.get_last_lr()[0],
                **{f"train_{k}": v for k, v in losses.items()},
                **{f"qa_heldout_{k}": v for k, v in qa.items()}, **val,
-               "eval_success": loop.get("success", math.nan), "eval_s": round(time.time() - started, 1)}
+               **{f"{p}eval_success": loop.get("success", math.nan) for p, loop in loops.items()},
+               "eval_s": round(time.time() - started, 1)}
         self.metrics.append(row)
         for logger in self.loggers:
             logger.log_metrics(row, self.step)
+        goal_errors = " ".join(f"{k.removesuffix('val_goal_err') or ''}{v:.3f} m" for k, v in val.items()
+                               if k.endswith("val_goal_err"))
         log.info("step %d: loss %.4f | held-out QA %s |%s success %s", self.step, losses.get("loss", math.nan),
                  " ".join(f"{k} {v:.3f}" for k, v in qa.items()),
-                 f" val goal error {val['val_goal_err']:.3f} m |" if val else "",
-                 f"{loop['success']:.2f}" if loop else "-")
+                 f" val goal error {goal_errors} |" if val else "",
+                 " ".join(f"{p}{loop['success']:.2f}" for p, loop in loops.items() if loop) or "-")
         return row
 
     # --- the loop -------------------------------------------------------------------------------
@@ -532,19 +610,34 @@ class BrainTrainer(GradientTrainer):
             self.record({k: v / n for k, v in sums.items()}, 0)
         self.save_checkpoint(FINAL, self.write_bundle)
         seen, held_out = self.qa_accuracy("seen"), self.qa_accuracy("held_out")
-        loop = self.closed_loop(int(algo.final_eval_episodes))
-        loop_held_out = self.closed_loop(int(algo.final_eval_episodes), held_out=True)
+        episodes = int(algo.final_eval_episodes)
+        per_env = {}
+        for task in self.tasks:
+            loop, held = self.closed_loop(task, episodes), self.closed_loop(task, episodes, held_out=True)
+            per_env[task.env_cfg["name"]] = {
+                "success_rate": loop.get("success"), "distance_to_goal": loop.get("distance_to_goal"),
+                "success_rate_held_out_wordings": held.get("success"), "train_goal_samples": len(task.demos["goal"])}
         summary = {
             "qa_seen": seen, "qa_held_out": held_out,
             "qa_held_out_mean": float(np.mean(list(held_out.values()))),
             "steps": self.step, "params": self.model.parameter_count(), "train_time_s": round(self.train_s, 1),
             "ms_per_step": round(1e3 * self.train_s / max(self.step, 1), 1),
-            "env": self.cfg.env.name if self.specialize else None, "policy": "spatial_brain",
+            "env": ",".join(per_env) or None, "policy": "spatial_brain",
             "algo": str(algo.name), "seed": int(self.cfg.seed), "init_from": self.cfg.get("init_from"),
         }
-        if self.specialize:
-            summary.update({"success_rate": loop.get("success"), "distance_to_goal": loop.get("distance_to_goal"),
-                            "success_rate_held_out_wordings": loop_held_out.get("success"),
-                            "eval_episodes": int(algo.final_eval_episodes),
-                            "train_goal_samples": len(self.demos["goal"])})
+        if per_env:  # one env: its numbers; several: each env's, and their means
+            only = next(iter(per_env.values())) if len(per_env) == 1 else None
+            summary.update(only or {k: _mean_or_none([e[k] for e in per_env.values()]) for k in only_keys(per_env)})
+            summary["eval_episodes"] = episodes
+            if len(per_env) > 1:
+                summary["per_env"] = per_env
         return summary
+
+
+def only_keys(per_env: dict) -> list[str]:
+    return list(next(iter(per_env.values())))
+
+
+def _mean_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(values)) if values else None

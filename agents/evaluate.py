@@ -56,10 +56,14 @@ def load(cfg: DictConfig) -> tuple[Policy, dict]:
     options = {"schedule": cfg.schedule}
     if cfg.run:
         bundle = RunDir.find_policy(cfg.run, str(cfg.checkpoint))
-        env_cfg = dict(read_meta(bundle).env)
+        meta = read_meta(bundle)
+        env_cfg = dict(meta.env)
         chosen = _env_group_choice()
-        if chosen is not None and chosen != env_cfg.get("name"):
+        elsewhere = chosen is not None and chosen != env_cfg.get("name")
+        if elsewhere and registry.get(meta.kind).reembody is None:
             raise UserError(f"run {cfg.run} was trained on env '{env_cfg.get('name')}', not '{chosen}'")
+        if elsewhere:  # a brain trained for several embodiments, in another one's env (with its overrides)
+            env_cfg = env_config(cfg.env)
         for key in _cli_env_keys():
             env_cfg[key] = OmegaConf.to_container(cfg.env, resolve=True).get(key)  # parsed and typed by Hydra
         probe = make_env(env_cfg)  # never reset: nothing is rendered
@@ -67,7 +71,7 @@ def load(cfg: DictConfig) -> tuple[Policy, dict]:
             interface = EnvInterface.of(probe)
         finally:
             probe.close()
-        return registry.load_policy(bundle, interface, options), env_cfg
+        return registry.load_policy(bundle, interface, options, env_config=env_cfg if elsewhere else None), env_cfg
     env_cfg = env_config(cfg.env)
     env = make_env(env_cfg)
     torch.manual_seed(int(cfg.seed))
@@ -95,6 +99,11 @@ class EvaluateSettings:
     batch: int = setting(8, low=1, high=256)
     threads: int = setting(1, low=1, high=256)
     schedule: str | None = None  # MT-ACT's chunk execution; null: as trained
+    # A spatial brain's question answering instead of episodes: a QA source (agents.brain_trainer.QA_SOURCES)
+    qa: str | None = setting(None, choices=(None, "generic", "uav", "swimmer", "kitchen"))
+    qa_split: str = setting("held_out", choices=("held_out", "seen"))  # question templates held out of training, or not
+    qa_scenes: int = setting(200, low=1, high=10**6)  # scenes asked (8 questions each), generated once into data_dir
+    data_dir: str = "data/brain"  # where QA data are generated and cached (the brain stages' algo.data_dir)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -143,11 +152,25 @@ def evaluate_tasks(cfg: DictConfig, policy: Policy, env_cfg: dict, video: Path |
             **report.to_dict(), "ci95_low": lo, "ci95_high": hi}
 
 
+def evaluate_qa(cfg: DictConfig, policy: Policy) -> dict:
+    """A spatial brain's accuracy on one source's spatial questions (the brain stages' datasets and seeds)."""
+    from agents.brain_trainer import qa_accuracy, qa_dataset
+
+    if policy.meta.kind != "spatial_brain":
+        raise UserError(f"qa={cfg.qa}: only a spatial brain answers questions, this run is a {policy.meta.kind}")
+    data = qa_dataset(Path(str(cfg.data_dir)), str(cfg.qa), int(cfg.qa_scenes), str(cfg.qa_split))
+    accuracy = qa_accuracy(policy.brain, str(cfg.qa), data, limit=len(data))
+    return {"run": str(cfg.run), "qa_source": str(cfg.qa), "qa_split": str(cfg.qa_split), "questions": len(data),
+            "qa_accuracy": accuracy}
+
+
 def evaluate(cfg: DictConfig) -> dict:
     validate(cfg)
     torch.set_num_threads(int(cfg.threads))  # worker processes set one thread each themselves
     video = _video_path(cfg)
     policy, env_cfg = load(cfg)
+    if cfg.qa:
+        return evaluate_qa(cfg, policy)
     if env_cfg.get("id") == envs.KITCHEN:
         return evaluate_tasks(cfg, policy, env_cfg, video)
     env = make_env(env_cfg, render_mode="rgb_array" if video else None)
@@ -176,6 +199,9 @@ def evaluate(cfg: DictConfig) -> dict:
 @report_user_errors
 def main(cfg: DictConfig) -> dict:
     summary = evaluate(cfg)
+    if "qa_accuracy" in summary:
+        print(summary_line(summary, ["qa_accuracy", "questions", "qa_source", "qa_split"]), flush=True)
+        return summary
     if "success_rate" in summary:  # the per-task protocol
         print(json.dumps(summary, default=str))
         print(summary_line(summary, ["success_rate", "ci95_low", "ci95_high", "episodes", "level"]), flush=True)

@@ -32,6 +32,7 @@ TRAINERS = {
     "bc": "agents.bc:BCTrainer",
     "scaffold": "agents.brain_trainer:BrainTrainer",
     "specialize": "agents.brain_trainer:BrainTrainer",
+    "joint": "agents.brain_trainer:BrainTrainer",
 }
 # (algo, policy kind) -> its trainer, where it is not the algo's own: GRPO on the brain's goals, not its actions
 POLICY_TRAINERS = {

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from policies.language import token_states
-from policies.protocol import Policy, PolicyError, PolicyMeta
+from policies.protocol import EnvInterface, Policy, PolicyError, PolicyMeta
 from policies.spatial_brain import SpatialBrain
 
 # env id -> the embodiment the brain drives there (its proprio projector and goal head)
@@ -295,6 +295,32 @@ def embodiment_of(env_id: str) -> str:
     if env_id not in EMBODIMENT_OF_ENV:
         raise PolicyError(f"the spatial brain acts in {', '.join(EMBODIMENT_OF_ENV)}, not {env_id!r}")
     return EMBODIMENT_OF_ENV[env_id]
+
+
+def trained_envs(meta: PolicyMeta) -> dict[str, dict]:
+    """Embodiment -> the env config a brain's goal head for it was trained in: a merge's or a joint run's every
+    embodiment (``meta.extra["embodiments"]``), else the one the bundle acts in (a scaffold's head is untrained)."""
+    extra = meta.extra or {}
+    if extra.get("embodiments"):
+        return {name: dict(env) for name, env in extra["embodiments"].items()}
+    if extra.get("stage") == "scaffold":
+        return {}
+    return {extra.get("embodiment") or embodiment_of(meta.env.get("id", "")): dict(meta.env)}
+
+
+def reembody_brain(meta: PolicyMeta, env_config: dict, interface: EnvInterface) -> PolicyMeta:
+    """``meta`` acting in ``env_config`` (another embodiment's find env) where the brain was trained for it."""
+    embodiment = embodiment_of(env_config.get("id", ""))
+    trained = trained_envs(meta)
+    if embodiment not in trained:
+        names = ", ".join(f"{k} ({v.get('name')})" for k, v in trained.items()) or "none"
+        raise PolicyError(f"this brain has no trained goal head for {embodiment} ({env_config.get('name')}); it was "
+                          f"trained for {names}")
+    extra = {k: v for k, v in meta.extra.items() if k not in ("decide_every", "decisions")}
+    expert = next((e for e in extra.get("experts") or [] if e.get("embodiment") == embodiment), {})
+    extra.update({"embodiment": embodiment, **{k: expert[k] for k in ("decide_every", "decisions") if expert.get(k)}})
+    return PolicyMeta.for_env(meta.kind, meta.config, env_config, interface, steps=meta.steps,
+                              normalization=meta.normalization, extra=extra)
 
 
 # --- the policy ---------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ class PolicyKind:
     options: tuple[str, ...] = ()  # deployment options its loader takes (MT-ACT's chunk execution)
     config_key: str = "actor"  # where the policy config group keeps the kind's switches (policy.<config_key>)
     reads: Callable[[Any], dict] | None = None  # config -> the observation it reads, when the config alone says
+    # (meta, another env's config, that env's interface) -> the meta acting there, for a bundle trained on several
+    # envs (a merged spatial brain's embodiments); PolicyError where it was not trained for that env
+    reembody: Callable[[PolicyMeta, dict, EnvInterface], PolicyMeta] | None = None
 
 
 def config_object(kind: PolicyKind, config: dict):
@@ -209,10 +212,12 @@ def _no_untrained_brain(kind: PolicyKind, policy_cfg: dict, env: gym.Env, env_co
 
 
 def _brain_entry() -> PolicyKind:
+    from policies.brain_policy import reembody_brain
     from policies.spatial_brain import SpatialBrain, SpatialBrainConfig
 
-    return PolicyKind("spatial_brain", SpatialBrainConfig, ("scaffold", "specialize", "grpo"), SpatialBrain,
-                      load=_load_brain, initial=_no_untrained_brain, options=("decide_every", "decisions"))
+    return PolicyKind("spatial_brain", SpatialBrainConfig, ("scaffold", "specialize", "joint", "grpo"), SpatialBrain,
+                      load=_load_brain, initial=_no_untrained_brain, options=("decide_every", "decisions"),
+                      reembody=reembody_brain)
 
 
 KINDS: dict[str, PolicyKind] = {
@@ -265,11 +270,14 @@ def _check_options(kind: PolicyKind, options: dict) -> None:
         raise PolicyError(f"policy kind {kind.name} has no option {', '.join(unknown)} ({takes})")
 
 
-def load_policy(path: str | Path, env: EnvInterface | None = None, options: dict[str, Any] | None = None) -> Policy:
+def load_policy(path: str | Path, env: EnvInterface | None = None, options: dict[str, Any] | None = None,
+                env_config: dict | None = None) -> Policy:
     """The deployable policy in a bundle directory, checked against (and if need be rewired to) ``env``.
 
     ``options`` are the kind's deployment options (``PolicyKind.options``); empty values are
-    ignored. Any defect or mismatch is one line: BundleError (the files) or PolicyError (the fit).
+    ignored. ``env_config``: act in this env rather than the one the bundle records (with ``env``,
+    its interface), for kinds trained on several (``PolicyKind.reembody``). Any defect or mismatch
+    is one line: BundleError (the files) or PolicyError (the fit).
     """
     bundle = read_bundle(path)
     kind = get(bundle.meta.kind)
@@ -292,6 +300,11 @@ def load_policy(path: str | Path, env: EnvInterface | None = None, options: dict
         raise BundleError(f"{bundle.directory / META_FILE}: config lacks {', '.join(missing)}")
     options = {k: v for k, v in (options or {}).items() if v not in (None, "", 0)}
     _check_options(kind, options)
+    if env_config is not None and env_config.get("id") != bundle.meta.env.get("id"):
+        if kind.reembody is None or env is None:
+            raise PolicyError(f"a {kind.name} policy acts only in the env it was trained on "
+                              f"({bundle.meta.env.get('name')}), not {env_config.get('name')}")
+        bundle.meta = kind.reembody(bundle.meta, dict(env_config), env)
     if env is not None:
         try:
             bundle.meta = fit_to_env(bundle.meta, env, kind)

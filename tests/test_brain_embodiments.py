@@ -10,7 +10,7 @@ from test_brain_training import TINY_BRAIN, summary
 
 import envs
 
-from conftest import run_module
+from conftest import assert_one_line_error, run_module
 
 
 def test_a_kitchen_specialist_trains_and_points(tmp_path):
@@ -49,6 +49,38 @@ def test_a_swimmer_specialist_trains_and_swims(tmp_path):
     action = policy.act(obs)
     assert action.shape == env.action_space.shape and np.all(np.isfinite(action)) and policy.goal.shape == (2,)
     env.close()
+
+
+def test_a_joint_run_learns_two_bodies_and_acts_in_either(tmp_path):
+    """algo=joint: one model, a find task per embodiment; its bundle deploys in each env it trained for."""
+    run = tmp_path / "joint"
+    result = run_module("agents.train", *TINY_BRAIN, "algo=joint", "algo.envs=[kitchen_point,uav_find]",
+                        "init_from=null", "algo.total_steps=4", "algo.eval_every=2", "algo.demos=2",
+                        "algo.val_demos=1", "algo.eval_episodes=0", "algo.final_eval_episodes=0",
+                        f"algo.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    s = summary(run)
+    assert s["algo"] == "joint" and s["env"] == "kitchen_point,uav_find" and set(s["qa_held_out"]) == {"kitchen", "uav"}
+    assert s["per_env"]["kitchen_point"]["train_goal_samples"] == 2 and s["per_env"]["uav_find"]["train_goal_samples"] == 6
+    metrics = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"kitchen_val_goal_err", "uav_val_goal_err_2", "kitchen_eval_success", "uav_eval_success"} <= set(metrics)
+
+    from policies.bundle import read_meta
+    from policies.run_dir import RunDir
+
+    meta = read_meta(RunDir(run).policy())
+    assert meta.env["name"] == "kitchen_point" and set(meta.extra["embodiments"]) == {"kitchen", "uav"}
+    result = run_module("agents.evaluate", f"run={run}", "env=uav_find", "episodes=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "return_mean=" in result.stdout.splitlines()[-1] and '"env": "uav_find"' in result.stdout
+
+
+def test_joint_needs_one_find_env_per_body(tmp_path):
+    for envs_value, words in (("[uav_find,uav_find]", ("one find env per embodiment",)),
+                              ("[uav_find,uav_hover]", ("uav_hover", "acts in")),
+                              ("[uav_find,no_such_env]", ("unknown env 'no_such_env'",))):
+        result = run_module("agents.train", *TINY_BRAIN, "algo=joint", f"algo.envs={envs_value}", cwd=tmp_path)
+        assert_one_line_error(result, *words)
 
 
 def test_the_kitchen_controller_runs_the_instructed_task_at_the_pointed_location():

@@ -73,6 +73,26 @@ def test_evaluate_runs_a_brain_run(brain_runs):
     assert report["env"] == "uav_find" and report["episodes"] == 2 and 0.0 <= report["is_success"] <= 1.0
 
 
+def test_evaluate_asks_a_brain_questions(brain_runs):
+    """qa=<source>: accuracy on the held-out templates, on the dataset the trainer generated (none is regenerated)."""
+    root, _, specialist = brain_runs
+    before = sorted(p.name for p in (root / "data").iterdir())
+    result = run_module("agents.evaluate", f"run={specialist}", "qa=uav", "qa_scenes=8",
+                        f"data_dir={root / 'data'}", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    assert_names(line, "qa_accuracy", "questions", "qa_source", "qa_split")
+    fields = dict(f.split("=", 1) for f in line.split())
+    assert 0.0 <= float(fields["qa_accuracy"]) <= 1.0 and int(fields["questions"]) > 8  # several per scene
+    assert fields["qa_split"] == "held_out" and sorted(p.name for p in (root / "data").iterdir()) == before
+
+
+def test_a_brain_is_not_evaluated_where_it_has_no_trained_head(brain_runs):
+    root, _, specialist = brain_runs
+    result = run_module("agents.evaluate", f"run={specialist}", "env=swimmer_find", "episodes=1", cwd=root)
+    assert_one_line_error(result, "no trained goal head for swimmer", "uav (uav_find)")
+
+
 def test_noisy_demonstrations_leave_the_expert_path_but_keep_true_labels(tmp_path):
     """DART: with goal_noise the later decision points differ, and every label is still the true goal's offset."""
     from agents.brain_trainer import DEMO_KEYS, goal_demonstrations
