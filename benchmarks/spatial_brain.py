@@ -296,6 +296,7 @@ def main() -> None:
     recorded = json.loads(out.read_text()) if out.is_file() else {}
     if recorded.get("embodiments") != bodies:  # another plan's cells (e.g. the uav-only table before) are not mixed in
         recorded = {"notes": recorded.get("notes", []), "latency": recorded.get("latency")}
+    rows = list(dict.fromkeys([*recorded.get("rows", []), *rows]))  # rows measured before (other settings) stay shown
     results = {**recorded, "args": " ".join(sys.argv[1:]), "seeds": seeds, "embodiments": bodies, "rows": rows,
                "episodes": args.episodes, "cells": recorded.get("cells", [])}
     lock = threading.Lock()

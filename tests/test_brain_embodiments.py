@@ -76,11 +76,17 @@ def test_a_joint_run_learns_two_bodies_and_acts_in_either(tmp_path):
 
 
 def test_joint_needs_one_find_env_per_body(tmp_path):
-    for envs_value, words in (("[uav_find,uav_find]", ("one find env per embodiment",)),
-                              ("[uav_find,uav_hover]", ("uav_hover", "acts in")),
+    from agents.errors import UserError
+    from agents.overrides import check_overrides
+    from agents.train import validate
+
+    for envs_value, words in (("[uav_find,uav_hover]", ("uav_hover", "acts in")),
                               ("[uav_find,no_such_env]", ("unknown env 'no_such_env'",))):
-        result = run_module("agents.train", *TINY_BRAIN, "algo=joint", f"algo.envs={envs_value}", cwd=tmp_path)
-        assert_one_line_error(result, *words)
+        with pytest.raises(UserError) as e:  # in process: the same check the CLI runs before any run directory
+            check_overrides("train", [*TINY_BRAIN, "algo=joint", f"algo.envs={envs_value}"], validate)
+        assert all(w.lower() in str(e.value).lower() for w in words), str(e.value)
+    result = run_module("agents.train", *TINY_BRAIN, "algo=joint", "algo.envs=[uav_find,uav_find]", cwd=tmp_path)
+    assert_one_line_error(result, "one find env per embodiment")
 
 
 def test_the_kitchen_controller_runs_the_instructed_task_at_the_pointed_location():

@@ -67,6 +67,7 @@ def test_cli_trains_and_writes_a_loadable_bundle(brain):
     assert any(not torch.equal(trained[k], start[k]) for k in start)  # the updates moved the brain
     policy = load_policy(RunDir(run).policy())
     assert policy.meta.extra["stage"] == "grpo" and policy.decisions == 2 and policy.decide_every == 20
+    assert set(policy.meta.extra["embodiments"]) == {"uav"}  # the bodies it can be evaluated on (its init's and its own)
     env = gym.make(envs.UAV_FIND)
     obs, _ = env.reset(seed=3)
     action = policy.act(obs)
