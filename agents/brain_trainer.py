@@ -76,7 +76,7 @@ VALIDATION_SEED_BASE = 90_000  # validation flights: above every seed's demonstr
 VALIDATION_EPISODES = 10_000  # ... and below the next seed's (seed s flies s * 100_000 + episode)
 
 SCAFFOLD_SOURCES_BEFORE = ("generic", "uav")  # what scaffold bundles asked about before they recorded it
-EMBODIMENT_OF_ENV_NAMES = ("uav_find", "swimmer_find", "kitchen_point")  # the find envs' config names
+FIND_ENVS = ("uav_find", "swimmer_find", "kitchen_point")  # the find envs' config names (configs/env), one per body
 QA_SEEDS = {"seen": 0, "held_out": 1}  # one fixed QA set per source and split: every stage, seed and evaluation share it
 
 # A QA source name -> the env that draws its scenes (None: the generic arenas) and the embodiment it feeds
@@ -112,10 +112,7 @@ class BrainSettings:
     final_eval_episodes: int = setting(100, low=0, high=10**6)
     log_every: int = setting(100, low=0, high=MAX_STEPS)
     # joint: the find envs (configs/env/<name>.yaml, one per embodiment) whose goals one model learns together
-    envs: list[str] = setting(factory=lambda: list(JOINT_ENVS))
-
-
-JOINT_ENVS = ("uav_find", "swimmer_find", "kitchen_point")
+    envs: list[str] = setting(factory=lambda: list(FIND_ENVS))
 
 
 @dataclass
@@ -133,7 +130,7 @@ def find_env_config(name: str) -> dict:
     """The env config ``configs/env/<name>.yaml`` of a find env (joint training names several)."""
     path = CONFIG_DIR / "env" / f"{name}.yaml"
     if not path.is_file():
-        raise UserError(f"algo.envs: unknown env {name!r} (choose from: {', '.join(EMBODIMENT_OF_ENV_NAMES)})")
+        raise UserError(f"algo.envs: unknown env {name!r} (choose from: {', '.join(FIND_ENVS)})")
     env_cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     try:
         embodiment_of(env_cfg.get("id", ""))
@@ -522,7 +519,7 @@ class BrainTrainer(GradientTrainer):
             return self.find_task(self.env_cfg)
         source = next((s for s in self.cfg.algo.qa_sources if QA_SOURCES[s][0] is not None), "uav")
         env_id = QA_SOURCES[source][0]
-        return self.find_task({"name": next(n for n in EMBODIMENT_OF_ENV_NAMES
+        return self.find_task({"name": next(n for n in FIND_ENVS
                                             if find_env_config(n)["id"] == env_id), "id": env_id})
 
     def meta(self) -> PolicyMeta:
@@ -627,15 +624,12 @@ class BrainTrainer(GradientTrainer):
         }
         if per_env:  # one env: its numbers; several: each env's, and their means
             only = next(iter(per_env.values())) if len(per_env) == 1 else None
-            summary.update(only or {k: _mean_or_none([e[k] for e in per_env.values()]) for k in only_keys(per_env)})
+            keys = next(iter(per_env.values()))
+            summary.update(only or {k: _mean_or_none([e[k] for e in per_env.values()]) for k in keys})
             summary["eval_episodes"] = episodes
             if len(per_env) > 1:
                 summary["per_env"] = per_env
         return summary
-
-
-def only_keys(per_env: dict) -> list[str]:
-    return list(next(iter(per_env.values())))
 
 
 def _mean_or_none(values: list) -> float | None:
