@@ -35,6 +35,7 @@ def brain_runs(tmp_path_factory):
     assert result.returncode == 0, result.stderr[-3000:]
     specialist = root / "specialist"
     result = run_module("agents.train", *TINY_BRAIN, "algo=specialize", "env=uav_find", f"init_from={scaffold}",
+                        "env.episode_seconds=1.01",  # 101-step flights: the 3 decision points, and quick evaluations
                             "algo.total_steps=6", "algo.eval_every=3", "algo.demos=4", "algo.val_demos=2", "algo.eval_episodes=1",
                             "algo.final_eval_episodes=2", data, f"hydra.run.dir={specialist}", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
