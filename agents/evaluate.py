@@ -156,7 +156,7 @@ def evaluate_qa(cfg: DictConfig, policy: Policy) -> dict:
     """A spatial brain's accuracy on one source's spatial questions (the brain stages' datasets and seeds)."""
     from agents.brain_trainer import qa_accuracy, qa_dataset
 
-    if policy.meta.kind != "spatial_brain":
+    if not registry.get(policy.meta.kind).answers_questions:
         raise UserError(f"qa={cfg.qa}: only a spatial brain answers questions, this run is a {policy.meta.kind}")
     data = qa_dataset(Path(str(cfg.data_dir)), str(cfg.qa), int(cfg.qa_scenes), str(cfg.qa_split))
     accuracy = qa_accuracy(policy.brain, str(cfg.qa), data, limit=len(data))

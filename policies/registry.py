@@ -49,6 +49,7 @@ class PolicyKind:
     # (meta, another env's config, that env's interface) -> the meta acting there, for a bundle trained on several
     # envs (a merged spatial brain's embodiments); PolicyError where it was not trained for that env
     reembody: Callable[[PolicyMeta, dict, EnvInterface], PolicyMeta] | None = None
+    answers_questions: bool = False  # its loaded policy's ``brain`` has a spatial-QA head (agents.evaluate qa=)
 
 
 def config_object(kind: PolicyKind, config: dict):
@@ -217,7 +218,7 @@ def _brain_entry() -> PolicyKind:
 
     return PolicyKind("spatial_brain", SpatialBrainConfig, ("scaffold", "specialize", "joint", "grpo"), SpatialBrain,
                       load=_load_brain, initial=_no_untrained_brain, options=("decide_every", "decisions"),
-                      reembody=reembody_brain)
+                      reembody=reembody_brain, answers_questions=True)
 
 
 KINDS: dict[str, PolicyKind] = {
